@@ -1,0 +1,457 @@
+"""hwopt's graph IR: a DAG of named nodes over a closed op set.
+
+A `Node` holds its op, attributes, parameters (torch tensors) and the spec of its output. The ordered
+inputs of each node are the truth; a networkx DiGraph mirrors them so graph algorithms (topological
+order, reachability, dominators) come from networkx. The op set is data: `OPS` maps each op to its
+arity, attribute names, parameter rule, shape rule and MAC count. Tensors held by a graph are never
+modified in place: passes copy the graph (`Graph.copy()` is shallow in tensors) and replace tensors.
+This module imports nothing else of hwopt but its errors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import networkx as nx
+import torch
+
+from .errors import IRError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: Shape
+    dtype: str = "float32"
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def channels(self) -> int:
+        """Size of dim 1, the channel / feature dimension hwopt prunes along (1 for rank < 2)."""
+        return self.shape[1] if len(self.shape) > 1 else 1
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    spec: TensorSpec | None = None
+    source: str = ""  # module path in the user's model this node came from, for messages
+
+    def copy(self) -> "Node":
+        return Node(self.name, self.op, tuple(self.inputs), dict(self.attrs), dict(self.params), self.spec, self.source)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.spec.shape)) if self.spec else "?"
+        return f"{self.name} = {self.op}({', '.join(self.inputs)}) {self.attrs or ''} -> {shape}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The op set, as data.
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:  # torch: the last window must start inside the input or left padding
+        out -= 1
+    return out
+
+
+def _spatial(node: Node, x: TensorSpec, dilation=True, ceil=False) -> Shape:
+    if len(x.shape) != 4:
+        raise IRError(f"{node.op} needs a 4-D NCHW input, got shape {x.shape}", node.name)
+    a = node.attrs
+    k, s, p = _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"])
+    d = _pair(a.get("dilation", 1)) if dilation else (1, 1)
+    hw = tuple(_window_out(x.shape[2 + i], k[i], s[i], p[i], d[i], ceil) for i in range(2))
+    if min(hw) < 1:
+        raise IRError(f"{node.op} with kernel {k}, stride {s}, padding {p} leaves no output for input {x.shape}", node.name)
+    return hw
+
+
+def _conv_shape(node: Node, x: TensorSpec) -> Shape:
+    a = node.attrs
+    if len(x.shape) != 4 or x.shape[1] != a["in_channels"]:
+        raise IRError(f"conv2d expects input [N, {a['in_channels']}, H, W], got {list(x.shape)}", node.name)
+    if a["in_channels"] % a["groups"] or a["out_channels"] % a["groups"]:
+        raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
+    return (x.shape[0], a["out_channels"], *_spatial(node, x))
+
+
+def _linear_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) != 2 or x.shape[1] != node.attrs["in_features"]:
+        raise IRError(f"linear expects input [N, {node.attrs['in_features']}], got {list(x.shape)}", node.name)
+    return (x.shape[0], node.attrs["out_features"])
+
+
+def _bn_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) not in (2, 3, 4) or x.shape[1] != node.attrs["num_features"]:
+        raise IRError(f"batch_norm over {node.attrs['num_features']} features got input {list(x.shape)}", node.name)
+    return x.shape
+
+
+def _broadcast(node: Node, *xs: TensorSpec) -> Shape:
+    try:
+        return tuple(torch.broadcast_shapes(*(x.shape for x in xs)))
+    except RuntimeError:
+        raise IRError(f"{node.op} operands {[list(x.shape) for x in xs]} do not broadcast", node.name) from None
+
+
+def _concat_shape(node: Node, *xs: TensorSpec) -> Shape:
+    d = node.attrs["dim"]
+    first = xs[0].shape
+    for x in xs[1:]:
+        if len(x.shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(x.shape, first)) if i != d):
+            raise IRError(f"concat along dim {d} of mismatched shapes {[list(x.shape) for x in xs]}", node.name)
+    return tuple(sum(x.shape[d] for x in xs) if i == d else s for i, s in enumerate(first))
+
+
+def _slice_shape(node: Node, x: TensorSpec) -> Shape:
+    d, start, end = node.attrs["dim"], node.attrs["start"], node.attrs["end"]
+    if not (0 < d < len(x.shape)) or not (0 <= start < end <= x.shape[d]):
+        raise IRError(f"slice [{start}:{end}] along dim {d} out of range for input {list(x.shape)}", node.name)
+    return tuple(end - start if i == d else s for i, s in enumerate(x.shape))
+
+
+def _shuffle_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) != 4 or x.shape[1] % node.attrs["groups"]:
+        raise IRError(f"channel_shuffle with {node.attrs['groups']} groups needs channels divisible by it, got {list(x.shape)}", node.name)
+    return x.shape
+
+
+def _adaptive_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) != 4:
+        raise IRError(f"{node.op} needs a 4-D input, got {list(x.shape)}", node.name)
+    return (x.shape[0], x.shape[1], *_pair(node.attrs["output_size"]))
+
+
+def _flatten_shape(node: Node, x: TensorSpec) -> Shape:
+    s, e = node.attrs["start_dim"], node.attrs["end_dim"] % len(x.shape)
+    if not (1 <= s <= e):
+        raise IRError(f"flatten dims {s}..{node.attrs['end_dim']} invalid for input {list(x.shape)} (the batch dim is kept)", node.name)
+    return (*x.shape[:s], math.prod(x.shape[s:e + 1]), *x.shape[e + 1:])
+
+
+def _reshape_shape(node: Node, x: TensorSpec) -> Shape:
+    target = tuple(node.attrs["shape"])
+    if math.prod(target) != math.prod(x.shape[1:]):
+        raise IRError(f"reshape of {list(x.shape)} to [N, {', '.join(map(str, target))}] changes the element count", node.name)
+    return (x.shape[0], *target)
+
+
+def _mean_shape(node: Node, x: TensorSpec) -> Shape:
+    dims = sorted(d % len(x.shape) for d in node.attrs["dims"])
+    if 0 in dims:
+        raise IRError("mean over the batch dimension is not supported", node.name)
+    if node.attrs["keepdim"]:
+        return tuple(1 if i in dims else s for i, s in enumerate(x.shape))
+    return tuple(s for i, s in enumerate(x.shape) if i not in dims)
+
+
+def _conv_params(a: dict) -> dict[str, Shape]:
+    w = (a["out_channels"], a["in_channels"] // a["groups"], *_pair(a["kernel_size"]))
+    return {"weight": w, "bias": (a["out_channels"],), "weight_mask": w}
+
+
+def _linear_params(a: dict) -> dict[str, Shape]:
+    w = (a["out_features"], a["in_features"])
+    return {"weight": w, "bias": (a["out_features"],), "weight_mask": w}
+
+
+def _bn_params(a: dict) -> dict[str, Shape]:
+    return {k: (a["num_features"],) for k in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _conv_macs(node: Node, ins: list[TensorSpec]) -> int:
+    a = node.attrs
+    kh, kw = _pair(a["kernel_size"])
+    return node.spec.numel * (a["in_channels"] // a["groups"]) * kh * kw
+
+
+@dataclass(frozen=True)
+class OpDef:
+    arity: tuple[int, int | None]  # min, max number of tensor inputs (None: unbounded)
+    attrs: tuple[str, ...] = ()
+    shape: Callable[..., Shape] | None = None  # (node, *input specs) -> output shape; None: same as input 0
+    params: Callable[[dict], dict[str, Shape]] | None = None  # allowed params and their shapes
+    required_params: tuple[str, ...] = ()
+    macs: Callable[[Node, list], int] | None = None
+    channel_preserving: bool = False  # output channel i depends only on input channel i
+
+
+_UNARY = OpDef((1, 1), channel_preserving=True)
+_BINARY = OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True)
+_POOL_ATTRS = ("kernel_size", "stride", "padding", "ceil_mode")
+
+OPS: dict[str, OpDef] = {
+    "input": OpDef((0, 0)),
+    "output": OpDef((1, None)),
+    "conv2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+                    _conv_shape, _conv_params, ("weight",), _conv_macs),
+    "linear": OpDef((1, 1), ("in_features", "out_features"), _linear_shape, _linear_params, ("weight",),
+                    lambda n, ins: n.spec.numel * n.attrs["in_features"]),
+    "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), _bn_shape, _bn_params,
+                        ("running_mean", "running_var"), channel_preserving=True),
+    **{op: _UNARY for op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "tanh", "identity")},
+    "gelu": OpDef((1, 1), ("approximate",), channel_preserving=True),
+    "dropout": OpDef((1, 1), ("p",), channel_preserving=True),
+    "softmax": OpDef((1, 1), ("dim",)),
+    "log_softmax": OpDef((1, 1), ("dim",)),
+    **{op: _BINARY for op in ("add", "sub", "mul", "div")},
+    "concat": OpDef((1, None), ("dim",), _concat_shape),
+    "slice": OpDef((1, 1), ("dim", "start", "end"), _slice_shape),
+    "channel_shuffle": OpDef((1, 1), ("groups",), _shuffle_shape),
+    "max_pool2d": OpDef((1, 1), _POOL_ATTRS + ("dilation",), lambda n, x: (*x.shape[:2], *_spatial(n, x, True, n.attrs["ceil_mode"])),
+                        channel_preserving=True),
+    "avg_pool2d": OpDef((1, 1), _POOL_ATTRS + ("count_include_pad",),
+                        lambda n, x: (*x.shape[:2], *_spatial(n, x, False, n.attrs["ceil_mode"])), channel_preserving=True),
+    "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
+    "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
+    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape),
+    "reshape": OpDef((1, 1), ("shape",), _reshape_shape),
+    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape),
+}
+
+OPTIONAL_ATTRS = {"scalar": None, "reverse": False}
+
+
+def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
+    """The output spec of `node` given its input specs, checking attributes and parameters."""
+    d = OPS.get(node.op)
+    if d is None:
+        raise IRError(f"op {node.op!r} is not in the op set ({', '.join(sorted(OPS))})", node.name)
+    lo, hi = d.arity
+    if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+        raise IRError(f"{node.op} takes {lo}..{hi if hi is not None else 'n'} inputs, has {len(inputs)}", node.name)
+    missing = [a for a in d.attrs if a not in node.attrs and a not in OPTIONAL_ATTRS]
+    if missing:
+        raise IRError(f"{node.op} is missing attribute(s) {missing}", node.name)
+    if d.params is not None:
+        allowed = d.params(node.attrs)
+        for name, t in node.params.items():
+            if name not in allowed:
+                raise IRError(f"{node.op} has unexpected parameter {name!r} (allowed: {sorted(allowed)})", node.name)
+            if tuple(t.shape) != allowed[name]:
+                raise IRError(f"parameter {name!r} has shape {tuple(t.shape)}, attributes imply {allowed[name]}", node.name)
+        for name in d.required_params:
+            if name not in node.params:
+                raise IRError(f"{node.op} needs parameter {name!r}", node.name)
+    elif node.params:
+        raise IRError(f"{node.op} takes no parameters, has {sorted(node.params)}", node.name)
+    if node.op == "input":
+        if node.spec is None:
+            raise IRError("input node has no spec", node.name)
+        return node.spec
+    if node.op in ("add", "sub", "mul", "div") and (len(inputs) == 1) != (node.attrs.get("scalar") is not None):
+        raise IRError(f"{node.op} needs two tensor inputs, or one and a 'scalar' attribute", node.name)
+    shape = d.shape(node, *inputs) if d.shape else inputs[0].shape
+    return TensorSpec(tuple(int(s) for s in shape), inputs[0].dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class Graph:
+    """A DAG of `Node`s. Build with `add()`; read with `nodes`, `order()`, `users()`; check with `verify()`."""
+
+    def __init__(self):
+        self.nodes: dict[str, Node] = {}
+        self.nx = nx.DiGraph()
+        self._order: list[str] | None = None
+        self._cache: dict[str, Any] = {}  # analyses (channel groups, cost, ...) dropped on every change
+
+    # -- building -----------------------------------------------------------------------------------
+    def add(self, name: str, op: str, inputs: Iterable[str] = (), attrs: dict | None = None,
+            params: dict | None = None, spec: TensorSpec | None = None, source: str = "", infer: bool = True) -> Node:
+        if name in self.nodes:
+            raise IRError("a node of this name already exists", name)
+        inputs = tuple(inputs)
+        for i in inputs:
+            if i not in self.nodes:
+                raise IRError(f"input {i!r} does not exist", name)
+        node = Node(name, op, inputs, dict(attrs or {}), dict(params or {}), spec, source)
+        if infer and op != "input":
+            node.spec = infer_spec(node, [self.nodes[i].spec for i in inputs])
+        self.nodes[name] = node
+        self.nx.add_node(name)
+        self.nx.add_edges_from((i, name) for i in inputs)
+        self.changed()
+        return node
+
+    def replace(self, node: Node) -> None:
+        """Put `node` (a modified copy of an existing node of the same name) in place, re-wiring edges."""
+        old = self.nodes[node.name]
+        self.nx.remove_edges_from([(i, node.name) for i in set(old.inputs)])
+        self.nx.add_edges_from((i, node.name) for i in node.inputs)
+        self.nodes[node.name] = node
+        self.changed()
+
+    def remove(self, name: str) -> None:
+        if any(True for _ in self.nx.successors(name)):
+            raise IRError(f"cannot remove: still used by {sorted(self.nx.successors(name))}", name)
+        del self.nodes[name]
+        self.nx.remove_node(name)
+        self.changed()
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Make every user of `old` read `new` instead."""
+        for user in list(self.nx.successors(old)):
+            n = self.nodes[user].copy()
+            n.inputs = tuple(new if i == old else i for i in n.inputs)
+            self.replace(n)
+
+    def unique_name(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.nodes:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def changed(self) -> None:
+        self._order = None
+        self._cache.clear()
+
+    def copy(self) -> "Graph":
+        """A new graph with copied nodes; tensors are shared (the IR never modifies a tensor in place)."""
+        g = Graph()
+        g.nodes = {k: n.copy() for k, n in self.nodes.items()}
+        g.nx = self.nx.copy()
+        g._order = list(self._order) if self._order is not None else None
+        return g
+
+    # -- reading ------------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self):
+        return (self.nodes[n] for n in self.order())
+
+    def order(self) -> list[str]:
+        """Topological order; ties broken by insertion order so it is deterministic."""
+        if self._order is None:
+            rank = {n: i for i, n in enumerate(self.nodes)}
+            try:
+                self._order = list(nx.lexicographical_topological_sort(self.nx, key=rank.__getitem__))
+            except nx.NetworkXUnfeasible:
+                cycle = nx.find_cycle(self.nx)
+                raise IRError(f"graph has a cycle through {[u for u, _ in cycle]}", cycle[0][0]) from None
+        return self._order
+
+    def users(self, name: str) -> list[str]:
+        return list(self.nx.successors(name))
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.op == "input"]
+
+    @property
+    def output(self) -> Node:
+        outs = [n for n in self.nodes.values() if n.op == "output"]
+        if len(outs) != 1:
+            raise IRError(f"graph must have exactly one output node, has {len(outs)}")
+        return outs[0]
+
+    def input_specs(self, node: Node | str) -> list[TensorSpec]:
+        node = self.nodes[node] if isinstance(node, str) else node
+        return [self.nodes[i].spec for i in node.inputs]
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Analysis cache: `compute()` once per graph state; any change to the graph drops it."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    # -- invariants ---------------------------------------------------------------------------------
+    def infer_shapes(self) -> None:
+        """Recompute every node's spec from its inputs (after a pass changed channel counts)."""
+        for name in self.order():
+            n = self.nodes[name]
+            if n.op != "input":
+                n.spec = infer_spec(n, self.input_specs(n))
+        self._cache.clear()
+
+    def verify(self) -> "Graph":
+        """Check every invariant; raise IRError naming the node and the broken invariant."""
+        for name, n in self.nodes.items():
+            if n.name != name:
+                raise IRError(f"stored under the name {name!r} but named {n.name!r}", name)
+            for i in n.inputs:
+                if i not in self.nodes:
+                    raise IRError(f"input {i!r} does not exist", name)
+            if set(self.nx.predecessors(name)) != set(n.inputs):
+                raise IRError(f"edges {sorted(self.nx.predecessors(name))} disagree with inputs {list(n.inputs)}", name)
+        if set(self.nx.nodes) != set(self.nodes):
+            extra = sorted(set(self.nx.nodes) ^ set(self.nodes))
+            raise IRError(f"networkx nodes and IR nodes differ: {extra}", extra[0])
+        if not self.inputs:
+            raise IRError("graph has no input node")
+        self.output  # exactly one
+        order = self.order()  # raises on a cycle
+        for name in order:
+            n = self.nodes[name]
+            if n.spec is None:
+                raise IRError("node has no output spec", name)
+            for pname, t in n.params.items():
+                if not isinstance(t, torch.Tensor):
+                    raise IRError(f"parameter {pname!r} is a {type(t).__name__}, not a tensor", name)
+                if not torch.isfinite(t).all():
+                    raise IRError(f"parameter {pname!r} holds NaN or inf", name)
+            expected = infer_spec(n, self.input_specs(n))
+            if expected != n.spec:
+                raise IRError(f"stored output spec {list(n.spec.shape)} but op semantics give {list(expected.shape)}", name)
+        for n in self.nodes.values():
+            if "weight_mask" in n.params and not ((n.params["weight_mask"] == 0) | (n.params["weight_mask"] == 1)).all():
+                raise IRError("weight_mask must hold only 0 and 1", n.name)
+        return self
+
+    # -- figures ------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """params (learnable, as torch counts them), nonzero_params (after masks), macs, nodes, by op."""
+        params = nonzero = macs = 0
+        ops: dict[str, int] = {}
+        for n in self.nodes.values():
+            ops[n.op] = ops.get(n.op, 0) + 1
+            for pname in ("weight", "bias"):
+                t = n.params.get(pname)
+                if t is None:
+                    continue
+                params += t.numel()
+                eff = t * n.params["weight_mask"] if pname == "weight" and "weight_mask" in n.params else t
+                nonzero += int(torch.count_nonzero(eff))
+            d = OPS[n.op]
+            if d.macs is not None:
+                macs += d.macs(n, self.input_specs(n))
+        return {"params": params, "nonzero_params": nonzero, "macs": macs, "nodes": len(self.nodes), "ops": ops}
+
+    def summary(self) -> str:
+        lines = [repr(self.nodes[n]) for n in self.order()]
+        s = self.stats()
+        lines.append(f"# {s['nodes']} nodes, {s['params']:,} params, {s['macs']:,} MACs")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return f"<hwopt.Graph {s['nodes']} nodes, {s['params']:,} params, {s['macs']:,} MACs>"
+
+
+def node_macs(graph: Graph, node: Node) -> int:
+    d = OPS[node.op]
+    return d.macs(node, graph.input_specs(node)) if d.macs else 0

@@ -1,0 +1,140 @@
+"""Lower an hwopt Graph to a torch module: an fx.GraphModule made of standard, trainable nn layers.
+
+Parametric nodes become modules at their node's name used as a module path (so an unpruned lift/lower
+keeps the user's state_dict keys); the rest become calls of torch functions. The batch dimension stays
+dynamic. `bake_masks=True` multiplies masks into plain layers (for export and compilers); otherwise a
+masked weight lowers to hwopt.nn.MaskedConv2d / MaskedLinear so retraining keeps pruned weights at zero.
+"""
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import nn as hnn
+from .errors import IRError
+from .ir import Graph, Node
+
+
+def _set(m: nn.Module, **tensors) -> nn.Module:
+    with torch.no_grad():
+        for k, t in tensors.items():
+            if t is None:
+                continue
+            cur = getattr(m, k)
+            if isinstance(cur, nn.Parameter):
+                setattr(m, k, nn.Parameter(t.detach().clone(), requires_grad=cur.requires_grad))
+            else:
+                setattr(m, k, t.detach().clone())
+    return m
+
+
+def _conv_module(n: Node, bake: bool) -> nn.Module:
+    a, p = n.attrs, n.params
+    masked = "weight_mask" in p and not bake
+    cls = hnn.MaskedConv2d if masked else nn.Conv2d
+    m = cls(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+            a["groups"], bias="bias" in p)
+    w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
+    return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+
+
+def _linear_module(n: Node, bake: bool) -> nn.Module:
+    a, p = n.attrs, n.params
+    masked = "weight_mask" in p and not bake
+    m = (hnn.MaskedLinear if masked else nn.Linear)(a["in_features"], a["out_features"], bias="bias" in p)
+    w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
+    return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+
+
+def _bn_module(n: Node, rank: int) -> nn.Module:
+    a, p = n.attrs, n.params
+    cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+    m = cls(a["num_features"], eps=a["eps"], momentum=a["momentum"], affine="weight" in p)
+    return _set(m, **{k: p.get(k) for k in ("weight", "bias", "running_mean", "running_var")})
+
+
+MODULES = {
+    "relu": lambda n: nn.ReLU(), "relu6": lambda n: nn.ReLU6(), "hardswish": lambda n: nn.Hardswish(),
+    "hardsigmoid": lambda n: nn.Hardsigmoid(), "sigmoid": lambda n: nn.Sigmoid(), "silu": lambda n: nn.SiLU(),
+    "tanh": lambda n: nn.Tanh(), "gelu": lambda n: nn.GELU(approximate=n.attrs["approximate"]),
+    "identity": lambda n: nn.Identity(), "dropout": lambda n: nn.Dropout(n.attrs["p"]),
+    "softmax": lambda n: nn.Softmax(n.attrs["dim"]), "log_softmax": lambda n: nn.LogSoftmax(n.attrs["dim"]),
+    "max_pool2d": lambda n: nn.MaxPool2d(n.attrs["kernel_size"], n.attrs["stride"], n.attrs["padding"],
+                                         n.attrs["dilation"], ceil_mode=n.attrs["ceil_mode"]),
+    "avg_pool2d": lambda n: nn.AvgPool2d(n.attrs["kernel_size"], n.attrs["stride"], n.attrs["padding"],
+                                         n.attrs["ceil_mode"], n.attrs["count_include_pad"]),
+    "adaptive_avg_pool2d": lambda n: nn.AdaptiveAvgPool2d(n.attrs["output_size"]),
+    "adaptive_max_pool2d": lambda n: nn.AdaptiveMaxPool2d(n.attrs["output_size"]),
+    "flatten": lambda n: nn.Flatten(n.attrs["start_dim"], n.attrs["end_dim"]),
+    "channel_shuffle": lambda n: nn.ChannelShuffle(n.attrs["groups"]),
+}
+BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
+
+
+def _module_path(name: str, taken: set[str]) -> str:
+    parts = [re.sub(r"\W", "_", p) or "_" for p in name.split(".")]
+    parts = [p if not p[0].isdigit() or i > 0 else "m" + p for i, p in enumerate(parts)]
+    path = ".".join(parts)
+    # a module path may not also be the prefix of another (a leaf cannot hold children)
+    k = 1
+    base = path
+    while path in taken or any(t.startswith(path + ".") or path.startswith(t + ".") for t in taken):
+        path, k = f"{base}_{k}", k + 1
+    taken.add(path)
+    return path
+
+
+def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
+    """A torch module computing `graph`, in eval mode. The graph is only read."""
+    graph.verify()
+    out = fx.Graph()
+    modules: dict[str, nn.Module] = {}
+    taken: set[str] = set()
+    env: dict[str, fx.Node] = {}
+    for node in graph:
+        ins = [env[i] for i in node.inputs]
+        op, a = node.op, node.attrs
+        if op == "input":
+            env[node.name] = out.placeholder(re.sub(r"\W", "_", node.name))
+            continue
+        if op == "output":
+            out.output(ins[0] if len(ins) == 1 else tuple(ins))
+            continue
+        module = None
+        if op == "conv2d":
+            module = _conv_module(node, bake_masks)
+        elif op == "linear":
+            module = _linear_module(node, bake_masks)
+        elif op == "batch_norm":
+            module = _bn_module(node, len(node.spec.shape))
+        elif op in MODULES:
+            module = MODULES[op](node)
+        if module is not None:
+            path = _module_path(node.name, taken)
+            modules[path] = module
+            env[node.name] = out.call_module(path, tuple(ins))
+        elif op in BINARY:
+            f = BINARY[op]
+            if a.get("scalar") is None:
+                args = tuple(ins)
+            else:
+                args = (a["scalar"], ins[0]) if a.get("reverse") else (ins[0], a["scalar"])
+            env[node.name] = out.call_function(f, args)
+        elif op == "concat":
+            env[node.name] = out.call_function(torch.cat, (tuple(ins),), {"dim": a["dim"]})
+        elif op == "slice":
+            env[node.name] = out.call_function(torch.narrow, (ins[0], a["dim"], a["start"], a["end"] - a["start"]))
+        elif op == "reshape":
+            batch = out.call_method("size", (ins[0], 0))  # the batch dimension stays dynamic
+            env[node.name] = out.call_method("reshape", (ins[0], (batch, *a["shape"])))
+        elif op == "mean":
+            env[node.name] = out.call_function(torch.mean, (ins[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
+        else:
+            raise IRError(f"no lowering for op {op!r}", node.name)
+    gm = fx.GraphModule(modules, out, class_name="HwoptModule")
+    return gm.eval()
+
