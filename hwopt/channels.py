@@ -1,0 +1,304 @@
+"""Channel coupling: which channels of which tensors must be removed together, and their removal.
+
+Every channel (dim 1) of every node's output is an element. Each op states, as data, which elements of
+its inputs and output are the same channel (a residual add ties channel i of both operands to channel i
+of the sum; concat ties input k's channel i to output channel offset_k + i; a grouped conv ties a whole
+group of input and output channels; flatten gives channel c the H·W features it owns). Connected
+components of that relation are *units*: the smallest sets removable while the graph stays valid.
+Units that touch the same tensors form a `ChannelGroup` (e.g. all 64 output channels of a conv and its
+BN). Ops whose channel mapping cannot survive removal (graph inputs and outputs, reshape, shuffle,
+softmax or mean over channels, broadcast singleton channels) pin their elements: such units are not
+prunable. `remove_channels` deletes chosen units and slices every parameter exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .errors import IRError
+from .ir import OPS, Graph, Node
+
+
+@dataclass
+class ChannelGroup:
+    id: int
+    members: dict[str, np.ndarray]  # node name -> (units, k) channel indices into that node's output
+    prunable: bool
+    producers: list[str] = field(default_factory=list)  # nodes whose output channels (param rows) are these units
+    consumers: list[str] = field(default_factory=list)  # conv/linear nodes that contract over these channels
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.members.values())).shape[0]
+
+    def __repr__(self) -> str:
+        kind = "prunable" if self.prunable else "pinned"
+        return (f"<ChannelGroup {self.id} {kind}: {self.size} units over {len(self.members)} tensors; "
+                f"producers={self.producers} consumers={self.consumers}>")
+
+
+class _Coupler:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.offset: dict[str, int] = {}
+        total = 0
+        for name in graph.order():
+            self.offset[name] = total
+            total += graph[name].spec.channels
+        self.total = total
+        self.a: list[np.ndarray] = []
+        self.b: list[np.ndarray] = []
+        self.pinned: list[np.ndarray] = []
+
+    def el(self, name: str, idx) -> np.ndarray:
+        return self.offset[name] + np.asarray(idx, dtype=np.int64)
+
+    def tie(self, x: str, xi, y: str, yi) -> None:
+        self.a.append(self.el(x, xi))
+        self.b.append(self.el(y, yi))
+
+    def same(self, x: str, y: str) -> None:
+        c = self.g[x].spec.channels
+        self.tie(x, np.arange(c), y, np.arange(c))
+
+    def pin(self, *names: str) -> None:
+        for n in names:
+            self.pinned.append(self.el(n, np.arange(self.g[n].spec.channels)))
+
+
+def _rank(g: Graph, name: str) -> int:
+    return len(g[name].spec.shape)
+
+
+def _couple_node(c: _Coupler, n: Node) -> None:
+    g, out = c.g, n.name
+    ins = list(n.inputs)
+    op, a = n.op, n.attrs
+    if op == "input":
+        c.pin(out)
+    elif op == "output":
+        c.pin(out, *ins)
+    elif op == "conv2d":
+        groups = a["groups"]
+        if groups > 1:  # a group's inputs and outputs live and die together
+            ig, og = a["in_channels"] // groups, a["out_channels"] // groups
+            cin, cout = np.arange(a["in_channels"]), np.arange(a["out_channels"])
+            c.tie(ins[0], cin, ins[0], (cin // ig) * ig)
+            c.tie(ins[0], (cout // og) * ig, out, cout)
+    elif op == "linear":
+        pass  # fresh output features; input features are contracted away
+    elif op in ("add", "sub", "mul", "div"):
+        co = n.spec.channels
+        for i in ins:
+            if _rank(g, i) != _rank(g, out):
+                c.pin(out, *ins)  # broadcasting across ranks misaligns dim 1
+            elif g[i].spec.channels == co:
+                c.same(i, out)
+            else:
+                c.pin(i)  # a broadcast singleton channel cannot be removed
+    elif op == "concat":
+        if a["dim"] == 1:
+            off = 0
+            for i in ins:
+                ci = g[i].spec.channels
+                c.tie(i, np.arange(ci), out, off + np.arange(ci))
+                off += ci
+        else:
+            for i in ins:
+                c.same(i, out)
+    elif op == "slice":
+        if a["dim"] == 1:
+            c.tie(ins[0], a["start"] + np.arange(n.spec.channels), out, np.arange(n.spec.channels))
+        else:
+            c.same(ins[0], out)
+    elif op == "flatten":
+        x = g[ins[0]].spec
+        if a["start_dim"] == 1:
+            block = n.spec.channels // x.channels
+            c.tie(ins[0], np.repeat(np.arange(x.channels), block), out, np.arange(n.spec.channels))
+        else:
+            c.same(ins[0], out)
+    elif op in ("softmax", "log_softmax"):
+        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == 1 else c.same(ins[0], out))
+    elif op == "mean":
+        (c.pin(out, *ins) if 1 in a["dims"] else c.same(ins[0], out))
+    elif op in ("reshape", "channel_shuffle"):
+        c.pin(out, *ins)
+    elif OPS[op].channel_preserving:
+        c.same(ins[0], out)
+    else:
+        raise IRError(f"no channel-coupling rule for op {op!r}", out)
+
+
+def channel_groups(graph: Graph) -> list[ChannelGroup]:
+    """The coupled channel groups of `graph` (cached per graph state). Prunable groups first."""
+    return graph.cached("channel_groups", lambda: _analyse(graph))
+
+
+def _analyse(graph: Graph) -> list[ChannelGroup]:
+    c = _Coupler(graph)
+    for n in graph:
+        _couple_node(c, n)
+    a = np.concatenate(c.a) if c.a else np.zeros(0, np.int64)
+    b = np.concatenate(c.b) if c.b else np.zeros(0, np.int64)
+    adj = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(c.total, c.total))
+    _, label = connected_components(adj, directed=False)
+    pinned_labels = set(np.unique(label[np.concatenate(c.pinned)]).tolist()) if c.pinned else set()
+
+    names = graph.order()
+    sizes = np.array([graph[n].spec.channels for n in names])
+    tensor_of = np.repeat(np.arange(len(names)), sizes)
+    channel_of = np.arange(c.total) - np.repeat(np.array([c.offset[n] for n in names]), sizes)
+    order = np.lexsort((channel_of, tensor_of, label))
+    lab_sorted = label[order]
+    cuts = np.flatnonzero(np.diff(lab_sorted)) + 1
+    # units with the same tensor signature belong to one group
+    by_sig: dict[bytes, list[np.ndarray]] = {}
+    for elems in np.split(order, cuts):
+        by_sig.setdefault(tensor_of[elems].tobytes(), []).append(elems)
+
+    groups = []
+    for units in by_sig.values():
+        first = units[0]
+        tensors = tensor_of[first]
+        chans = np.stack([channel_of[u] for u in units])  # (units, elements per unit)
+        members: dict[str, list] = {}
+        for col, t in enumerate(tensors):
+            members.setdefault(names[t], []).append(chans[:, col])
+        members_arr = {k: np.stack(v, axis=1) for k, v in members.items()}
+        unit_order = np.argsort(chans[:, 0], kind="stable")
+        members_arr = {k: v[unit_order] for k, v in members_arr.items()}
+        prunable = int(label[first[0]]) not in pinned_labels
+        groups.append(_with_roles(graph, ChannelGroup(0, members_arr, prunable)))
+    groups.sort(key=lambda gr: (not gr.prunable, names.index(next(iter(gr.members)))))
+    for i, gr in enumerate(groups):
+        gr.id = i
+    return groups
+
+
+def _with_roles(graph: Graph, group: ChannelGroup) -> ChannelGroup:
+    for name in group.members:
+        n = graph[name]
+        if n.op in ("conv2d", "linear", "batch_norm"):
+            group.producers.append(name)
+        for user in graph.users(name):
+            u = graph[user]
+            if (u.op == "conv2d" and u.attrs["groups"] == 1) or u.op == "linear":
+                if user not in group.consumers:
+                    group.consumers.append(user)
+    return group
+
+
+# ---------------------------------------------------------------------------------------------------
+# Removal
+
+
+def _keep(n: int, removed: np.ndarray | None) -> torch.Tensor | None:
+    if removed is None or len(removed) == 0:
+        return None
+    mask = np.ones(n, bool)
+    mask[removed] = False
+    return torch.from_numpy(np.flatnonzero(mask))
+
+
+def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], groups: list[ChannelGroup] | None = None) -> Graph:
+    """A new graph without the given units: `removal` maps group id -> unit indices to delete.
+
+    Every parameter of the kept channels is carried over exactly. Raises IRError for a pinned group,
+    a unit out of range, or a removal that would leave a tensor with no channel.
+    """
+    groups = groups if groups is not None else channel_groups(graph)
+    removed: dict[str, list[np.ndarray]] = {}
+    for gid, units in removal.items():
+        units = np.unique(np.asarray(units, dtype=np.int64))
+        if len(units) == 0:
+            continue
+        if not 0 <= gid < len(groups):
+            raise IRError(f"no channel group {gid} (graph has {len(groups)})")
+        gr = groups[gid]
+        if not gr.prunable:
+            raise IRError(f"channel group {gid} is pinned (it reaches a graph input/output or a reshape)", next(iter(gr.members)))
+        if units[0] < 0 or units[-1] >= gr.size:
+            raise IRError(f"units {units.tolist()} out of range for group {gid} of size {gr.size}")
+        for name, idx in gr.members.items():
+            removed.setdefault(name, []).append(idx[units].ravel())
+    rem = {k: np.unique(np.concatenate(v)) for k, v in removed.items()}
+    for name, r in rem.items():
+        if len(r) >= graph[name].spec.channels:
+            raise IRError("removal would leave this tensor with no channel", name)
+
+    new = graph.copy()
+    for name in graph.order():
+        n = graph[name]
+        keep_out = _keep(n.spec.channels, rem.get(name))
+        keep_in = _keep(graph[n.inputs[0]].spec.channels, rem.get(n.inputs[0])) if n.inputs else None
+        if keep_out is None and keep_in is None:
+            continue
+        m = new[name]
+        _RESIZE.get(n.op, _no_params)(m, n, keep_in, keep_out, rem.get(n.inputs[0]) if n.inputs else None, graph)
+        new.replace(m)
+    new.infer_shapes()
+    return new.verify()
+
+
+def _no_params(m, n, keep_in, keep_out, removed_in, graph) -> None:
+    pass
+
+
+def _rows(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return t if keep is None else t.index_select(0, keep)
+
+
+def _cols(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return t if keep is None else t.index_select(1, keep)
+
+
+def _resize_conv(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    a = dict(n.attrs)
+    groups = a["groups"]
+    p = dict(n.params)
+    if groups == 1:
+        for k in ("weight", "weight_mask"):
+            if k in p:
+                p[k] = _cols(_rows(p[k], keep_out), keep_in)
+    else:
+        og = a["out_channels"] // groups
+        kept_groups = len(keep_out) // og if keep_out is not None else groups
+        if keep_out is not None and len(keep_out) % og:
+            raise IRError("grouped conv lost part of a group", n.name)
+        a["groups"] = kept_groups
+        for k in ("weight", "weight_mask"):
+            if k in p:
+                p[k] = _rows(p[k], keep_out)
+    if "bias" in p:
+        p["bias"] = _rows(p["bias"], keep_out)
+    if keep_out is not None:
+        a["out_channels"] = len(keep_out)
+    if keep_in is not None:
+        a["in_channels"] = len(keep_in)
+    m.attrs, m.params = a, p
+
+
+def _resize_linear(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    p = {k: _cols(_rows(v, keep_out), keep_in) if k != "bias" else _rows(v, keep_out) for k, v in n.params.items()}
+    m.params = p
+    m.attrs = {**n.attrs, "in_features": p["weight"].shape[1], "out_features": p["weight"].shape[0]}
+
+
+def _resize_bn(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
+    m.attrs = {**n.attrs, "num_features": len(keep_out) if keep_out is not None else n.attrs["num_features"]}
+
+
+def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    if n.attrs["dim"] != 1 or removed_in is None:
+        return
+    before = lambda pos: pos - int(np.searchsorted(removed_in, pos))  # kept channels in [0, pos)
+    m.attrs = {**n.attrs, "start": before(n.attrs["start"]), "end": before(n.attrs["end"])}
+
+
+_RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice}

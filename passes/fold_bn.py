@@ -1,0 +1,41 @@
+"""fold-bn: fold an inference-mode batch norm into the conv or linear layer that feeds it.
+
+Compiler practice (e.g. Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", sec. 3.2). With s = γ / sqrt(var + eps) per channel:
+W' = W · s (rows), b' = (b − mean) · s + β; the BN node is removed and its users read the layer.
+Folds only when the BN is the layer's sole user, so no other reader sees the rescaled output.
+"""
+from __future__ import annotations
+
+import torch
+
+from hwopt.ir import Graph
+from hwopt.passmanager import Pass, PassContext, register_pass
+
+
+@register_pass("fold-bn")
+class FoldBatchNorm(Pass):
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        out = None
+        for bn in list(graph):
+            if bn.op != "batch_norm":
+                continue
+            src_name = bn.inputs[0]
+            g = out if out is not None else graph
+            src = g[src_name]
+            if src.op not in ("conv2d", "linear") or len(g.users(src_name)) != 1:
+                continue
+            if out is None:
+                out = graph.copy()
+            layer = out[src_name].copy()
+            p = bn.params
+            scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
+            shift = p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
+            w = layer.params["weight"]
+            layer.params["weight"] = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            bias = layer.params.get("bias")
+            layer.params["bias"] = shift if bias is None else bias * scale + shift
+            out.replace(layer)
+            out.replace_uses(bn.name, src_name)
+            out.remove(bn.name)
+        return graph if out is None else out
