@@ -86,8 +86,6 @@ def _conv_shape(node: Node, x: TensorSpec) -> Shape:
     a = node.attrs
     if len(x.shape) != 4 or x.shape[1] != a["in_channels"]:
         raise IRError(f"conv2d expects input [N, {a['in_channels']}, H, W], got {list(x.shape)}", node.name)
-    if a["in_channels"] % a["groups"] or a["out_channels"] % a["groups"]:
-        raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
     return (x.shape[0], a["out_channels"], *_spatial(node, x))
 
 
@@ -239,6 +237,9 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
     missing = [a for a in d.attrs if a not in node.attrs and a not in OPTIONAL_ATTRS]
     if missing:
         raise IRError(f"{node.op} is missing attribute(s) {missing}", node.name)
+    if node.op == "conv2d" and (node.attrs["in_channels"] % node.attrs["groups"] or node.attrs["out_channels"] % node.attrs["groups"]):
+        a = node.attrs
+        raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
     if d.params is not None:
         allowed = d.params(node.attrs)
         for name, t in node.params.items():
@@ -294,6 +295,9 @@ class Graph:
     def replace(self, node: Node) -> None:
         """Put `node` (a modified copy of an existing node of the same name) in place, re-wiring edges."""
         old = self.nodes[node.name]
+        for i in node.inputs:
+            if i not in self.nodes:
+                raise IRError(f"input {i!r} does not exist", node.name)
         self.nx.remove_edges_from([(i, node.name) for i in set(old.inputs)])
         self.nx.add_edges_from((i, node.name) for i in node.inputs)
         self.nodes[node.name] = node

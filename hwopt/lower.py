@@ -77,7 +77,6 @@ BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": 
 
 def _module_path(name: str, taken: set[str]) -> str:
     parts = [re.sub(r"\W", "_", p) or "_" for p in name.split(".")]
-    parts = [p if not p[0].isdigit() or i > 0 else "m" + p for i, p in enumerate(parts)]
     path = ".".join(parts)
     # a module path may not also be the prefix of another (a leaf cannot hold children)
     k = 1

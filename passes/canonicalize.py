@@ -19,7 +19,7 @@ class Canonicalize(Pass):
         for n in list(graph):
             if n.op == "identity":
                 out = out if out is not None else graph.copy()
-                out.replace_uses(n.name, n.inputs[0])
+                out.replace_uses(n.name, out[n.name].inputs[0])  # its input may be a bypassed identity too
                 out.remove(n.name)
         g = out if out is not None else graph
         g2 = DeadCodeElimination().run(FoldBatchNorm().run(g, ctx), ctx)

@@ -1,0 +1,293 @@
+"""Hypothesis strategies that draw valid random CNNs, for property-testing passes (hwopt's and yours).
+
+    from hypothesis import given
+    from hwopt.testing.strategies import graphs, modules
+
+    @given(modules())
+    def test_my_pass_is_exact(module_and_input):
+        module, x = module_and_input
+        g = hwopt.lift(module, x)
+        out = MyPass().run(g, hwopt.PassContext())
+        hwopt.testing.assert_close_outputs(g, out, x)
+
+`modules()` draws `(nn.Module in eval mode, example input)`; `graphs()` draws lifted `hwopt.Graph`s;
+`net_specs()` draws the plain-data description both are built from (shrinks well, prints readably).
+Drawn nets mix plain / strided / grouped / depthwise convs, batch norm with non-trivial statistics,
+every activation of the op set, residual adds (identity and projection), concat (branches and
+DenseNet-style), channel split + concat, squeeze-excite, pooling, and a head that either pools or
+flattens spatial features into a linear layer (so a channel owns H·W features).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+               "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    in_channels: int
+    size: int
+    batch: int
+    blocks: tuple[tuple, ...]  # (kind, *args)
+    head: str  # "pool" or "flatten"
+    hidden: int  # 0: no hidden linear layer
+    classes: int
+    seed: int
+
+
+def _conv_bn_act(cin, cout, k=3, stride=1, groups=1, bn=True, act="relu"):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(ACTIVATIONS[act]())
+    return nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    def __init__(self, c, cout, act, project):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn_act(c, c, act=act), nn.Conv2d(c, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(c, cout, 1, bias=False), nn.BatchNorm2d(cout)) if project else nn.Identity()
+        self.act = ACTIVATIONS[act]()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class Branches(nn.Module):
+    def __init__(self, c, c1, c2, dense):
+        super().__init__()
+        self.a, self.b, self.dense = _conv_bn_act(c, c1, k=1), _conv_bn_act(c, c2, k=3), dense
+
+    def forward(self, x):
+        return torch.cat([x, self.a(x), self.b(x)] if self.dense else [self.a(x), self.b(x)], dim=1)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c, r, gate):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+        self.relu, self.gate = nn.ReLU(), ACTIVATIONS[gate]()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class SplitMerge(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = _conv_bn_act(c // 2, c // 2, k=3)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return torch.cat([a, self.conv(b)], dim=1)
+
+
+class DrawnNet(nn.Module):
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        self.spec = spec
+        c, size = spec.in_channels, spec.size
+        blocks = []
+        for kind, *a in spec.blocks:
+            if kind == "conv":
+                cout, k, stride, act, bn = a
+                blocks.append(_conv_bn_act(c, cout, k, stride, 1, bn, act))
+            elif kind == "grouped":
+                cout, groups, act = a
+                blocks.append(_conv_bn_act(c, cout, 3, 1, groups, True, act))
+            elif kind == "depthwise":
+                mult, stride, act = a
+                cout = c * mult
+                blocks.append(_conv_bn_act(c, cout, 3, stride, c, True, act))
+            elif kind == "residual":
+                cout, act, project = a
+                blocks.append(Residual(c, cout, act, project))
+            elif kind == "branches":
+                c1, c2, dense = a
+                blocks.append(Branches(c, c1, c2, dense))
+                cout = c1 + c2 + (c if dense else 0)
+            elif kind == "se":
+                r, gate = a
+                blocks.append(SqueezeExcite(c, r, gate))
+                cout = c
+            elif kind == "split":
+                blocks.append(SplitMerge(c))
+                cout = c
+            elif kind == "pool":
+                (maxpool,) = a
+                blocks.append(nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2))
+                cout = c
+            else:
+                raise ValueError(kind)
+            if kind in ("conv", "depthwise"):
+                stride = a[2] if kind == "conv" else a[1]
+                size = (size + 2 * (k // 2 if kind == "conv" else 1) - (k if kind == "conv" else 3)) // stride + 1
+            elif kind == "pool":
+                size //= 2
+            c = cout
+        self.features = nn.Sequential(*blocks)
+        head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if spec.head == "pool" else [nn.Flatten()]
+        feats = c if spec.head == "pool" else c * size * size
+        if spec.hidden:
+            head += [nn.Linear(feats, spec.hidden), nn.BatchNorm1d(spec.hidden), nn.ReLU()]
+            feats = spec.hidden
+        head.append(nn.Linear(feats, spec.classes))
+        self.head = nn.Sequential(*head)
+        self._randomize(spec.seed)
+
+    @torch.no_grad()
+    def _randomize(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    def example_input(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.spec.seed + 1)
+        s = self.spec
+        return torch.randn(s.batch, s.in_channels, s.size, s.size, generator=gen)
+
+
+@st.composite
+def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), max_batch: int = 3) -> NetSpec:
+    """Plain-data descriptions of random CNNs; each is valid by construction."""
+    c = draw(st.integers(1, 4))
+    in_channels = c
+    size = initial_size = draw(st.integers(*sizes))
+    act = st.sampled_from(sorted(ACTIVATIONS))
+    blocks = []
+    for _ in range(draw(st.integers(1, max_blocks))):
+        kinds = ["conv", "residual", "branches", "se", "depthwise"]
+        if c % 2 == 0 and c >= 2:
+            kinds.append("split")
+        if c >= 2 and any(c % g == 0 for g in (2, 3, 4)):
+            kinds.append("grouped")
+        if size >= 4:
+            kinds.append("pool")
+        kind = draw(st.sampled_from(kinds))
+        if kind == "conv":
+            cout = draw(st.integers(1, max_channels))
+            k = draw(st.sampled_from([1, 3]))
+            stride = draw(st.sampled_from([1, 2])) if size >= 4 else 1
+            blocks.append(("conv", cout, k, stride, draw(act), draw(st.booleans())))
+            size = (size + 2 * (k // 2) - k) // stride + 1
+            c = cout
+        elif kind == "grouped":
+            g = draw(st.sampled_from([g for g in (2, 3, 4) if c % g == 0]))
+            cout = g * draw(st.integers(1, max(1, max_channels // g)))
+            blocks.append(("grouped", cout, g, draw(act)))
+            c = cout
+        elif kind == "depthwise":
+            mult = draw(st.sampled_from([1, 1, 2]))
+            stride = draw(st.sampled_from([1, 2])) if size >= 4 else 1
+            blocks.append(("depthwise", mult, stride, draw(act)))
+            size = (size + 2 - 3) // stride + 1
+            c *= mult
+        elif kind == "residual":
+            project = draw(st.booleans())
+            cout = draw(st.integers(1, max_channels)) if project else c
+            blocks.append(("residual", cout, draw(act), project))
+            c = cout
+        elif kind == "branches":
+            dense = draw(st.booleans())
+            c1, c2 = draw(st.integers(1, max_channels // 2)), draw(st.integers(1, max_channels // 2))
+            blocks.append(("branches", c1, c2, dense))
+            c = c1 + c2 + (c if dense else 0)
+        elif kind == "se":
+            blocks.append(("se", draw(st.integers(1, max(1, c // 2))), draw(st.sampled_from(["sigmoid", "hardsigmoid"]))))
+        elif kind == "split":
+            blocks.append(("split",))
+        elif kind == "pool":
+            blocks.append(("pool", draw(st.booleans())))
+            size //= 2
+    head = draw(st.sampled_from(["pool", "flatten"])) if c * size * size <= 512 else "pool"
+    return NetSpec(in_channels, initial_size, draw(st.integers(1, max_batch)), tuple(blocks), head,
+                   draw(st.sampled_from([0, 0, 8])), draw(st.integers(2, 6)), draw(st.integers(0, 2**31 - 1)))
+
+
+def modules(**kwargs) -> st.SearchStrategy[tuple[nn.Module, torch.Tensor]]:
+    """Draws `(module, example_input)`: a random CNN in eval mode and an input it accepts."""
+    def build(spec: NetSpec):
+        m = DrawnNet(spec)
+        return m, m.example_input()
+    return net_specs(**kwargs).map(build)
+
+
+def graphs(**kwargs):
+    """Draws lifted, verified `hwopt.Graph`s of random CNNs (see `modules()` for what they contain)."""
+    from ..frontend import lift
+    return modules(**kwargs).map(lambda mx: lift(*mx))
+
+
+def graphs_with_input(**kwargs):
+    """Draws `(graph, example_input)` pairs."""
+    from ..frontend import lift
+    return modules(**kwargs).map(lambda mx: (lift(*mx), mx[1]))
+
+
+def _values_for(hint):
+    import types
+    import typing
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*[st.none() if a is type(None) else _values_for(a) for a in args])
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin in (tuple, list):
+        names = st.lists(st.from_regex(r"[a-z][a-z0-9_.]{0,8}", fullmatch=True), max_size=3)
+        return names.map(tuple if origin is tuple else list)
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return st.integers(0, 64)
+    if hint is float:
+        return st.floats(0.0, 1.0, allow_nan=False).map(lambda f: round(f, 4))
+    if hint is str:
+        return st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+    return st.nothing()
+
+
+@st.composite
+def passes(draw, names: list[str] | None = None):
+    """Draws an instance of a registered pass with options drawn from their declared types."""
+    import dataclasses
+    import typing
+
+    from ..errors import PassError
+    from ..passmanager import PASSES, _load_builtin_passes, make_pass
+    _load_builtin_passes()
+    name = draw(st.sampled_from(sorted(names or PASSES)))
+    cls = PASSES[name]
+    hints = typing.get_type_hints(cls)
+    options = {f.name: draw(_values_for(hints[f.name])) for f in dataclasses.fields(cls) if draw(st.booleans())}
+    try:
+        return make_pass(name, **options)
+    except PassError:  # option combinations a pass's validate() rejects
+        from hypothesis import assume
+        assume(False)
+
+
+def pipelines(max_passes: int = 4, names: list[str] | None = None):
+    """Draws a PassManager of registered passes (for text round-trip tests)."""
+    from ..passmanager import PassManager
+    return st.lists(passes(names), max_size=max_passes).map(PassManager)
