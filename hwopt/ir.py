@@ -10,6 +10,7 @@ This module imports nothing else of hwopt but its errors.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -262,6 +263,23 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
     return TensorSpec(tuple(int(s) for s in shape), inputs[0].dtype)
 
 
+# Tensors already checked finite. IR tensors are never modified in place, so a check holds for life.
+# Keyed by id with a weak reference (tensors compare elementwise, so they cannot be set members).
+_FINITE: dict[int, weakref.ref] = {}
+
+
+def _finite(t: torch.Tensor) -> bool:
+    ref = _FINITE.get(id(t))
+    if ref is not None and ref() is t:
+        return True
+    # any NaN/inf element makes the sum non-finite; only a finite-element overflow needs the full check
+    ok = bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    if ok:
+        key = id(t)
+        _FINITE[key] = weakref.ref(t, lambda _r, key=key: _FINITE.pop(key, None) if _FINITE.get(key) is _r else None)
+    return ok
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -416,7 +434,7 @@ class Graph:
             for pname, t in n.params.items():
                 if not isinstance(t, torch.Tensor):
                     raise IRError(f"parameter {pname!r} is a {type(t).__name__}, not a tensor", name)
-                if not torch.isfinite(t).all():
+                if not _finite(t):
                     raise IRError(f"parameter {pname!r} holds NaN or inf", name)
             expected = infer_spec(n, self.input_specs(n))
             if expected != n.spec:

@@ -32,12 +32,17 @@ def _set(m: nn.Module, **tensors) -> nn.Module:
     return m
 
 
+def _empty(cls, *args, **kwargs) -> nn.Module:
+    # Built on the meta device: every tensor is overwritten by _set, so random init would be wasted work.
+    return cls(*args, **kwargs, device="meta")
+
+
 def _conv_module(n: Node, bake: bool) -> nn.Module:
     a, p = n.attrs, n.params
     masked = "weight_mask" in p and not bake
     cls = hnn.MaskedConv2d if masked else nn.Conv2d
-    m = cls(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
-            a["groups"], bias="bias" in p)
+    m = _empty(cls, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+               a["groups"], bias="bias" in p)
     w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
     return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
 
@@ -45,7 +50,7 @@ def _conv_module(n: Node, bake: bool) -> nn.Module:
 def _linear_module(n: Node, bake: bool) -> nn.Module:
     a, p = n.attrs, n.params
     masked = "weight_mask" in p and not bake
-    m = (hnn.MaskedLinear if masked else nn.Linear)(a["in_features"], a["out_features"], bias="bias" in p)
+    m = _empty(hnn.MaskedLinear if masked else nn.Linear, a["in_features"], a["out_features"], bias="bias" in p)
     w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
     return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
 
@@ -53,8 +58,9 @@ def _linear_module(n: Node, bake: bool) -> nn.Module:
 def _bn_module(n: Node, rank: int) -> nn.Module:
     a, p = n.attrs, n.params
     cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
-    m = cls(a["num_features"], eps=a["eps"], momentum=a["momentum"], affine="weight" in p)
-    return _set(m, **{k: p.get(k) for k in ("weight", "bias", "running_mean", "running_var")})
+    m = _empty(cls, a["num_features"], eps=a["eps"], momentum=a["momentum"], affine="weight" in p)
+    return _set(m, **{k: p.get(k) for k in ("weight", "bias", "running_mean", "running_var")},
+                num_batches_tracked=torch.tensor(0, dtype=torch.long))
 
 
 MODULES = {

@@ -1,8 +1,9 @@
 """Hypothesis strategies that draw valid random CNNs, for property-testing passes (hwopt's and yours).
 
     from hypothesis import given
-    from hwopt.testing.strategies import graphs, modules
+    from hwopt.testing.strategies import graphs, modules, torch_settings
 
+    @torch_settings  # no deadline, no "too slow" health check: each example builds a torch model
     @given(modules())
     def test_my_pass_is_exact(module_and_input):
         module, x = module_and_input
@@ -22,8 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from torch import nn
+
+# Building and running a torch model per example is slower than hypothesis' defaults expect.
+torch_settings = settings(deadline=None, max_examples=50,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
                "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
