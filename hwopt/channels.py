@@ -302,3 +302,119 @@ def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> Non
 
 
 _RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Growth: the inverse of removal, for width multipliers (MorphNet's expand step) and widening.
+
+
+def _insertion_plan(graph: Graph, grow: dict[int, int], groups: list[ChannelGroup]) -> dict[str, np.ndarray]:
+    """For each tensor, `src`: new position -> old channel index, or -(1 + anchor) for a new channel
+    inserted after old index `anchor` (-1 anchor: at the front)."""
+    inserts: dict[str, list[tuple[int, int]]] = {}  # tensor -> (anchor, count) in unit-major order
+    for gid, n_new in grow.items():
+        if n_new <= 0:
+            continue
+        gr = groups[gid]
+        if not gr.prunable:
+            raise IRError(f"channel group {gid} is pinned (it reaches a graph input/output or a reshape)", next(iter(gr.members)))
+        for name, idx in gr.members.items():
+            last = idx[-1]
+            # consecutive runs of the last unit's elements stay contiguous (a flattened channel's H·W block)
+            cuts = np.flatnonzero(np.diff(last) != 1) + 1
+            for run in np.split(last, cuts):
+                inserts.setdefault(name, []).append((int(run[-1]), n_new * len(run)))
+    plan = {}
+    for name, ins in inserts.items():
+        size = graph[name].spec.channels
+        after: dict[int, int] = {}
+        for anchor, count in ins:
+            after[anchor] = after.get(anchor, 0) + count
+        src = []
+        for j in range(size):
+            src.append(j)
+            src.extend([-(1 + j)] * after.get(j, 0))
+        plan[name] = np.asarray(src, dtype=np.int64)
+    return plan
+
+
+def _grow_dim(t: torch.Tensor, src: np.ndarray | None, dim: int, fill: torch.Tensor) -> torch.Tensor:
+    """`t` with new slices along `dim` at the positions `src` marks new, taken from `fill`."""
+    if src is None:
+        return t
+    old = torch.from_numpy(np.flatnonzero(src >= 0))
+    new = torch.from_numpy(np.flatnonzero(src < 0))
+    shape = list(t.shape)
+    shape[dim] = len(src)
+    out = torch.empty(shape, dtype=t.dtype)
+    out.index_copy_(dim, old, t.index_select(dim, torch.from_numpy(src[src >= 0])))
+    fshape = list(shape)
+    fshape[dim] = len(new)
+    out.index_copy_(dim, new, fill.reshape(fshape) if fill.numel() == int(np.prod(fshape)) else fill.expand(fshape).clone())
+    return out
+
+
+def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Generator | None = None,
+                  groups: list[ChannelGroup] | None = None) -> Graph:
+    """A new graph where group `gid` has `sizes[gid]` units: fewer removes the last units, more inserts fresh
+    ones (weights drawn like a fresh layer's: N(0, 2/fan_in); new BN channels start at γ=1, β=0, mean 0,
+    var 1; new biases 0; new mask entries 1). Kept channels keep their weights exactly.
+    """
+    groups = groups if groups is not None else channel_groups(graph)
+    shrink = {gid: np.arange(n, groups[gid].size) for gid, n in sizes.items() if n < groups[gid].size}
+    for gid, n in sizes.items():
+        if n < 1:
+            raise IRError(f"channel group {gid} cannot shrink to {n} units")
+    if shrink:
+        graph = remove_channels(graph, shrink, groups)
+        groups = channel_groups(graph)
+    grow = {gid: n - groups[gid].size for gid, n in sizes.items() if n > groups[gid].size}
+    if not grow:
+        return graph
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    plan = _insertion_plan(graph, grow, groups)
+    new = graph.copy()
+    for name in graph.order():
+        n = graph[name]
+        src_out = plan.get(name)
+        src_in = plan.get(n.inputs[0]) if n.inputs else None
+        if src_out is None and src_in is None:
+            continue
+        m = new[name]
+        a, p = dict(n.attrs), dict(n.params)
+        if n.op in ("conv2d", "linear"):
+            w = p["weight"]
+            grouped = n.op == "conv2d" and a["groups"] > 1
+            if grouped and src_out is not None:
+                og = a["out_channels"] // a["groups"]
+                a["groups"] = len(src_out) // og
+            fan_in = w[0].numel() if grouped else (len(src_in) if src_in is not None else w.shape[1]) * w[0, 0].numel()
+            std = (2.0 / fan_in) ** 0.5
+            fresh = lambda *shape: torch.randn(shape, generator=gen, dtype=w.dtype) * std
+            grown = w
+            if not grouped and src_in is not None:
+                grown = _grow_dim(grown, src_in, 1, fresh(grown.shape[0], int((src_in < 0).sum()), *w.shape[2:]))
+            if src_out is not None:
+                grown = _grow_dim(grown, src_out, 0, fresh(int((src_out < 0).sum()), *grown.shape[1:]))
+            p["weight"] = grown
+            if "weight_mask" in p:
+                mask = _grow_dim(p["weight_mask"], src_out, 0, torch.ones(1))
+                p["weight_mask"] = mask if grouped or src_in is None else _grow_dim(mask, src_in, 1, torch.ones(1))
+            if "bias" in p:
+                p["bias"] = _grow_dim(p["bias"], src_out, 0, torch.zeros(1))
+            key_out, key_in = ("out_channels", "in_channels") if n.op == "conv2d" else ("out_features", "in_features")
+            a[key_out] = grown.shape[0]
+            a[key_in] = grown.shape[1] * (a["groups"] if n.op == "conv2d" else 1)
+        elif n.op == "batch_norm":
+            init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()}
+            a["num_features"] = len(src_out)
+        elif n.op == "slice" and a["dim"] == 1 and src_in is not None:
+            key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
+            inside = (key >= a["start"]) & (key < a["end"])
+            positions = np.flatnonzero(inside)
+            a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1
+        m.attrs, m.params = a, p
+        new.replace(m)
+    new.infer_shapes()
+    return new.verify()

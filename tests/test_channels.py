@@ -128,3 +128,26 @@ def test_shuffle_and_reshape_pin_their_channels():
     for gr in hwopt.channel_groups(g):
         if any(s in gr.members for s in shuffles):
             assert not gr.prunable
+
+
+@settings(max_examples=60)
+@given(graphs_with_input(), st.integers(1, 5))
+def test_growing_groups_then_removing_the_new_units_is_exact(gx, extra):
+    g, x = gx
+    groups = hwopt.channel_groups(g)
+    sizes = {gr.id: gr.size + extra for gr in groups if gr.prunable}
+    big = hwopt.resize_groups(g, sizes, generator=torch.Generator().manual_seed(extra))
+    grown = hwopt.channel_groups(big)
+    assert all(grown[gid].size == n for gid, n in sizes.items())
+    back = hwopt.remove_channels(big, {gid: np.arange(groups[gid].size, n) for gid, n in sizes.items()}, groups=grown)
+    assert_close_outputs(g, back, x, atol=1e-6, rtol=1e-6)
+
+
+def test_resize_shrinks_and_grows_reference_model():
+    x = torch.randn(1, 3, 64, 64)
+    g = hwopt.lift(models.get("mobilenet_v2"), x)
+    groups = hwopt.channel_groups(g)
+    target = {gr.id: (gr.size * 3) // 2 if gr.id % 2 else max(1, gr.size // 2) for gr in groups if gr.prunable}
+    out = hwopt.resize_groups(g, target)
+    assert [gr.size for gr in hwopt.channel_groups(out) if gr.prunable] == list(target.values())
+    assert hwopt.lower(out)(x).shape == (1, 1000)
