@@ -86,6 +86,92 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def parse_budget(text: str | None) -> dict:
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise HwoptError(f"--budget items must be resource=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise HwoptError(f"--budget {k.strip()!r} must be a number, got {v!r}") from None
+    return out
+
+
+def cmd_targets(args) -> int:
+    from .targets import available, load_target
+    rows = []
+    for name in available():
+        t = load_target(name)
+        rows.append({"name": t.name, "description": t.description, "clock_mhz": t.clock_mhz, "cores": t.cores_used,
+                     "simd_bits": t.simd_bits, "channel_multiple": t.channel_multiple, "dtype": t.deploy_dtype,
+                     "peak_gmacs": t.peak_macs_per_s / 1e9, "sram_bytes": t.sram_bytes, "flash_bytes": t.flash_bytes,
+                     "runtime": t.runtime})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'target':12s} {'clock':>6s} {'cores':>5s} {'SIMD':>5s} {'×ch':>4s} {'dtype':>7s} {'GMAC/s':>7s} "
+          f"{'SRAM':>8s} {'flash':>9s}  description")
+    for r in rows:
+        mem = lambda b: f"{b // 1024:,}K" if b else "-"
+        print(f"{r['name']:12s} {r['clock_mhz']:6.0f} {r['cores']:5d} {r['simd_bits']:5d} {r['channel_multiple']:4d} "
+              f"{r['dtype']:>7s} {r['peak_gmacs']:7.2f} {mem(r['sram_bytes']):>8s} {mem(r['flash_bytes']):>9s}  {r['description']}")
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    import torch
+
+    from .optimizer import EXPORT_FORMATS, optimize
+    model = load_factory(args.model)()
+    x = torch.randn(*parse_shape(args.input_shape))
+    formats = [f for f in (args.export or "").split(",") if f]
+    for f in formats:
+        if f not in EXPORT_FORMATS:
+            raise HwoptError(f"--export {f!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    result = optimize(model.eval(), args.target, x, budget=parse_budget(args.budget), pipeline=args.pipeline,
+                      seed=args.seed, measure=args.measure)
+    if args.out:
+        out = Path(args.out)
+        result.write_report(out)
+        suffix = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so"}
+        for f in formats:
+            result.export(out / f"model{suffix[f]}", f)
+    if args.json:
+        print(json.dumps(result.report, indent=2, default=str))
+    else:
+        print(f"pipeline: {result.pipeline}\nwhy: {result.why}\n")
+        print(result.table())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    logs = []
+    info = run_demo(args.target, args.out, train_limit=args.train_limit, epochs=args.epochs,
+                    eval_limit=args.eval_limit, tvm_export=not args.no_tvm,
+                    log=(logs.append if args.json else print))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .targets import calibrate
+    return calibrate.main(args.rest)
+
+
+def cmd_search(args) -> int:
+    try:
+        from .passes.nas import cli as nas_cli
+    except ImportError as e:
+        raise HwoptError(f"the NAS search is not available: {e}") from None
+    return nas_cli.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwopt", description="Hardware-aware optimizer for PyTorch models on embedded targets")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--groups", type=int, default=12, help="how many channel groups to list")
     ins.add_argument("--graph", action="store_true", help="also print every node")
     ins.set_defaults(func=cmd_inspect)
+
+    tg = sub.add_parser("targets", help="list the bundled target descriptions with their key figures")
+    tg.add_argument("--json", action="store_true")
+    tg.set_defaults(func=cmd_targets)
+
+    op = sub.add_parser("optimize", help="optimize a model for a target within a budget")
+    op.add_argument("model", help="MODULE:FACTORY")
+    op.add_argument("--target", required=True, help="target name (see `hwopt targets`) or path to a target file")
+    op.add_argument("--input-shape", required=True)
+    op.add_argument("--budget", help="e.g. latency_ms=2.5,peak_sram_bytes=262144 (resources: latency_ms, "
+                                     "peak_sram_bytes, flash_bytes, energy_mj, macs)")
+    op.add_argument("--pipeline", help="pass pipeline text; default: chosen from the target and budget")
+    op.add_argument("--out", help="directory for report.md/json, plots and exports")
+    op.add_argument("--export", help="comma-separated formats: torch,onnx,tvm (needs --out)")
+    op.add_argument("--measure", action="store_true", help="compile with TVM and time before/after (host target)")
+    op.add_argument("--seed", type=int, default=0)
+    op.add_argument("--json", action="store_true")
+    op.set_defaults(func=cmd_optimize)
+
+    dm = sub.add_parser("demo", help="train the MNIST CNN, optimize it for a target, report and export")
+    dm.add_argument("--target", default="cortex-m7")
+    dm.add_argument("--out", default="hwopt-demo")
+    dm.add_argument("--train-limit", type=int, default=20000, help="MNIST training images")
+    dm.add_argument("--eval-limit", type=int, default=None, help="MNIST test images (default all 10k)")
+    dm.add_argument("--epochs", type=float, default=1.0)
+    dm.add_argument("--no-tvm", action="store_true", help="skip the TVM library export")
+    dm.add_argument("--json", action="store_true")
+    dm.set_defaults(func=cmd_demo)
+
+    for name, func, text in (("calibrate", cmd_calibrate, "fit a target's cost model to TVM measurements"),
+                             ("search", cmd_search, "MnasNet-style architecture search against a target")):
+        sp = sub.add_parser(name, help=text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=func)
     return p
 
 

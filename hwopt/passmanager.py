@@ -30,7 +30,7 @@ def register_pass(name: str):
     def deco(cls):
         if name in PASSES and PASSES[name] is not cls:
             raise PassError(f"a pass named {name!r} is already registered ({PASSES[name].__qualname__})")
-        if not dataclasses.is_dataclass(cls):
+        if "__dataclass_fields__" not in cls.__dict__:  # inheriting Pass's fields is not enough
             cls = dataclass(frozen=True)(cls)
         cls.name = name
         PASSES[name] = cls
