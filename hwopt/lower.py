@@ -99,6 +99,7 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     out = fx.Graph()
     modules: dict[str, nn.Module] = {}
     taken: set[str] = set()
+    paths: dict[str, str] = {}
     env: dict[str, fx.Node] = {}
     for node in graph:
         ins = [env[i] for i in node.inputs]
@@ -119,7 +120,7 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op in MODULES:
             module = MODULES[op](node)
         if module is not None:
-            path = _module_path(node.name, taken)
+            path = paths[node.name] = _module_path(node.name, taken)
             modules[path] = module
             env[node.name] = out.call_module(path, tuple(ins))
         elif op in BINARY:
@@ -141,5 +142,6 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         else:
             raise IRError(f"no lowering for op {op!r}", node.name)
     gm = fx.GraphModule(modules, out, class_name="HwoptModule")
+    gm.hwopt_module_paths = paths  # node name -> submodule path (names can need sanitising)
     return gm.eval()
 

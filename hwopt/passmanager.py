@@ -256,6 +256,7 @@ class PassContext:
     train: TrainFn | None = None
     evaluate: EvalFn | None = None
     example_inputs: Any = None
+    data: Any = None  # optional iterable of (x, y) training batches (OBD's Hessian, Taylor importance)
     seed: int = 0
     verify: bool = True
     progress: bool = False

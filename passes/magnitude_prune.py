@@ -1,0 +1,179 @@
+"""magnitude-prune: Han, Pool, Tran, Dally, "Learning both Weights and Connections for Efficient Neural
+Networks" (NIPS 2015).
+
+Unstructured pruning: weights below a per-layer threshold are masked off (a `weight_mask` parameter
+beside the weight), the network is retrained with the masks held fixed, and this is iterated.
+
+How the per-layer amounts are chosen (never hand-set):
+- `sparsity=s`: a sensitivity scan (sec. 3.4, Fig. 2: each layer pruned alone at increasing fractions,
+  accuracy measured with ctx.evaluate, no retraining) gives each layer's accuracy-vs-fraction curve;
+  every layer is pruned up to the point where its own curve loses the same δ, with δ the smallest drop
+  that reaches s overall (`hwopt.sensitivity.allocate_sparsity`). Sensitive layers (conv) get less.
+- no `sparsity`, no `quality`: each layer is pruned as far as its curve stays within
+  `max_accuracy_drop` of the unpruned accuracy (`hwopt.sensitivity.fractions_for_drop`).
+- `quality=q`: the paper's rule, threshold = q × std of the layer's weights (no scan); the resulting
+  fraction per layer is measured once on the incoming weights and then treated like the above.
+
+Then `iterations` rounds of prune → retrain: round i prunes each layer to 1 − (1 − f)^(i/iterations)
+(the same share of the survivors each round), by magnitude of the current (retrained) weights; masks
+only shrink. Retraining goes through ctx.train for `retrain_epochs` per round with an L2 penalty of
+strength `l2` on the surviving weights (sec. 3.1: L2 retrains better than L1). Dropout feeding a pruned
+layer is rescaled by the paper's rule D_r = D_o·sqrt(C_ir/C_io) (sec. 3.1, `adjust_dropout`). Last,
+neurons and channels left with no live inputs or no live outputs are removed exactly (sec. 3.3,
+`hwopt.sparse.remove_dead_units`: e.g. hidden units of LeNet-300-100).
+
+Latency, honestly: masked weights lower to dense kernels (torch: MaskedLinear multiplies the mask in;
+`lower(g, bake_masks=True)` bakes zeros in), and a dense kernel over zeros is not faster. What TVM 0.27
+offers for sparse CPU kernels (checked in the installed apache-tvm 0.27.0.post1): nothing usable. Relax
+has no sparse tensor type — its PyTorch frontend (`relax/frontend/torch/exported_program_translator.py`,
+`_to_sparse`: "Relax does not support sparse tensors yet") densifies sparse tensors and lowers
+`_sparse_mm` / `_sparse_addmm` to a dense `matmul`; TOPI keeps only `sparse_reshape` / `sparse_to_dense`.
+The sparse operators that existed (`nn.sparse_dense`, `sparse_conv2d` with BSR weights, the
+`DenseToSparse` / `Conv2dToSparse` rewrites and their x86 schedules) were Relay's, and Relay is gone
+from 0.27 (no `tvm.relay`). A sparse kernel would have to be written by hand in TensorIR (a CSR loop
+nest) and scheduled; Relay's BSR path was built for *block* sparsity (e.g. 16×1 blocks), whereas
+Han-style unstructured masks (8–10 % non-zeros, no blocks) mean irregular gathers, and at LeNet's sizes
+we do not expect (and have not measured) a win over a dense GEMM. So the honest latency of a masked
+graph is its dense latency.
+The win is storage:
+`hwopt.sparse.flash_bytes` (Deep Compression's relative-index format), which the target cost model uses
+for flash; its latency figure for a masked graph is that of the dense graph.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from hwopt.errors import PassError
+from hwopt.ir import Graph
+from hwopt.lower import lower
+from hwopt.passmanager import Pass, PassContext, register_pass
+from hwopt import sensitivity as sens
+from hwopt import sparse as sp
+
+log = logging.getLogger(__name__)
+
+
+def prune_layer_by_magnitude(graph: Graph, name: str, fraction: float) -> Graph:
+    """A copy of `graph` with `fraction` of node `name`'s weights (counting already-pruned ones) masked
+    off, smallest |w| first."""
+    n = graph[name]
+    mask = sp.prune_lowest(sp.effective_weight(n).abs(), sp.current_mask(n), fraction)
+    return sp.with_masks(graph, {name: mask})
+
+
+def magnitude_masks(graph: Graph, fractions: dict[str, float]) -> dict[str, torch.Tensor]:
+    return {k: sp.prune_lowest(sp.effective_weight(graph[k]).abs(), sp.current_mask(graph[k]), f)
+            for k, f in fractions.items()}
+
+
+@dataclass
+class Plan:
+    """What a magnitude-prune run decided: per-layer final fractions, the scan behind them."""
+    fractions: dict[str, float]
+    scan: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    baseline: Optional[float] = None
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}: {100 * f:.1f}%" for k, f in self.fractions.items())
+
+
+@register_pass("magnitude-prune")
+@dataclass(frozen=True)
+class MagnitudePrune(Pass):
+    sparsity: Optional[float] = None          # overall target fraction of the pruned layers' weights
+    quality: Optional[float] = None           # threshold = quality × std(weights) per layer (paper's rule)
+    max_accuracy_drop: float = 0.01           # per-layer budget when no sparsity / quality is given
+    iterations: int = 3                       # prune → retrain rounds
+    retrain_epochs: float = 1.0               # epochs of ctx.train per round (0: no retraining)
+    l2: float = 0.0                           # L2 penalty strength while retraining
+    adjust_dropout: bool = True               # D_r = D_o·sqrt(C_ir/C_io)
+    remove_dead: bool = True                  # remove neurons with no live inputs or outputs
+    layers: tuple[str, ...] = ()              # only these conv/linear nodes (default: all)
+    protect: tuple[str, ...] = ()             # never prune these
+    scan_fractions: tuple[float, ...] = sens.DEFAULT_FRACTIONS
+    plot: str = ""                            # write the sensitivity curves (PNG) here
+
+    needs = ()  # evaluate (scan) and train (retraining) are checked in run: both depend on the options
+
+    def validate(self) -> None:
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise PassError(f"option 'sparsity' of pass 'magnitude-prune' must be in (0, 1), got {self.sparsity}")
+        if self.quality is not None and self.quality <= 0:
+            raise PassError(f"option 'quality' of pass 'magnitude-prune' must be > 0, got {self.quality}")
+        if self.sparsity is not None and self.quality is not None:
+            raise PassError("options 'sparsity' and 'quality' of pass 'magnitude-prune' exclude each other")
+        if not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise PassError(f"option 'max_accuracy_drop' of pass 'magnitude-prune' must be in [0, 1], got {self.max_accuracy_drop}")
+        if self.iterations < 1:
+            raise PassError(f"option 'iterations' of pass 'magnitude-prune' must be >= 1, got {self.iterations}")
+        if self.retrain_epochs < 0:
+            raise PassError(f"option 'retrain_epochs' of pass 'magnitude-prune' must be >= 0, got {self.retrain_epochs}")
+        if self.l2 < 0:
+            raise PassError(f"option 'l2' of pass 'magnitude-prune' must be >= 0, got {self.l2}")
+        if not self.scan_fractions or any(not 0.0 < f < 1.0 for f in self.scan_fractions):
+            raise PassError(f"option 'scan_fractions' of pass 'magnitude-prune' needs values in (0, 1), got {self.scan_fractions}")
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- planning -------------------------------------------------------------------------------------
+    def plan(self, graph: Graph, ctx: PassContext) -> Plan:
+        names = sp.prunable_layers(graph, self.layers, self.protect)
+        if not names:
+            return Plan({})
+        if self.quality is not None:
+            fr = {}
+            for k in names:
+                w = graph[k].params["weight"]
+                thr = self.quality * float(w.std())
+                fr[k] = float((sp.effective_weight(graph[k]).abs() < thr).float().mean())
+            return Plan(fr)
+        if ctx.evaluate is None:
+            raise PassError("pass 'magnitude-prune' needs evaluate in the PassContext for its sensitivity scan "
+                            "(or set 'quality')")
+        scan = sens.sensitivity_scan(graph, names, prune_layer_by_magnitude, ctx.evaluate, self.scan_fractions,
+                                     progress=ctx.progress)
+        if self.plot:
+            sens.plot_sensitivity(scan, self.plot, title="magnitude-prune sensitivity",
+                                  labels={k: f"{k} ({graph[k].op})" for k in names})
+        base = scan[names[0]][0][1]
+        if self.sparsity is not None:
+            sizes = {k: graph[k].params["weight"].numel() for k in names}
+            fr = sens.allocate_sparsity(scan, sizes, self.sparsity)
+        else:
+            fr = sens.fractions_for_drop(scan, self.max_accuracy_drop)
+        # existing masks are kept: a layer never ends less pruned than it came in
+        fr = {k: max(f, 1.0 - float(sp.current_mask(graph[k]).mean())) for k, f in fr.items()}
+        return Plan(fr, scan, base)
+
+    # -- pruning --------------------------------------------------------------------------------------
+    def apply(self, graph: Graph, ctx: PassContext, plan: Plan) -> Graph:
+        if not plan.fractions or all(f <= 0 for f in plan.fractions.values()):
+            return graph
+        if self.retrain_epochs > 0 and ctx.train is None:
+            raise PassError("pass 'magnitude-prune' needs train in the PassContext to retrain "
+                            "(or set retrain_epochs=0)")
+        g = graph
+        for i in range(1, self.iterations + 1):
+            step = {k: 1.0 - (1.0 - f) ** (i / self.iterations) for k, f in plan.fractions.items()}
+            g = sp.with_masks(g, magnitude_masks(g, step))
+            g = sp.retrain(g, ctx, self.retrain_epochs, self.l2)
+            if ctx.progress:
+                acc = ctx.evaluate(lower(g)) if ctx.evaluate is not None else float("nan")
+                log.info("magnitude-prune round %d/%d: sparsity %.3f, accuracy %.4f", i, self.iterations,
+                         sp.sparsity(g, list(plan.fractions)), acc)
+        if self.adjust_dropout:
+            g = sp.adjust_dropout(graph, g)
+        if self.remove_dead:
+            g, removed = sp.remove_dead_units(g)
+            if removed:
+                log.info("magnitude-prune removed dead units: %s", removed)
+        return g
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        return self.apply(graph, ctx, self.plan(graph, ctx))
