@@ -141,7 +141,7 @@ class Result:
         rows = [("resource", "before", "after", "budget", "×")]
         for k in ("latency_ms", "macs", "params", "flash_bytes", "peak_sram_bytes", "energy_mj"):
             b, a = self.before[k], self.after[k]
-            fmt = (lambda v: f"{v:.3f}") if isinstance(b, float) and b < 1e4 else (lambda v: f"{v:,.0f}")
+            fmt = (lambda v: f"{v:.4g}") if isinstance(b, float) and b < 1e4 else (lambda v: f"{v:,.0f}")
             rows.append((k, fmt(b), fmt(a), fmt(self.budget[k]) if k in self.budget else "-", f"{b / a:.2f}" if a else "-"))
         for k, (b, a) in self.accuracy.items():
             rows.append((k, f"{b:.4f}", f"{a:.4f}", "-", "-"))
@@ -233,6 +233,7 @@ def _plots(result: Result, d: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(6, len(wb) * 0.25), 3.5))
         ax.bar(range(len(wb)), wb, label="before", color="#bbb")
         ax.bar(range(len(wa)), wa, label="after")
+        ax.set_xticks(range(len(wb)))
         ax.set_xlabel("channel group (input → output)")
         ax.set_ylabel("channels")
         ax.set_title("widths per coupled channel group")
