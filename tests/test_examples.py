@@ -1,0 +1,20 @@
+"""The scripts in examples/ run as documented (at reduced sizes)."""
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_custom_pass_example_passes():
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_custom_pass.py")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "3 passed" in r.stdout
+
+
+def test_raspberry_pi4_example(tmp_path):
+    r = subprocess.run([sys.executable, str(EXAMPLES / "optimize_for_raspberry_pi4.py"), "--out", str(tmp_path / "pi4"),
+                        "--resolution", "64"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "pi4" / "report.md").exists() and (tmp_path / "pi4" / "mobilenet_v2-pi4.onnx").exists()
