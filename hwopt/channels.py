@@ -417,4 +417,13 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
         m.attrs, m.params = a, p
         new.replace(m)
     new.infer_shapes()
-    return new.verify()
+    new.verify()
+    expected = sorted(n if gid not in grow else groups[gid].size + grow[gid] for gid, n in
+                      ((g.id, g.size) for g in groups if g.prunable))
+    got = sorted(g.size for g in channel_groups(new) if g.prunable)
+    if got != expected:
+        # e.g. a unit spanning two concat inputs and a grouped conv: the new group's channels cannot be
+        # adjacent in the concat's output, so the grown graph would couple channels differently
+        raise IRError(f"groups {sorted(grow)} cannot grow: new channels would change how channels are coupled "
+                      f"(group sizes {got} instead of {expected})")
+    return new
