@@ -151,33 +151,53 @@ def _analyse(graph: Graph) -> list[ChannelGroup]:
 
     names = graph.order()
     sizes = np.array([graph[n].spec.channels for n in names])
-    tensor_of = np.repeat(np.arange(len(names)), sizes)
+    n_tensors = len(names)
+    tensor_of = np.repeat(np.arange(n_tensors), sizes)
     channel_of = np.arange(c.total) - np.repeat(np.array([c.offset[n] for n in names]), sizes)
-    order = np.lexsort((channel_of, tensor_of, label))
-    lab_sorted = label[order]
-    cuts = np.flatnonzero(np.diff(lab_sorted)) + 1
-    # units with the same tensor signature belong to one group
-    by_sig: dict[bytes, list[np.ndarray]] = {}
-    for elems in np.split(order, cuts):
-        by_sig.setdefault(tensor_of[elems].tobytes(), []).append(elems)
+    # Units touching the same tensors (the same count in each) form one group. A component's multiset of
+    # tensors is hashed with random 64-bit weights (wrapping adds); `_group_rows` checks the result exactly.
+    n_comp = int(label.max()) + 1 if len(label) else 0
+    weights = np.random.default_rng(0).integers(1, 2**62, size=n_tensors, dtype=np.int64)
+    key = np.zeros(n_comp, np.int64)
+    np.add.at(key, label, weights[tensor_of])
+    _, group_of_comp = np.unique(key, return_inverse=True)
+    rows_by_group = _group_rows(label, tensor_of, channel_of, group_of_comp.ravel())
+    if rows_by_group is None:  # a hash collision: fall back to exact (slower) row comparison
+        counts = np.bincount(label * n_tensors + tensor_of, minlength=n_comp * n_tensors).reshape(n_comp, n_tensors)
+        rows_by_group = _group_rows(label, tensor_of, channel_of, np.unique(counts, axis=0, return_inverse=True)[1].ravel())
 
     groups = []
-    for units in by_sig.values():
-        first = units[0]
-        tensors = tensor_of[first]
-        chans = np.stack([channel_of[u] for u in units])  # (units, elements per unit)
-        members: dict[str, list] = {}
-        for col, t in enumerate(tensors):
-            members.setdefault(names[t], []).append(chans[:, col])
-        members_arr = {k: np.stack(v, axis=1) for k, v in members.items()}
-        unit_order = np.argsort(chans[:, 0], kind="stable")
-        members_arr = {k: v[unit_order] for k, v in members_arr.items()}
-        prunable = int(label[first[0]]) not in pinned_labels
-        groups.append(_with_roles(graph, ChannelGroup(0, members_arr, prunable)))
-    groups.sort(key=lambda gr: (not gr.prunable, names.index(next(iter(gr.members)))))
+    for rows in rows_by_group:
+        tensors = tensor_of[rows[0]]
+        chans = channel_of[rows]
+        chans = chans[np.argsort(chans[:, 0], kind="stable")]
+        members = {names[t]: chans[:, tensors == t] for t in dict.fromkeys(tensors.tolist())}
+        prunable = int(label[rows[0, 0]]) not in pinned_labels
+        groups.append(_with_roles(graph, ChannelGroup(0, members, prunable)))
+    position = {n: i for i, n in enumerate(names)}
+    groups.sort(key=lambda gr: (not gr.prunable, position[next(iter(gr.members))]))
     for i, gr in enumerate(groups):
         gr.id = i
     return groups
+
+
+def _group_rows(label, tensor_of, channel_of, group_of_comp) -> list[np.ndarray] | None:
+    """Per group, its elements as rows (units) x columns (the same tensors in the same order), or None
+    when two components in one group do not touch the same tensors (a hash collision)."""
+    order = np.lexsort((channel_of, tensor_of, label, group_of_comp[label]))
+    gsorted = group_of_comp[label][order]
+    units_per_group = np.bincount(group_of_comp)
+    out = []
+    for elems in np.split(order, np.flatnonzero(np.diff(gsorted)) + 1):
+        n_units = int(units_per_group[group_of_comp[label[elems[0]]]])
+        if len(elems) % n_units:
+            return None
+        rows = elems.reshape(n_units, -1)
+        t = tensor_of[rows]
+        if not (t == t[0]).all() or not (label[rows] == label[rows][:, :1]).all():
+            return None
+        out.append(rows)
+    return out
 
 
 def _with_roles(graph: Graph, group: ChannelGroup) -> ChannelGroup:
