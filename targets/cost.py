@@ -1,0 +1,344 @@
+"""The cost model: latency (roofline per op kind, fitted coefficients), flash, peak SRAM, energy.
+
+Pure Python + numpy over the IR. Per-graph features (op kind, work, bytes per node; liveness; weight
+storage) are computed once per graph state and dtype and kept in the graph's analysis cache
+(`Graph.cached`), so a pass that asks for the cost of the same graph again pays only the per-target
+arithmetic (vectorized over nodes).
+
+Latency of one node of kind k (seconds):
+
+    t = overhead_k + (tc^p + tm^p)^(1/p)
+    tc = work / (clock * cores * peak_macs_per_cycle[dtype] * compute_eff_k)
+    tm = bytes / (bandwidth * memory_eff_k)
+
+`work` is MACs for conv/linear, elementwise operations for the rest (see `OP_WORK`), `bytes` the
+activations read and written plus the weights at the deploy dtype. p (soft_max_p) is fitted: large p
+is the classic roofline max, p = 1 the sum. Every term is non-decreasing in every channel count and
+the op kind of a node does not change when channels are removed (grouped convs are costed as the
+slower of conv and depthwise, so a grouped conv that is pruned down to depthwise never gets slower),
+hence removing channels never raises the predicted latency.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwopt.ir import OPS, Graph, Node, _pair
+
+from .schema import KINDS
+
+DTYPE_BYTES = {"float32": 4, "int8": 1}
+KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+VIEW = -1  # reshape/flatten/identity/dropout/input/output: no kernel, no buffer of their own
+
+# Elementwise work per output element, in "operations" (first principles: a compare or add is 1, a
+# piecewise-linear activation a few, an exp-based activation ~16 with a vectorized polynomial exp).
+OP_WORK = {
+    "relu": 1, "relu6": 1, "add": 1, "sub": 1, "mul": 1, "div": 4,
+    "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
+    "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
+}
+ELEMENTWISE = set(OP_WORK)
+VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout"}
+POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
+DATA_OPS = {"concat", "slice", "channel_shuffle"}
+# Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
+FUSABLE_PRODUCERS = {"conv2d", "linear"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-graph features
+
+
+@dataclass
+class Features:
+    names: list[str]
+    kind: np.ndarray          # int index into KINDS, VIEW for no-kernel nodes
+    grouped: np.ndarray       # bool: grouped (not depthwise) conv, costed as max(conv, depthwise)
+    work: np.ndarray          # MACs / elementwise ops
+    act_elems: np.ndarray     # activation elements read + written
+    weight_elems: np.ndarray  # weight + bias elements (dense)
+    macs: int
+    params: int
+
+
+def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
+    op = n.op
+    if op in VIEW_OPS:
+        return VIEW, False
+    if op == "conv2d":
+        a = n.attrs
+        if a["groups"] == 1:
+            k = _pair(a["kernel_size"])
+            return KIND_INDEX["pointwise" if k == (1, 1) else "conv"], False
+        if a["groups"] == a["in_channels"]:
+            return KIND_INDEX["depthwise"], False
+        return KIND_INDEX["conv"], True
+    if op == "linear":
+        return KIND_INDEX["dense"], False
+    if op in POOL_OPS:
+        return KIND_INDEX["pooling"], False
+    if op in DATA_OPS:
+        return KIND_INDEX["data"], False
+    if op in ELEMENTWISE:
+        return KIND_INDEX["fused" if n.name in fused else "elementwise"], False
+    raise ValueError(f"cost model has no rule for op {op!r}")
+
+
+def _fused_nodes(g: Graph) -> set[str]:
+    """Elementwise nodes that TVM's FuseOps (and any fusing runtime) folds into their producer's loop:
+    an elementwise op reading a conv/linear (or an already fused elementwise op) that has no other user."""
+    fused: set[str] = set()
+    anchors = {n.name for n in g.nodes.values() if n.op in FUSABLE_PRODUCERS}
+    for n in g:
+        if n.op not in ELEMENTWISE or n.op in ("softmax", "log_softmax"):
+            continue
+        for i in n.inputs:
+            if (i in anchors or i in fused) and len(g.users(i)) == 1:
+                fused.add(n.name)
+                break
+    return fused
+
+
+def _work(g: Graph, n: Node, ins) -> float:
+    op = n.op
+    d = OPS[op]
+    if d.macs is not None:
+        return float(d.macs(n, ins))
+    out = n.spec.numel
+    if op in ELEMENTWISE:
+        return float(out * OP_WORK[op])
+    if op in ("max_pool2d", "avg_pool2d"):
+        kh, kw = _pair(n.attrs["kernel_size"])
+        return float(out * kh * kw)
+    if op in POOL_OPS:
+        return float(ins[0].numel)
+    return float(out)  # data movement: one op per element
+
+
+def features(g: Graph) -> Features:
+    def compute() -> Features:
+        fused = _fused_nodes(g)
+        names, kind, grouped, work, act, wel = [], [], [], [], [], []
+        macs = params = 0
+        for n in g:
+            k, grp = _kind(g, n, fused)
+            ins = g.input_specs(n)
+            names.append(n.name)
+            kind.append(k)
+            grouped.append(grp)
+            w = _work(g, n, ins) if k != VIEW else 0.0
+            work.append(w)
+            if n.op in ("conv2d", "linear"):
+                macs += int(w)
+            we = sum(n.params[p].numel() for p in ("weight", "bias") if p in n.params)
+            params += we
+            if n.op == "batch_norm":
+                params += n.params["weight"].numel() * 2 if "weight" in n.params else 0
+            if k == VIEW:
+                act.append(0.0)
+            elif k == KIND_INDEX["fused"]:
+                # the producer's output is in registers: only the other operands and the output move
+                act.append(float(n.spec.numel + sum(s.numel for i, s in zip(n.inputs, ins) if i not in fused
+                                                    and g[i].op not in FUSABLE_PRODUCERS)))
+            else:
+                act.append(float(n.spec.numel + sum(s.numel for s in ins)))
+            wel.append(float(we + (2 * n.spec.channels if n.op == "batch_norm" else 0)))
+        return Features(names, np.array(kind), np.array(grouped, bool), np.array(work), np.array(act),
+                        np.array(wel), macs, params)
+
+    return g.cached("hwopt.targets.features", compute)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: peak live activations, flash
+
+
+def peak_sram_elems(g: Graph) -> tuple[int, dict]:
+    """Peak live activation elements under the graph's topological order, and the step where it is.
+
+    Every non-view node allocates its output before it runs and its inputs stay live through it; a
+    buffer is freed after its last reader. View ops (reshape, flatten, identity, dropout) alias their
+    input's buffer and extend its life. The output node holds the result to the end."""
+    def compute():
+        order = g.order()
+        pos = {n: i for i, n in enumerate(order)}
+        root: dict[str, str] = {}
+        size: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for name in order:
+            n = g[name]
+            if n.op in VIEW_OPS and n.op not in ("input", "output"):
+                root[name] = root[n.inputs[0]]
+            elif n.op == "output":
+                root[name] = name
+                size[name] = 0
+            else:
+                root[name] = name
+                size[name] = n.spec.numel
+            last[root[name]] = max(last.get(root[name], -1), pos[name])
+            for i in n.inputs:
+                r = root[i]
+                last[r] = max(last[r], pos[name])
+        for o in [n for n in order if g[n].op == "output"]:
+            for i in g[o].inputs:
+                last[root[i]] = len(order) - 1
+        delta = np.zeros(len(order) + 1, dtype=np.int64)
+        for r, s in size.items():
+            delta[pos[r]] += s
+            delta[last[r] + 1] -= s
+        live = np.cumsum(delta)[:-1]
+        i = int(np.argmax(live)) if len(live) else 0
+        return int(live[i]) if len(live) else 0, {"at": order[i] if order else None}
+
+    return g.cached("hwopt.targets.peak_sram", compute)
+
+
+_sparse_cache: dict[int, tuple] = {}
+
+
+def _gap_stats(mask) -> tuple[int, int, np.ndarray]:
+    """(numel, nnz, sorted gaps between consecutive non-zeros (first from position -1)), cached per tensor."""
+    key = id(mask)
+    hit = _sparse_cache.get(key)
+    if hit is not None and hit[0]() is mask:
+        return hit[1]
+    flat = mask.detach().reshape(-1).cpu().numpy() != 0
+    pos = np.flatnonzero(flat)
+    gaps = np.diff(np.concatenate([[-1], pos])) if len(pos) else np.zeros(0, np.int64)
+    val = (flat.size, int(len(pos)), gaps)
+    try:
+        ref = weakref.ref(mask, lambda _r, k=key: _sparse_cache.pop(k, None))
+    except TypeError:
+        return val
+    _sparse_cache[key] = (ref, val)
+    return val
+
+
+def sparse_bytes(numel: int, nnz: int, gaps: np.ndarray, value_bits: int, index_bits: int) -> int:
+    """Bytes of a weight stored as (value, relative index) pairs, Deep Compression style (Han et al.
+    2016, sec. 2): each entry stores its distance to the previous entry in `index_bits` bits; a
+    distance over 2^index_bits is bridged with filler zero entries."""
+    span = 1 << index_bits
+    fillers = int(np.sum((gaps - 1) // span)) if len(gaps) else 0
+    return math.ceil((nnz + fillers) * (value_bits + index_bits) / 8)
+
+
+def weight_storage(n: Node, wbytes: int) -> tuple[int, int, str]:
+    """(dense bytes, stored bytes, format) of a conv/linear weight at `wbytes` per value."""
+    w = n.params["weight"]
+    dense = w.numel() * wbytes
+    m = n.params.get("weight_mask")
+    if m is None:
+        return dense, dense, "dense"
+    numel, nnz, gaps = _gap_stats(m)
+    best, fmt = dense, "dense"
+    for bits in (4, 8):
+        b = sparse_bytes(numel, nnz, gaps, 8 * wbytes, bits)
+        if b < best:
+            best, fmt = b, f"csr-rel{bits}"
+    return dense, best, fmt
+
+
+def flash(g: Graph, dtype: str) -> dict:
+    """Bytes of everything the deployed model stores per node kind: weights (sparsity-aware), biases
+    (int32 for int8 deployment, float32 otherwise; a batch norm that follows a conv/linear with no
+    other user is folded into it and costs a bias if the conv has none), per-channel requantization
+    parameters for int8 (int32 multiplier + int32 shift per output channel, as CMSIS-NN / TFLM store
+    them), and standalone batch norms (scale + shift, float32)."""
+    def compute():
+        wb = DTYPE_BYTES[dtype]
+        out = {"weights": 0, "weights_dense": 0, "biases": 0, "quant": 0, "other": 0, "formats": {}}
+        for n in g:
+            if n.op in ("conv2d", "linear"):
+                dense, stored, fmt = weight_storage(n, wb)
+                out["weights"] += stored
+                out["weights_dense"] += dense
+                out["formats"][n.name] = fmt
+                cout = n.params["weight"].shape[0]
+                if "bias" in n.params:
+                    out["biases"] += 4 * cout
+                if dtype == "int8":
+                    out["quant"] += 8 * cout
+            elif n.op == "batch_norm":
+                src = g[n.inputs[0]]
+                if src.op in ("conv2d", "linear") and len(g.users(src.name)) == 1:
+                    if "bias" not in src.params:
+                        out["biases"] += 4 * n.spec.channels
+                else:
+                    out["other"] += 8 * n.spec.channels
+        out["total"] = out["weights"] + out["biases"] + out["quant"] + out["other"]
+        return out
+
+    return g.cached(f"hwopt.targets.flash:{dtype}", compute)
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-target evaluation
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Arrays over KINDS of one calibration runtime, plus the roofline exponent."""
+    compute_eff: np.ndarray
+    memory_eff: np.ndarray
+    overhead_us: np.ndarray
+    p: float
+
+    @classmethod
+    def from_table(cls, table: dict) -> "Coefficients":
+        k = table["kinds"]
+        return cls(np.array([float(k[x]["compute_eff"]) for x in KINDS]),
+                   np.array([float(k[x]["memory_eff"]) for x in KINDS]),
+                   np.array([float(k[x]["overhead_us"]) for x in KINDS]),
+                   float(table["soft_max_p"]))
+
+
+def node_seconds(kind: np.ndarray, work: np.ndarray, nbytes: np.ndarray, c: Coefficients,
+                 peak_macs_s: float, bw_bytes_s: float, grouped: np.ndarray | None = None) -> np.ndarray:
+    """Vectorized per-node latency in seconds (VIEW nodes cost 0)."""
+    real = kind >= 0
+    k = np.where(real, kind, 0)
+
+    def t(kk):
+        tc = work / (peak_macs_s * c.compute_eff[kk])
+        tm = nbytes / (bw_bytes_s * c.memory_eff[kk])
+        p = c.p
+        m = np.maximum(tc, tm)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            body = np.where(m > 0, m * ((tc / np.where(m > 0, m, 1)) ** p + (tm / np.where(m > 0, m, 1)) ** p) ** (1 / p), 0.0)
+        return c.overhead_us[kk] * 1e-6 + body
+
+    sec = t(k)
+    if grouped is not None and grouped.any():
+        sec = np.where(grouped, np.maximum(sec, t(np.full_like(k, KIND_INDEX["depthwise"]))), sec)
+    return np.where(real, sec, 0.0)
+
+
+@dataclass
+class Cost:
+    """What a graph costs on a target. Times in ms, memory in bytes, energy in mJ."""
+    latency_ms: float
+    per_node: dict[str, float]
+    by_kind: dict[str, float]
+    flash_bytes: int
+    peak_sram_bytes: int
+    energy_mj: float
+    macs: int
+    params: int
+    target: str = ""
+    runtime: str = ""
+    flash_breakdown: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)  # {"flash": bool, "sram": bool} where the target has limits
+
+    def as_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "flash_bytes": self.flash_bytes,
+                "peak_sram_bytes": self.peak_sram_bytes, "energy_mj": self.energy_mj, "macs": self.macs,
+                "params": self.params, "target": self.target, "runtime": self.runtime}
+
+    def __repr__(self) -> str:
+        return (f"Cost({self.target}/{self.runtime}: {self.latency_ms:.3f} ms, flash {self.flash_bytes:,} B, "
+                f"peak SRAM {self.peak_sram_bytes:,} B, {self.energy_mj:.4f} mJ, {self.macs:,} MACs)")

@@ -1,0 +1,205 @@
+"""The schema of a target TOML file, as data, and its validation.
+
+Every field is listed in `SCHEMA` with its type, whether it is required, its constraints and whether
+the value "auto" (found on this machine at load time) is allowed. `validate(doc, path)` walks the
+parsed TOML and raises `TargetError(field="section.key", path=file)` on the first problem: a missing
+required field, a wrong type, an out-of-range value, or an unknown key (typos must not be ignored).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hwopt.errors import TargetError
+
+DTYPES = ("float32", "int8")
+# Op kinds the cost model tells apart (see cost.py); every calibration table gives coefficients for each.
+KINDS = ("conv", "pointwise", "depthwise", "dense", "elementwise", "fused", "pooling", "data")
+
+
+@dataclass(frozen=True)
+class F:
+    """One field: `types` accepted, `required`, numeric bounds (`positive`, `nonneg`, `le`), `choices`, `auto`."""
+    types: tuple
+    required: bool = True
+    positive: bool = False
+    nonneg: bool = False
+    le: float | None = None
+    choices: tuple | None = None
+    auto: bool = False
+    doc: str = ""
+
+
+NUM = (int, float)
+DTYPE_TABLE = "dtype-table"  # marker: a table {float32 = x, int8 = y} of positive numbers
+
+SCHEMA: dict[str, Any] = {
+    "schema": F((int,), choices=(1,), doc="schema version of this file; 1"),
+    "name": F((str,), doc="the target's name (what load_target takes); lowercase, [a-z0-9-]"),
+    "description": F((str,), doc="one line: the device and what this file models"),
+    "vendor": F((str,), doc="maker of the core / board"),
+    "deploy_dtype": F((str,), choices=DTYPES, doc="dtype weights and activations have when deployed"),
+    "batch": F((int,), positive=True, required=False, doc="batch size the latency is for (default 1)"),
+    "tvm": {
+        "target": F((dict,), doc="TVM target in JSON-dict form, e.g. {kind=\"llvm\", mtriple=..., mcpu=...}"),
+        "host": F((dict,), required=False, doc="TVM host target (JSON-dict form) when it differs from target"),
+    },
+    "compute": {
+        "clock_mhz": F(NUM, positive=True, auto=True, doc="core clock the latency is for, MHz"),
+        "cores_used": F((int,), positive=True, auto=True, doc="cores the deployed model runs on"),
+        "simd_bits": F((int,), nonneg=True, auto=True, doc="SIMD register width in bits (0: none)"),
+        "channel_multiple": F((int,), positive=True, auto=True, doc="channel count multiple the kernels favour"),
+        "peak_macs_per_cycle": F((dict,), doc="per core, per dtype: {float32 = .., int8 = ..}"),
+    },
+    "memory": {
+        "l1d_kib": F(NUM, nonneg=True, auto=True, doc="L1 data cache per core, KiB"),
+        "l2_kib": F(NUM, nonneg=True, auto=True, doc="L2 cache, KiB (0: none)"),
+        "l3_kib": F(NUM, nonneg=True, auto=True, doc="L3 / system cache, KiB (0: none)"),
+        "bandwidth_gbs": F(NUM, positive=True, doc="sustained main-memory bandwidth, GB/s"),
+        "sram_bytes": F((int,), positive=True, required=False, doc="on-chip SRAM for activations (MCU)"),
+        "flash_bytes": F((int,), positive=True, required=False, doc="flash for code + weights (MCU)"),
+    },
+    "overhead": {
+        "per_op_us": F(NUM, nonneg=True, doc="fixed cost of launching one operator, µs (used where calibration gives none)"),
+    },
+    "energy": {
+        "pj_per_mac": F((dict,), doc="energy of one MAC per dtype, pJ: {float32 = .., int8 = ..}"),
+        "pj_per_byte_dram": F(NUM, nonneg=True, doc="energy per byte moved to/from main memory (flash for MCUs), pJ"),
+        "pj_per_byte_sram": F(NUM, nonneg=True, doc="energy per byte moved to/from on-chip SRAM / cache, pJ"),
+    },
+    "calibration": "calibration",  # validated by _validate_calibration
+}
+
+CAL_META = {
+    "source": F((str,), doc="who/what produced the coefficients"),
+    "date": F((str,), doc="ISO date of the fit"),
+    "method": F((str,), doc="fit method (e.g. least squares in log space over N samples)"),
+    "schedules": F((str,), doc="which code the timings came from (TVM default schedules / MetaSchedule-tuned / torch eager / TFLite ...)"),
+    "samples": F((int,), nonneg=True, doc="number of timings fit"),
+    "fit_error": F(NUM, nonneg=True, required=False, doc="median |relative error| on the fit data"),
+    "loo_error": F(NUM, nonneg=True, required=False, doc="leave-one-out median |relative error|, where computed"),
+    "soft_max_p": F(NUM, positive=True, doc="roofline combination exponent: t = (tc^p + tm^p)^(1/p); large = max"),
+}
+KIND_FIELDS = {
+    "compute_eff": F(NUM, positive=True, doc="fraction of peak MACs/s the kind reaches"),
+    "memory_eff": F(NUM, positive=True, doc="fraction of bandwidth_gbs the kind reaches"),
+    "overhead_us": F(NUM, nonneg=True, doc="fixed time per operator of this kind, µs"),
+}
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "integer", float: "number", str: "string", dict: "table", bool: "boolean"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def check_field(spec: F, value: Any, field: str, path: str | None) -> None:
+    if spec.auto and value == "auto":
+        return
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok:
+        extra = ' or "auto"' if spec.auto else ""
+        raise TargetError(f"expected {_type_name(spec.types)}{extra}, got {type(value).__name__} {value!r}", field, path)
+    if spec.choices is not None and value not in spec.choices:
+        raise TargetError(f"must be one of {list(spec.choices)}, got {value!r}", field, path)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise TargetError(f"must be finite, got {value!r}", field, path)
+        if spec.positive and value <= 0:
+            raise TargetError(f"must be > 0, got {value!r}", field, path)
+        if spec.nonneg and value < 0:
+            raise TargetError(f"must be >= 0, got {value!r}", field, path)
+
+
+def _dtype_table(value: dict, field: str, path: str | None) -> None:
+    for k, v in value.items():
+        if k not in DTYPES:
+            raise TargetError(f"unknown dtype {k!r} (known: {list(DTYPES)})", f"{field}.{k}", path)
+        check_field(F(NUM, positive=True), v, f"{field}.{k}", path)
+    for k in DTYPES:
+        if k not in value:
+            raise TargetError(f"missing dtype {k!r}", f"{field}.{k}", path)
+
+
+def _walk(schema: dict, doc: dict, prefix: str, path: str | None) -> None:
+    for key in doc:
+        if key not in schema:
+            raise TargetError(f"unknown key (known here: {sorted(schema)})", prefix + key, path)
+    for key, spec in schema.items():
+        field = prefix + key
+        if isinstance(spec, dict):
+            if key not in doc:
+                raise TargetError("missing required table", field, path)
+            if not isinstance(doc[key], dict):
+                raise TargetError(f"expected a table, got {type(doc[key]).__name__}", field, path)
+            _walk(spec, doc[key], field + ".", path)
+        elif spec == "calibration":
+            if key not in doc:
+                raise TargetError("missing required table", field, path)
+            _validate_calibration(doc[key], path)
+        else:
+            if key not in doc:
+                if spec.required:
+                    raise TargetError("missing required field", field, path)
+                continue
+            check_field(spec, doc[key], field, path)
+            if field in ("compute.peak_macs_per_cycle", "energy.pj_per_mac"):
+                _dtype_table(doc[key], field, path)
+            if field in ("tvm.target", "tvm.host"):
+                kind = doc[key].get("kind")
+                if not isinstance(kind, str) or not kind:
+                    raise TargetError("needs a string 'kind' (e.g. \"llvm\" or \"c\")", field + ".kind", path)
+
+
+def _validate_calibration(cal: Any, path: str | None) -> None:
+    if not isinstance(cal, dict):
+        raise TargetError(f"expected a table, got {type(cal).__name__}", "calibration", path)
+    runtimes = {k: v for k, v in cal.items() if k != "default"}
+    if "default" not in cal:
+        raise TargetError("missing required field (the runtime whose coefficients cost() uses)", "calibration.default", path)
+    check_field(F((str,)), cal["default"], "calibration.default", path)
+    if not runtimes:
+        raise TargetError("needs at least one runtime table, e.g. [calibration.tvm-default]", "calibration", path)
+    if cal["default"] not in runtimes:
+        raise TargetError(f"names runtime {cal['default']!r}, which has no table (have: {sorted(runtimes)})",
+                          "calibration.default", path)
+    for rt, table in runtimes.items():
+        pre = f"calibration.{rt}"
+        if not isinstance(table, dict):
+            raise TargetError(f"expected a table, got {type(table).__name__}", pre, path)
+        allowed = set(CAL_META) | {"kinds"}
+        for k in table:
+            if k not in allowed:
+                raise TargetError(f"unknown key (known here: {sorted(allowed)})", f"{pre}.{k}", path)
+        for k, spec in CAL_META.items():
+            if k not in table:
+                if spec.required:
+                    raise TargetError("missing required field", f"{pre}.{k}", path)
+                continue
+            check_field(spec, table[k], f"{pre}.{k}", path)
+        kinds = table.get("kinds")
+        if not isinstance(kinds, dict):
+            raise TargetError("missing required table of per-kind coefficients", f"{pre}.kinds", path)
+        for k in kinds:
+            if k not in KINDS:
+                raise TargetError(f"unknown op kind (known: {list(KINDS)})", f"{pre}.kinds.{k}", path)
+        for kind in KINDS:
+            if kind not in kinds:
+                raise TargetError("missing required table", f"{pre}.kinds.{kind}", path)
+            entry = kinds[kind]
+            if not isinstance(entry, dict):
+                raise TargetError(f"expected a table, got {type(entry).__name__}", f"{pre}.kinds.{kind}", path)
+            for k in entry:
+                if k not in KIND_FIELDS:
+                    raise TargetError(f"unknown key (known here: {sorted(KIND_FIELDS)})", f"{pre}.kinds.{kind}.{k}", path)
+            for k, spec in KIND_FIELDS.items():
+                if k not in entry:
+                    raise TargetError("missing required field", f"{pre}.kinds.{kind}.{k}", path)
+                check_field(spec, entry[k], f"{pre}.kinds.{kind}.{k}", path)
+
+
+def validate(doc: dict, path: str | None = None) -> None:
+    """Raise TargetError naming the first bad field of a parsed target file."""
+    _walk(SCHEMA, doc, "", path)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", doc["name"]):
+        raise TargetError(f"must be lowercase letters, digits, '-', '.', '_', got {doc['name']!r}", "name", path)

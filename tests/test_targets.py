@@ -1,0 +1,327 @@
+"""Target files: every shipped target loads; malformed files fail with an error naming the field."""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+
+import numpy as np
+import pytest
+
+import hwopt
+import hwopt.targets as T
+from hwopt.errors import TargetError
+from hwopt.targets.schema import CAL_META, KIND_FIELDS, KINDS, SCHEMA, F
+from hwopt.targets.tomlio import format_calibration, replace_calibration_text, update_runtime
+
+NAMES = ["cortex-a53", "cortex-a72", "cortex-a76", "cortex-m4", "cortex-m7", "host", "pixel-1"]
+
+
+def test_available_lists_every_target():
+    assert T.available() == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_target_loads_and_is_complete(name):
+    t = T.load_target(name)
+    assert t.name == name
+    assert t.clock_mhz > 0 and t.cores_used >= 1 and t.peak_macs_per_s > 0 and t.bandwidth_bytes_s > 0
+    assert t.deploy_dtype in ("float32", "int8")
+    assert t.tvm_target["kind"] in ("llvm", "c")
+    info = t.calibration_info
+    for k in ("source", "date", "method", "schedules"):
+        assert info[k], k
+    assert info["method"] != "none", "shipped targets carry fitted / derived coefficients, not the bootstrap table"
+    if name.startswith("cortex-m"):
+        assert t.sram_bytes and t.flash_bytes and t.deploy_dtype == "int8"
+
+
+def test_load_by_path_and_target_passthrough():
+    t = T.load_target(str(T.TARGET_DIR / "cortex-m7.toml"))
+    assert t.name == "cortex-m7"
+    assert T.load_target(t) is t
+
+
+def test_unknown_name_lists_known_targets():
+    with pytest.raises(TargetError) as e:
+        T.load_target("cortex-z99")
+    for n in NAMES:
+        assert n in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(TargetError, match="no such target file"):
+        T.load_target("/nonexistent/dir/x.toml")
+
+
+def test_tvm_accepts_every_target():
+    tvm = pytest.importorskip("tvm")
+    for n in NAMES:
+        tvm.target.Target(T.load_target(n).tvm_target)
+
+
+def test_host_auto_fields_resolved():
+    t = T.load_target("host")
+    assert isinstance(t.clock_mhz, float) and t.clock_mhz > 100
+    assert t.cores_used == len(os.sched_getaffinity(0))
+    assert t.simd_bits in (128, 256, 512)
+    assert t.channel_multiple == t.simd_bits // 32
+    assert t.tvm_target.get("mcpu") != "auto"
+
+
+# --------------------------------------------------------------------------------------------------
+# Malformed files: every required field, missing and mistyped; unknown keys; bad values
+
+
+def _base_doc() -> dict:
+    return tomllib.loads((T.TARGET_DIR / "cortex-m7.toml").read_text())
+
+
+def _dumps(doc: dict) -> str:
+    """Minimal TOML writer for the test documents (tables, inline tables, scalars, lists)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f'"{k}" = {val(x)}' for k, x in v.items()) + "}"
+        raise TypeError(v)
+
+    lines, tables = [], []
+
+    def emit(prefix, d):
+        scal = {k: v for k, v in d.items() if not (isinstance(v, dict) and _is_table(prefix, k))}
+        subs = {k: v for k, v in d.items() if k not in scal}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for k, v in scal.items():
+            lines.append(f'"{k}" = {val(v)}')
+        for k, v in subs.items():
+            emit(f"{prefix}.{k}" if prefix else f'"{k}"' if "." in k else k, v)
+
+    emit("", doc)
+    return "\n".join(lines + tables) + "\n"
+
+
+def _is_table(prefix: str, key: str) -> bool:
+    # sections and calibration runtime tables are tables; everything else (dtype tables, tvm target,
+    # kind entries) is written inline
+    if prefix == "":
+        return key in ("tvm", "compute", "memory", "overhead", "energy", "calibration")
+    if prefix == "calibration":
+        return True
+    if prefix.startswith("calibration.") and prefix.count(".") == 1:
+        return key == "kinds"
+    return False
+
+
+def _err(doc) -> TargetError:
+    with pytest.raises(TargetError) as e:
+        T.parse_target(_dumps(doc), "bad.toml")
+    assert "bad.toml" in str(e.value)
+    return e.value
+
+
+def test_test_writer_round_trips():
+    doc = _base_doc()
+    assert tomllib.loads(_dumps(doc)) == doc
+    T.parse_target(_dumps(doc), "ok.toml")
+
+
+def _fields(schema=SCHEMA, prefix=""):
+    for k, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from _fields(spec, prefix + k + ".")
+        elif isinstance(spec, F):
+            yield prefix + k, spec
+
+
+FIELDS = list(_fields())
+REQUIRED = [f for f, s in FIELDS if s.required]
+RT = "cmsis-nn"
+
+
+def _get(doc, dotted):
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        doc = doc[p]
+    return doc, parts[-1]
+
+
+@pytest.mark.parametrize("field", REQUIRED + ["tvm", "compute", "memory", "overhead", "energy", "calibration"])
+def test_missing_required_field_is_named(field):
+    doc = _base_doc()
+    parent, key = _get(doc, field)
+    del parent[key]
+    e = _err(doc)
+    assert e.field == field and field in str(e)
+
+
+_WRONG = {str: 12, int: "twelve", float: "x", dict: 3}
+
+
+@pytest.mark.parametrize("field,spec", FIELDS, ids=[f for f, _ in FIELDS])
+def test_mistyped_field_is_named(field, spec):
+    doc = _base_doc()
+    parent, key = _get(doc, field)
+    parent[key] = [1, 2] if spec.types[0] in (int, float) else _WRONG[spec.types[0]]
+    e = _err(doc)
+    assert e.field == field
+
+
+@pytest.mark.parametrize("field", ["compute.clock_mhz", "compute.cores_used", "memory.bandwidth_gbs"])
+@pytest.mark.parametrize("value", [-1, 0])
+def test_nonpositive_values_rejected(field, value):
+    doc = _base_doc()
+    parent, key = _get(doc, field)
+    parent[key] = value
+    e = _err(doc)
+    assert e.field == field and "> 0" in str(e)
+
+
+def test_negative_clock_message():
+    doc = _base_doc()
+    doc["compute"]["clock_mhz"] = -216
+    e = _err(doc)
+    assert e.field == "compute.clock_mhz" and e.path == "bad.toml"
+
+
+@pytest.mark.parametrize("where,key", [("", "clok_mhz"), ("compute", "clok_mhz"), ("memory", "sram"),
+                                       ("energy", "pj_per_op"), ("tvm", "targt")])
+def test_unknown_key_is_named(where, key):
+    doc = _base_doc()
+    (doc[where] if where else doc)[key] = 1
+    e = _err(doc)
+    assert e.field == (f"{where}.{key}" if where else key) and "unknown key" in str(e)
+
+
+def test_bad_choices_and_tables():
+    doc = _base_doc()
+    doc["deploy_dtype"] = "float16"
+    assert _err(doc).field == "deploy_dtype"
+    doc = _base_doc()
+    del doc["compute"]["peak_macs_per_cycle"]["int8"]
+    assert _err(doc).field == "compute.peak_macs_per_cycle.int8"
+    doc = _base_doc()
+    doc["energy"]["pj_per_mac"]["bf16"] = 1.0
+    assert _err(doc).field == "energy.pj_per_mac.bf16"
+    doc = _base_doc()
+    doc["tvm"]["target"] = {"mcpu": "cortex-m7"}
+    assert _err(doc).field == "tvm.target.kind"
+    doc = _base_doc()
+    doc["name"] = "Bad Name"
+    assert _err(doc).field == "name"
+    doc = _base_doc()
+    doc["memory"]["bandwidth_gbs"] = float("nan")
+    assert _err(doc).field == "memory.bandwidth_gbs"
+    doc = _base_doc()
+    doc["compute"]["cores_used"] = True
+    assert _err(doc).field == "compute.cores_used"
+    doc = _base_doc()
+    doc["compute"]["clock_mhz"] = "auto"  # auto is allowed here
+    T.parse_target(_dumps(doc))
+    doc = _base_doc()
+    doc["memory"]["bandwidth_gbs"] = "auto"  # but not here
+    assert _err(doc).field == "memory.bandwidth_gbs"
+
+
+@pytest.mark.parametrize("field", [f"calibration.{RT}.{k}" for k, s in CAL_META.items() if s.required]
+                         + [f"calibration.{RT}.kinds.{k}" for k in KINDS]
+                         + [f"calibration.{RT}.kinds.conv.{k}" for k in KIND_FIELDS] + ["calibration.default"])
+def test_calibration_fields_missing(field):
+    doc = _base_doc()
+    parent, key = _get(doc, field)
+    del parent[key]
+    assert _err(doc).field == field
+
+
+def test_calibration_bad_values():
+    doc = _base_doc()
+    doc["calibration"][RT]["kinds"]["conv"]["compute_eff"] = -0.1
+    assert _err(doc).field == f"calibration.{RT}.kinds.conv.compute_eff"
+    doc = _base_doc()
+    doc["calibration"][RT]["kinds"]["winograd"] = doc["calibration"][RT]["kinds"]["conv"]
+    assert _err(doc).field == f"calibration.{RT}.kinds.winograd"
+    doc = _base_doc()
+    doc["calibration"]["default"] = "nope"
+    assert _err(doc).field == "calibration.default"
+    doc = _base_doc()
+    doc["calibration"][RT]["sauce"] = "x"
+    assert _err(doc).field == f"calibration.{RT}.sauce"
+
+
+def test_invalid_toml():
+    with pytest.raises(TargetError, match="not valid TOML"):
+        T.parse_target("name = ", "x.toml")
+
+
+# --------------------------------------------------------------------------------------------------
+# Runtimes and write-back
+
+
+def test_host_runtimes():
+    t = T.load_target("host")
+    assert t.runtime == t.calibration["default"]
+    for rt in t.runtimes:
+        assert T.load_target("host", runtime=rt).runtime == rt
+    with pytest.raises(TargetError) as e:
+        t.with_runtime("nope")
+    assert e.value.field == "calibration.nope"
+
+
+def test_calibration_write_back_is_atomic_and_keeps_the_rest(tmp_path):
+    src = (T.TARGET_DIR / "cortex-m7.toml").read_text()
+    p = tmp_path / "m7.toml"
+    p.write_text(src)
+    doc = tomllib.loads(src)
+    table = copy.deepcopy(doc["calibration"][RT])
+    table["kinds"]["conv"]["compute_eff"] = 0.5
+    table["source"] = 'a "quoted" source'
+    update_runtime(p, "other", table)
+    new = p.read_text()
+    assert new.split("[calibration]")[0] == src.split("[calibration]")[0]  # comments and fields untouched
+    t = T.load_target(p)
+    assert t.runtime == RT and set(t.runtimes) == {RT, "other"}
+    assert t.with_runtime("other").calibration["other"]["kinds"]["conv"]["compute_eff"] == 0.5
+    assert [f.name for f in tmp_path.iterdir()] == ["m7.toml"]  # no temp files left
+    # an invalid table never reaches the file
+    bad = copy.deepcopy(table)
+    bad["kinds"]["conv"]["compute_eff"] = -1.0
+    with pytest.raises(TargetError):
+        update_runtime(p, "other", bad)
+    assert p.read_text() == new
+
+
+def test_format_calibration_round_trips():
+    doc = _base_doc()
+    text = replace_calibration_text("x = 1\n", doc["calibration"])
+    assert tomllib.loads(text)["calibration"] == doc["calibration"]
+
+
+# --------------------------------------------------------------------------------------------------
+# pixel-1 reproduces its fit data
+
+
+def test_pixel1_reproduces_published_latencies():
+    from hwopt.targets.published import _graph, pixel1_data
+    t = T.load_target("pixel-1")
+    for r in pixel1_data():
+        pred = t.cost(_graph(r["model"], r["width_mult"], r["resolution"])).latency_ms
+        assert abs(pred / r["latency_ms"] - 1) <= 0.10, (r, pred)
+    assert t.calibration_info["loo_error"] < 0.10
+
+
+def test_cortex_m7_reproduces_cmsis_nn_figure():
+    import torch
+
+    from hwopt.targets.published import CMSIS_NN_MS, cmsis_nn_cifar10
+    g = hwopt.lift(cmsis_nn_cifar10(), torch.randn(1, 3, 32, 32))
+    c7, c4 = T.load_target("cortex-m7").cost(g), T.load_target("cortex-m4").cost(g)
+    assert abs(c7.latency_ms / CMSIS_NN_MS - 1) < 0.01
+    assert c4.latency_ms > c7.latency_ms
+    assert np.isclose(c7.flash_bytes, c4.flash_bytes)
