@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwopt.sparse import sparse_weight_bytes
 from hwopt.ir import OPS, Graph, Node, _pair
 
 from .schema import KINDS
@@ -197,50 +198,31 @@ def peak_sram_elems(g: Graph) -> tuple[int, dict]:
     return g.cached("hwopt.targets.peak_sram", compute)
 
 
-_sparse_cache: dict[int, tuple] = {}
-
-
-def _gap_stats(mask) -> tuple[int, int, np.ndarray]:
-    """(numel, nnz, sorted gaps between consecutive non-zeros (first from position -1)), cached per tensor."""
-    key = id(mask)
-    hit = _sparse_cache.get(key)
-    if hit is not None and hit[0]() is mask:
-        return hit[1]
-    flat = mask.detach().reshape(-1).cpu().numpy() != 0
-    pos = np.flatnonzero(flat)
-    gaps = np.diff(np.concatenate([[-1], pos])) if len(pos) else np.zeros(0, np.int64)
-    val = (flat.size, int(len(pos)), gaps)
-    try:
-        ref = weakref.ref(mask, lambda _r, k=key: _sparse_cache.pop(k, None))
-    except TypeError:
-        return val
-    _sparse_cache[key] = (ref, val)
-    return val
-
-
-def sparse_bytes(numel: int, nnz: int, gaps: np.ndarray, value_bits: int, index_bits: int) -> int:
-    """Bytes of a weight stored as (value, relative index) pairs, Deep Compression style (Han et al.
-    2016, sec. 2): each entry stores its distance to the previous entry in `index_bits` bits; a
-    distance over 2^index_bits is bridged with filler zero entries."""
-    span = 1 << index_bits
-    fillers = int(np.sum((gaps - 1) // span)) if len(gaps) else 0
-    return math.ceil((nnz + fillers) * (value_bits + index_bits) / 8)
+_storage_cache: dict[tuple, tuple] = {}
 
 
 def weight_storage(n: Node, wbytes: int) -> tuple[int, int, str]:
-    """(dense bytes, stored bytes, format) of a conv/linear weight at `wbytes` per value."""
+    """(dense bytes, stored bytes, format) of a conv/linear weight at `wbytes` per value: dense, or
+    Deep Compression's relative-index CSR (hwopt.sparse) with 4- or 8-bit indices, whichever is
+    smallest. Cached per (weight, mask) tensor pair: IR tensors are never modified in place."""
     w = n.params["weight"]
     dense = w.numel() * wbytes
     m = n.params.get("weight_mask")
     if m is None:
         return dense, dense, "dense"
-    numel, nnz, gaps = _gap_stats(m)
+    key = (id(w), id(m), wbytes)
+    hit = _storage_cache.get(key)
+    if hit is not None and hit[0]() is w and hit[1]() is m:
+        return hit[2]
     best, fmt = dense, "dense"
     for bits in (4, 8):
-        b = sparse_bytes(numel, nnz, gaps, 8 * wbytes, bits)
+        b = sparse_weight_bytes(w, m, value_bits=8 * wbytes, index_bits=bits, layout="csr")
         if b < best:
             best, fmt = b, f"csr-rel{bits}"
-    return dense, best, fmt
+    val = (dense, best, fmt)
+    drop = lambda _r, k=key: _storage_cache.pop(k, None)
+    _storage_cache[key] = (weakref.ref(w, drop), weakref.ref(m, drop), val)
+    return val
 
 
 def flash(g: Graph, dtype: str) -> dict:

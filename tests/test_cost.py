@@ -13,7 +13,8 @@ from torch import nn
 
 import hwopt
 import hwopt.targets as T
-from hwopt.targets.cost import DTYPE_BYTES, sparse_bytes
+from hwopt.sparse import relative_index_entries
+from hwopt.targets.cost import DTYPE_BYTES
 
 TARGETS = [T.load_target(n, runtime=rt) for n in T.available() for rt in T.load_target(n).runtimes]
 
@@ -172,9 +173,10 @@ def test_sparse_weights_stored_compressed():
         assert c.flash_breakdown["weights"] == expect < dense * wb
         assert c.flash_breakdown["formats"][conv.name] == "csr-rel4"
     # a gap of 40 needs fillers with 4-bit indices (16): ceil(40/16)-1 = 2 each; 8-bit has none
-    gaps = np.array([1] + [40] * 99)
-    assert sparse_bytes(4000, 100, gaps, 8, 4) == math.ceil((100 + 2 * 99) * 12 / 8)
-    assert sparse_bytes(4000, 100, gaps, 8, 8) == 100 * 2
+    nz = np.zeros(4000, bool)
+    nz[np.arange(100) * 40] = True  # first entry at 0, then gaps of 40
+    assert relative_index_entries(nz, 4) == 100 + 2 * 99
+    assert relative_index_entries(nz, 8) == 100
     # an all-ones mask stays dense
     node = conv.copy()
     node.params["weight_mask"] = torch.ones_like(conv.params["weight"])
