@@ -374,6 +374,10 @@ def _grow_dim(t: torch.Tensor, src: np.ndarray | None, dim: int, fill: torch.Ten
     return out
 
 
+def _signature(group: ChannelGroup) -> tuple:
+    return tuple(sorted((name, idx.shape[1]) for name, idx in group.members.items()))
+
+
 def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Generator | None = None,
                   groups: list[ChannelGroup] | None = None) -> Graph:
     """A new graph where group `gid` has `sizes[gid]` units: fewer removes the last units, more inserts fresh
@@ -385,10 +389,17 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
     for gid, n in sizes.items():
         if n < 1:
             raise IRError(f"channel group {gid} cannot shrink to {n} units")
+    grow_by_sig = {_signature(groups[gid]): n for gid, n in sizes.items() if n > groups[gid].size}
     if shrink:
         graph = remove_channels(graph, shrink, groups)
         groups = channel_groups(graph)
-    grow = {gid: n - groups[gid].size for gid, n in sizes.items() if n > groups[gid].size}
+    # group ids can shift when a graph changes: find the groups to grow again by what they couple
+    by_sig = {_signature(g): g.id for g in groups}
+    missing = [s for s in grow_by_sig if s not in by_sig]
+    if missing:
+        raise IRError(f"shrinking changed how channels are coupled (e.g. a depthwise conv left with one channel "
+                      f"is a plain conv); grow and shrink in separate calls. Lost group over {missing[0]}")
+    grow = {by_sig[sig]: n - groups[by_sig[sig]].size for sig, n in grow_by_sig.items()}
     if not grow:
         return graph
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -1,0 +1,620 @@
+"""morphnet: resource-weighted sparsifying regulariser on BN scales, shrink, then expand to a budget.
+
+Gordon et al. 2018, "MorphNet: Fast & Simple Resource-Constrained Structure Learning of Deep Networks".
+One iteration is
+
+1. **Shrink.** Train (``ctx.train(module, epochs=epochs, penalty=...)``) with the penalty
+
+       λ · Σ_groups c_g · Σ_units |γ_unit|
+
+   on the batch-norm scales γ. Units and groups are hwopt's channel-coupling analysis
+   (``hwopt.channel_groups``): a unit is a set of channels removable together. For a group with several
+   batch norms (a residual stage: every BN feeding the same add), a unit's |γ| is the **max** over its
+   BNs (and over its channels, for multi-channel units), as the MorphNet reference implementation's
+   ``MaxGroupingRegularizer`` does: a unit is alive while any of its BNs is, so its gradient flows to
+   the largest |γ| only. ``c_g`` is the **marginal cost of one unit of group g given the alive channels
+   around it**: ``cost(widths) − cost(widths with g one unit narrower)``, evaluated on the graph with
+   every group at its alive width (|γ| ≥ threshold). For ``flops`` and ``size`` this is exactly the
+   paper's formulation (conv / linear cost is bilinear in in- and out-width, so the difference is
+   "alive inputs × k² × HW" for an output channel plus its consumers' share); for ``latency`` and
+   ``energy`` it is the target's cost model's finite difference. Coefficients are computed at the start
+   of each iteration and refreshed every ``refresh_steps`` training steps from the alive counts.
+   Groups with no batch norm (e.g. squeeze-excite bottlenecks) are not regularised and keep their width.
+   After training, units whose |γ| < ``threshold`` are removed with ``hwopt.remove_channels`` (never a
+   whole group: the unit with the largest |γ| stays).
+2. **Expand.** Find the width multiplier w by bisection so the network with every prunable group at
+   ``round(w · width_g)`` (a multiple of ``round_to``) meets the budget; since rounding makes the
+   resource a step function of w, finish with a greedy fill (one multiple at a time, to the group
+   furthest below its proportional share, while it fits) and trim/swap so the result is as close to
+   the budget as the widths allow (in practice within 2 %) and never over it. Widths are applied with
+   ``hwopt.resize_groups``. Costs during the search are evaluated on shape-only copies of the graph
+   (zero-stride tensors), so a search costs milliseconds per probe. A budget below the cost with every
+   prunable group at its minimum width (one multiple) raises ``hwopt.BudgetError`` stating that minimum.
+3. **Retrain** the expanded network from scratch (fresh init: conv / linear N(0, 2/fan_in), bias 0,
+   BN γ=1, β=0), as the paper does, with ``ctx.train(module, epochs=retrain_epochs)``. With
+   ``retrain_epochs=0`` (or no ``ctx.train``) the expanded graph keeps its trained weights (new units
+   fresh), which makes ``morphnet{epochs=0,retrain_epochs=0}`` a pure expand-to-budget pass.
+
+Options (text form e.g. ``morphnet{resource=latency,budget=0.2,epochs=2,iterations=1}``):
+
+resource
+    ``flops``: multiply-accumulates of conv / linear layers (the paper's FLOP regulariser counts MACs).
+    ``size``: with ``ctx.target`` set, the target's flash bytes (weights at the deploy dtype, biases,
+    int8 requantisation data, folded BN); without a target, the parameter count. ``latency`` (ms) and
+    ``energy`` (mJ): ``ctx.target``'s cost model (required).
+budget
+    A value of the resource (same unit as above); default: the input graph's cost (MorphNet's "same
+    cost, better allocated").
+strength
+    λ. Default (none): ``DEFAULT_STRENGTH / initial cost``, the paper's scaling, so the penalty starts
+    at about 2·DEFAULT_STRENGTH whatever the resource and its unit.
+threshold
+    |γ| under which a unit is dead; default 1e-2 (the paper uses 1e-2 for γ thresholds; under an L1
+    penalty with SGD, dead γ oscillate around 0 with an amplitude of lr·λ·c, far below it).
+epochs, retrain_epochs, iterations
+    Shrink training epochs (0: no training, threshold the current γ only); retraining epochs of the
+    expanded network (0: no retrain); shrink/expand rounds (each starts from the previous result).
+round_to
+    ``target`` (``ctx.target.channel_multiple``, 1 without a target) or an int: expanded widths are
+    multiples of it (for multi-channel units, of lcm(multiple, unit channels) / unit channels units).
+refresh_steps
+    Recompute the per-group coefficients from the alive widths every this many training steps (0: only
+    at the start of each iteration).
+plot
+    Path of a PNG bar plot of per-group widths (before / after shrink / after expand). Without it, the
+    plot is written to ``ctx.workdir/morphnet_widths.png`` when ``ctx.workdir`` is set.
+
+The report (per-group widths at each stage, the multiplier, costs) is appended to ``ctx.records`` as
+``{"pass": "morphnet/report", ...}``. The input graph is never mutated.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional, Union
+
+import numpy as np
+import torch
+
+from hwopt.channels import ChannelGroup, channel_groups, remove_channels, resize_groups
+from hwopt.errors import BudgetError, PassError
+from hwopt.ir import Graph, node_macs
+from hwopt.passmanager import Pass, PassContext, atomic_write, register_pass
+
+__all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "resource_cost", "WidthModel", "unit_costs", "Regularizer",
+           "unit_gammas", "dead_units", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init", "read_back",
+           "plot_widths"]
+
+RESOURCES = ("flops", "size", "latency", "energy")
+DEFAULT_STRENGTH = 2.0
+SWAP_BELOW = 0.985  # expand trades widths between groups only while the fill leaves it under this fraction of the budget
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resources
+
+
+def _needs_target(resource: str, target) -> None:
+    if resource in ("latency", "energy") and target is None:
+        raise PassError(f"option 'resource' of pass 'morphnet': resource={resource} needs ctx.target (a cost model)")
+
+
+def resource_cost(graph: Graph, resource: str, target=None) -> float:
+    """The value of `resource` for `graph` (see the module doc for units)."""
+    _needs_target(resource, target)
+    if resource == "flops":
+        return float(sum(node_macs(graph, n) for n in graph.nodes.values() if n.op in ("conv2d", "linear")))
+    if resource == "size":
+        if target is not None:
+            return float(target.cost(graph).flash_bytes)
+        return float(graph.stats()["params"])
+    c = target.cost(graph)
+    return float(c.latency_ms if resource == "latency" else c.energy_mj)
+
+
+def _unit_channels(gr: ChannelGroup) -> int:
+    key = gr.producers[0] if gr.producers else next(iter(gr.members))
+    return int(gr.members[key].shape[1])
+
+
+def _min_units(graph: Graph, gr: ChannelGroup) -> int:
+    """2 for a group feeding a grouped / depthwise conv (a 1-channel depthwise conv is indistinguishable from
+    a plain 1→1 conv: the coupling analysis would then split its input and output, and growing them would
+    turn it into a dense conv), else 1."""
+    for name in gr.members:
+        for user in graph.users(name):
+            u = graph[user]
+            if u.op == "conv2d" and u.attrs["groups"] > 1 and gr.size * _unit_channels(gr) >= 2:
+                return 2
+    return 1
+
+
+def _label(gr: ChannelGroup) -> str:
+    convs = [p for p in gr.producers]
+    return convs[0] if convs else next(iter(gr.members))
+
+
+class WidthModel:
+    """The resource of `graph` with its prunable groups at other widths, without materialising weights.
+
+    `graph_for(sizes)` builds a shape-only copy (parameters are zero-stride expanded tensors, so a graph of
+    any width costs no memory) whose cost equals that of ``hwopt.resize_groups(graph, sizes)``; graphs
+    with a channel slice fall back to ``resize_groups`` itself (exact, slower)."""
+
+    def __init__(self, graph: Graph, resource: str, target=None):
+        _needs_target(resource, target)
+        self.graph, self.resource, self.target = graph, resource, target
+        self.groups = channel_groups(graph)
+        self.base = {gr.id: gr.size for gr in self.groups}
+        self.prunable = [gr.id for gr in self.groups if gr.prunable]
+        self.contrib: dict[str, list[tuple[int, int]]] = {}
+        for gr in self.groups:
+            for name, idx in gr.members.items():
+                self.contrib.setdefault(name, []).append((gr.id, int(idx.shape[1])))
+        self.exact = any(n.op == "slice" and n.attrs["dim"] == 1 for n in graph.nodes.values())
+        self._memo: dict[tuple, float] = {}
+        self.evaluations = 0
+
+    def _key(self, sizes: dict[int, int]) -> tuple:
+        return tuple(int(sizes.get(g, self.base[g])) for g in self.prunable)
+
+    def graph_for(self, sizes: dict[int, int]) -> Graph:
+        if self.exact:
+            return resize_groups(self.graph, {g: int(s) for g, s in sizes.items() if s != self.base[g]}, groups=self.groups)
+        g0 = self.graph
+        ch = {}
+        for name, parts in self.contrib.items():
+            ch[name] = sum(int(sizes.get(gid, self.base[gid])) * k for gid, k in parts)
+        new = g0.copy()
+        z = torch.zeros(())
+        for name, n in new.nodes.items():
+            if n.op not in ("conv2d", "linear", "batch_norm"):
+                continue
+            out = ch.get(name, g0[name].spec.channels)
+            cin = ch.get(n.inputs[0], g0[n.inputs[0]].spec.channels)
+            a, p = dict(n.attrs), {}
+            if n.op == "conv2d":
+                groups = a["groups"]
+                if groups > 1:
+                    groups = cin // (a["in_channels"] // a["groups"])
+                a.update(out_channels=out, in_channels=cin, groups=groups)
+                kh, kw = n.params["weight"].shape[2:]
+                wshape = (out, cin // groups, kh, kw)
+            elif n.op == "linear":
+                a.update(out_features=out, in_features=cin)
+                wshape = (out, cin)
+            else:
+                a["num_features"] = out
+                wshape = (out,)
+            for k in n.params:
+                if k in ("weight", "weight_mask"):
+                    p[k] = (z + (1.0 if k == "weight_mask" else 0.0)).expand(wshape)
+                else:
+                    p[k] = z.expand((out,))
+            n.attrs, n.params = a, p
+        new.infer_shapes()
+        return new
+
+    def cost(self, sizes: dict[int, int]) -> float:
+        key = self._key(sizes)
+        hit = self._memo.get(key)
+        if hit is None:
+            self.evaluations += 1
+            hit = self._memo[key] = resource_cost(self.graph_for(sizes), self.resource, self.target)
+        return hit
+
+    def marginal(self, sizes: dict[int, int], gids) -> dict[int, float]:
+        """Cost of one unit of each group in `gids` at `sizes`: c(sizes) − c(g one unit narrower)
+        (one unit wider − c(sizes) for a group of one unit)."""
+        sizes = {g: int(sizes.get(g, self.base[g])) for g in self.prunable}
+        here = self.cost(sizes)
+        out = {}
+        for g in gids:
+            s = sizes[g]
+            if s > 1:
+                out[g] = here - self.cost({**sizes, g: s - 1})
+            else:
+                out[g] = self.cost({**sizes, g: s + 1}) - here
+        return out
+
+
+def unit_costs(graph: Graph, resource: str, target=None, sizes: dict[int, int] | None = None) -> dict[int, float]:
+    """Marginal cost of one unit of every prunable group of `graph` (at `sizes`, default the current widths)."""
+    wm = WidthModel(graph, resource, target)
+    return wm.marginal(sizes or {}, wm.prunable)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Module <-> graph
+
+
+def _module_nodes(graph: Graph, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The submodule `hwopt.lower(graph)` made for each parametric node (paired in graph order)."""
+    from hwopt.lower import MODULES as LOWER_MODULES
+
+    nodes = [n for n in graph if n.op in ("conv2d", "linear", "batch_norm") or n.op in LOWER_MODULES]
+    calls = [c for c in module.graph.nodes if c.op == "call_module"]
+    if len(nodes) != len(calls):
+        raise PassError(f"morphnet: the lowered module does not match the graph ({len(calls)} modules, {len(nodes)} nodes)")
+    out = {}
+    for n, c in zip(nodes, calls):
+        if n.params:
+            out[n.name] = module.get_submodule(str(c.target))
+    return out
+
+
+def read_back(graph: Graph, module: torch.nn.Module) -> Graph:
+    """A copy of `graph` with the parameters of `module` (a trained ``hwopt.lower(graph)``)."""
+    mapping = _module_nodes(graph, module)
+    new = graph.copy()
+    for name, m in mapping.items():
+        node = new[name].copy()
+        node.params = {k: (getattr(m, k).detach().clone() if isinstance(getattr(m, k, None), torch.Tensor) else t)
+                       for k, t in node.params.items()}
+        new.replace(node)
+    return new.verify()
+
+
+def fresh_init(graph: Graph, generator: torch.Generator) -> Graph:
+    """A copy of `graph` re-initialised from scratch: conv / linear weights N(0, 2/fan_in), biases 0, BN γ=1,
+    β=0, running mean 0, var 1 (masks kept)."""
+    new = graph.copy()
+    for name in graph.order():
+        n = graph[name]
+        if n.op in ("conv2d", "linear"):
+            w = n.params["weight"]
+            fan_in = w[0].numel()
+            p = dict(n.params)
+            p["weight"] = torch.randn(w.shape, generator=generator, dtype=w.dtype) * math.sqrt(2.0 / fan_in)
+            if "bias" in p:
+                p["bias"] = torch.zeros_like(p["bias"])
+        elif n.op == "batch_norm":
+            init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+            p = {k: torch.full_like(v, init[k]) for k, v in n.params.items()}
+        else:
+            continue
+        m = new[name].copy()
+        m.params = p
+        new.replace(m)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------
+# The regulariser
+
+
+def _bn_members(graph: Graph, gr: ChannelGroup) -> list[tuple[str, np.ndarray]]:
+    return [(name, idx) for name, idx in gr.members.items()
+            if graph[name].op == "batch_norm" and "weight" in graph[name].params]
+
+
+def unit_gammas(graph: Graph, gr: ChannelGroup, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """|γ| per unit of `gr`: max over the unit's BN channels (empty tensor if the group has no BN)."""
+    parts = []
+    for name, idx in _bn_members(graph, gr):
+        w = weights[name] if weights is not None else graph[name].params["weight"]
+        parts.append(w.abs()[torch.from_numpy(idx)])
+    if not parts:
+        return torch.zeros(0)
+    return torch.cat(parts, dim=1).amax(dim=1)
+
+
+class Regularizer:
+    """MorphNet's penalty λ · Σ_g c_g · Σ_units max|γ_unit| as a callable on ``hwopt.lower(graph)``.
+
+    `coeffs[gid]` is c_g (marginal cost of one unit); ``refresh_steps`` > 0 recomputes them from the
+    alive widths (units with |γ| ≥ threshold) every that many calls."""
+
+    def __init__(self, graph: Graph, resource: str, target=None, strength: float = 1.0, threshold: float = 1e-2,
+                 refresh_steps: int = 0, width_model: WidthModel | None = None):
+        self.graph, self.strength, self.threshold, self.refresh_steps = graph, strength, threshold, refresh_steps
+        self.wm = width_model or WidthModel(graph, resource, target)
+        groups = channel_groups(graph)
+        self.groups = [gr for gr in groups if gr.prunable and _bn_members(graph, gr)]
+        self.index = {gr.id: [(name, torch.from_numpy(idx)) for name, idx in _bn_members(graph, gr)] for gr in self.groups}
+        self.coeffs = self.wm.marginal({}, [gr.id for gr in self.groups])
+        self.calls = 0
+        self.history: list[dict[int, float]] = [dict(self.coeffs)]
+        self._modules: dict[int, dict[str, torch.nn.Module]] = {}
+
+    def _bns(self, module) -> dict[str, torch.nn.Module]:
+        key = id(module)
+        if key not in self._modules:
+            self._modules = {key: _module_nodes(self.graph, module)}
+        return self._modules[key]
+
+    def unit_terms(self, module) -> dict[int, torch.Tensor]:
+        bns = self._bns(module)
+        out = {}
+        for gr in self.groups:
+            parts = [bns[name].weight.abs()[idx] for name, idx in self.index[gr.id]]
+            out[gr.id] = torch.cat(parts, dim=1).amax(dim=1)
+        return out
+
+    def alive(self, module) -> dict[int, int]:
+        with torch.no_grad():
+            return {g: max(1, int((t >= self.threshold).sum())) for g, t in self.unit_terms(module).items()}
+
+    def refresh(self, module) -> None:
+        self.coeffs = self.wm.marginal(self.alive(module), [gr.id for gr in self.groups])
+        self.history.append(dict(self.coeffs))
+
+    def __call__(self, module) -> torch.Tensor:
+        if self.refresh_steps and self.calls and self.calls % self.refresh_steps == 0:
+            self.refresh(module)
+        self.calls += 1
+        total = None
+        for g, t in self.unit_terms(module).items():
+            term = t.sum() * float(self.coeffs[g])
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return total * self.strength
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shrink
+
+
+def group_widths(graph: Graph) -> dict[str, int]:
+    """Channels of every prunable group, labelled by its first producer (or first member)."""
+    return {_label(gr): gr.size * _unit_channels(gr) for gr in channel_groups(graph) if gr.prunable}
+
+
+def dead_units(graph: Graph, threshold: float) -> dict[int, np.ndarray]:
+    """Per prunable group with a BN: units whose |γ| (max over the unit's BNs) < threshold, never all of them."""
+    removal = {}
+    for gr in channel_groups(graph):
+        if not gr.prunable or not _bn_members(graph, gr):
+            continue
+        g = unit_gammas(graph, gr).numpy()
+        dead = np.flatnonzero(g < threshold)
+        keep = _min_units(graph, gr)
+        if gr.size - len(dead) < keep:  # never empty a group: the largest |γ| stay
+            dead = np.setdiff1d(dead, np.argsort(-g, kind="stable")[:keep])
+        if len(dead):
+            removal[gr.id] = dead
+    return removal
+
+
+def shrink(graph: Graph, *, resource: str, target=None, train=None, epochs: float = 0.0,
+           strength: float | None = None, threshold: float = 1e-2, refresh_steps: int = 0,
+           initial_cost: float | None = None) -> tuple[Graph, dict]:
+    """Train `graph` with the MorphNet penalty (when `train` and epochs > 0), then remove dead units."""
+    info: dict = {}
+    if train is not None and epochs > 0:
+        from hwopt.lower import lower
+
+        cost0 = initial_cost if initial_cost is not None else resource_cost(graph, resource, target)
+        lam = strength if strength is not None else DEFAULT_STRENGTH / max(cost0, 1e-30)
+        reg = Regularizer(graph, resource, target, lam, threshold, refresh_steps)
+        module = lower(graph)
+        train(module, epochs=epochs, penalty=reg)
+        graph = read_back(graph, module)
+        info.update(strength=lam, coeffs={_label(gr): reg.coeffs[gr.id] for gr in reg.groups}, refreshes=len(reg.history) - 1)
+    removal = dead_units(graph, threshold)
+    info["removed_units"] = {_label(channel_groups(graph)[g]): int(len(u)) for g, u in removal.items()}
+    return (remove_channels(graph, removal) if removal else graph), info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Expand
+
+
+def _multiples(groups: list[ChannelGroup], multiple: int) -> dict[int, int]:
+    """Units per step for each group: the smallest unit count whose channel width is a multiple of `multiple`."""
+    out = {}
+    for gr in groups:
+        uc = _unit_channels(gr)
+        out[gr.id] = max(1, multiple // math.gcd(multiple, uc)) if multiple > 1 else 1
+    return out
+
+
+def expand_sizes(graph: Graph, budget: float, resource: str, target=None, round_to: int = 1,
+                 width_model: WidthModel | None = None) -> tuple[dict[int, int], dict]:
+    """Unit counts of every prunable group so that the resource is ≤ budget and as close to it as the
+    rounding allows: bisection on a uniform multiplier, then greedy fill and swaps. Raises BudgetError if
+    even every group at one multiple costs more than `budget`."""
+    wm = width_model or WidthModel(graph, resource, target)
+    gids = wm.prunable
+    if not gids:
+        raise BudgetError("morphnet: the graph has no prunable channel group to resize",
+                          {"resource": resource, "cost": wm.cost({})})
+    groups = {gr.id: gr for gr in wm.groups}
+    step = _multiples([groups[g] for g in gids], max(1, int(round_to)))
+    base = {g: wm.base[g] for g in gids}
+
+    # the smallest allowed width: one step, at least 2 units where a depthwise conv reads the group
+    low = {g: step[g] * max(1, -(-_min_units(graph, groups[g]) // step[g])) for g in gids}
+
+    def at(w: float) -> dict[int, int]:
+        return {g: max(low[g], int(math.floor(w * base[g] / step[g] + 0.5)) * step[g]) for g in gids}
+
+    minimum = dict(low)
+    c_min = wm.cost(minimum)
+    if c_min > budget:
+        raise BudgetError(f"morphnet: budget {budget:.6g} ({resource}) is below the reachable minimum {c_min:.6g} "
+                          f"(every prunable group at its minimum width of {max(1, int(round_to))} channel(s))",
+                          {"resource": resource, "minimum": c_min, "budget": budget})
+    lo, hi = 0.0, 2.0
+    while wm.cost(at(hi)) <= budget and hi < 2 ** 12:
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        if at(lo) == at(hi) or hi - lo < 1e-6:
+            break
+        mid = (lo + hi) / 2
+        if wm.cost(at(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    sizes = at(lo)
+    sizes_bisect = dict(sizes)
+    ideal = {g: max(hi, 1e-9) * base[g] for g in gids}
+
+    def fill(sizes: dict[int, int], frozen: set[int] = frozenset()) -> dict[int, int]:
+        """Add one step to the group furthest below its proportional share while it fits."""
+        sizes = dict(sizes)
+        exhausted = set(frozen)
+        while True:
+            cands = sorted((g for g in gids if g not in exhausted), key=lambda g: (sizes[g] / ideal[g], g))
+            for g in cands:
+                trial = {**sizes, g: sizes[g] + step[g]}
+                if wm.cost(trial) <= budget:
+                    sizes = trial
+                    break
+                exhausted.add(g)  # costs only rise from here: it never fits again
+            else:
+                return sizes
+
+    sizes = fill(sizes)
+    best = wm.cost(sizes)
+    # swap: give back one step of a group and refill others, while that gets closer to the budget
+    for _ in range(8):
+        if best >= SWAP_BELOW * budget:
+            break
+        improved = False
+        for g in sorted(gids, key=lambda g: -wm.marginal(sizes, [g])[g] if sizes[g] - step[g] >= low[g] else 0):
+            if sizes[g] - step[g] < low[g]:
+                continue
+            trial = fill({**sizes, g: sizes[g] - step[g]}, frozen={g})
+            c = wm.cost(trial)
+            if best < c <= budget:
+                sizes, best, improved = trial, c, True
+                break
+        if not improved:
+            break
+    return sizes, {"multiplier": lo, "multiplier_over": hi, "bisection_sizes": sizes_bisect, "minimum": c_min,
+                   "cost": best, "budget": budget, "evaluations": wm.evaluations, "step": step}
+
+
+def expand(graph: Graph, budget: float, resource: str, target=None, round_to: int = 1,
+           generator: torch.Generator | None = None) -> tuple[Graph, dict]:
+    """`graph` with every prunable group resized so that `resource` ≤ budget, within the rounding of it
+    (see `expand_sizes`); kept channels keep their weights, new ones are fresh. Returns (graph, info)."""
+    wm = WidthModel(graph, resource, target)
+    sizes, info = expand_sizes(graph, budget, resource, target, round_to, wm)
+    out = resize_groups(graph, sizes, generator=generator, groups=wm.groups)
+    info["cost"] = resource_cost(out, resource, target)
+    return out, info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+
+
+def plot_widths(report: dict, path: str | os.PathLike) -> None:
+    """Grouped bar plot of per-group widths (before / after shrink / after expand), written atomically."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [(k, v) for k, v in (("before", report["before"]), ("after shrink", report["after_shrink"]),
+                                  ("after expand", report["after_expand"])) if v]
+    labels = list(report["before"])
+    x = np.arange(len(labels))
+    wbar = 0.8 / max(1, len(stages))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.0))
+    for i, (name, widths) in enumerate(stages):
+        ax.bar(x + (i - (len(stages) - 1) / 2) * wbar, [widths.get(l, 0) for l in labels], wbar, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(f"morphnet widths ({report.get('resource', '')}, budget {report.get('budget', 0):.4g})")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pass
+
+
+@register_pass("morphnet")
+class MorphNet(Pass):
+    resource: Literal["flops", "size", "latency", "energy"] = "flops"
+    budget: Optional[float] = None
+    strength: Optional[float] = None
+    threshold: float = 1e-2
+    epochs: float = 1.0
+    retrain_epochs: float = 1.0
+    iterations: int = 1
+    round_to: Union[Literal["target"], int] = "target"
+    refresh_steps: int = 50
+    plot: Optional[str] = None
+
+    def validate(self) -> None:
+        def bad(opt, msg):
+            raise PassError(f"option {opt!r} of pass 'morphnet' {msg}")
+        if self.resource not in RESOURCES:
+            bad("resource", f"must be one of {list(RESOURCES)}, got {self.resource!r}")
+        if self.budget is not None and not (isinstance(self.budget, (int, float)) and self.budget > 0 and math.isfinite(self.budget)):
+            bad("budget", f"must be a positive number, got {self.budget!r}")
+        if self.strength is not None and not (isinstance(self.strength, (int, float)) and self.strength >= 0 and math.isfinite(self.strength)):
+            bad("strength", f"must be >= 0, got {self.strength!r}")
+        if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
+            bad("threshold", f"must be >= 0, got {self.threshold!r}")
+        for opt in ("epochs", "retrain_epochs"):
+            v = getattr(self, opt)
+            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+                bad(opt, f"must be >= 0, got {v!r}")
+        if not (isinstance(self.iterations, int) and self.iterations >= 1):
+            bad("iterations", f"must be an int >= 1, got {self.iterations!r}")
+        if not (self.round_to == "target" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool)
+                                              and self.round_to >= 1)):
+            bad("round_to", f"must be 'target' or an int >= 1, got {self.round_to!r}")
+        if not (isinstance(self.refresh_steps, int) and self.refresh_steps >= 0):
+            bad("refresh_steps", f"must be an int >= 0, got {self.refresh_steps!r}")
+
+    def __post_init__(self):
+        self.validate()
+
+    def multiple(self, ctx: PassContext) -> int:
+        if self.round_to == "target":
+            return int(getattr(ctx.target, "channel_multiple", 1) or 1) if ctx.target is not None else 1
+        return int(self.round_to)
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        if self.resource in ("latency", "energy") and ctx.target is None:
+            raise PassError(f"option 'resource' of pass 'morphnet': resource={self.resource} needs ctx.target (a cost model)")
+        if self.epochs > 0 and ctx.train is None:
+            raise PassError("option 'epochs' of pass 'morphnet': shrink training needs ctx.train (or set epochs=0)")
+        target = ctx.target
+        cost0 = resource_cost(graph, self.resource, target)
+        budget = self.budget if self.budget is not None else cost0
+        multiple = self.multiple(ctx)
+        gen = torch.Generator().manual_seed(int(ctx.seed))
+        report = {"resource": self.resource, "budget": budget, "initial_cost": cost0, "round_to": multiple,
+                  "before": group_widths(graph), "iterations": []}
+        g = graph
+        for it in range(self.iterations):
+            shrunk, sinfo = shrink(g, resource=self.resource, target=target, train=ctx.train, epochs=self.epochs,
+                                   strength=self.strength, threshold=self.threshold, refresh_steps=self.refresh_steps,
+                                   initial_cost=cost0)
+            expanded, einfo = expand(shrunk, budget, self.resource, target, multiple, generator=gen)
+            if self.retrain_epochs > 0 and ctx.train is not None:
+                from hwopt.lower import lower
+
+                module = lower(fresh_init(expanded, gen))
+                ctx.train(module, epochs=self.retrain_epochs)
+                expanded = read_back(expanded, module)
+            report["iterations"].append({
+                "after_shrink": group_widths(shrunk), "after_expand": group_widths(expanded),
+                "shrunk_cost": resource_cost(shrunk, self.resource, target),
+                "cost": resource_cost(expanded, self.resource, target), "multiplier": einfo["multiplier"],
+                "minimum": einfo["minimum"], "shrink": sinfo})
+            g = expanded
+        last = report["iterations"][-1]
+        report["after_shrink"], report["after_expand"], report["cost"] = last["after_shrink"], last["after_expand"], last["cost"]
+        path = self.plot or (os.path.join(ctx.workdir, "morphnet_widths.png") if ctx.workdir else None)
+        if path:
+            plot_widths(report, path)
+            report["plot"] = str(path)
+        ctx.records.append({"pass": "morphnet/report", **report})
+        return g

@@ -1,0 +1,318 @@
+"""morphnet: expand meets every resource's budget within 2 %; the regulariser's gradient is λ × marginal cost;
+shrink never raises cost; unreachable budgets are BudgetErrors; options round-trip; inputs untouched."""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import hwopt
+from hwopt import models
+from hwopt.channels import channel_groups, remove_channels, resize_groups
+from hwopt.passmanager import PassManager, make_pass, parse_pass
+from hwopt.passes.morphnet import (MorphNet, Regularizer, WidthModel, dead_units, expand, expand_sizes, group_widths,
+                                   resource_cost, shrink, unit_costs)
+from hwopt.targets import load_target
+from hwopt.testing import fingerprint
+
+RESOURCES = ("flops", "size", "latency", "energy")
+TARGETS = ("cortex-a72", "cortex-m7")
+
+
+@functools.lru_cache(maxsize=None)
+def _target(name):
+    return load_target(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _lifted(name: str):
+    torch.manual_seed(0)
+    if name == "mobilenet_v2":
+        m, x = models.mobilenet_v2(num_classes=10, width_mult=0.5), torch.randn(1, 3, 32, 32)
+    elif name == "resnet18":
+        m, x = models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32)
+    else:
+        m, x = models.mnist_cnn(), torch.randn(1, 1, 28, 28)
+    return hwopt.lift(m.eval(), x), x
+
+
+@functools.lru_cache(maxsize=None)
+def _shrunk(name: str):
+    """A stand-in for a shrunk network: every prunable group at a random width (seeded)."""
+    g, _ = _lifted(name)
+    rng = np.random.default_rng(1)
+    sizes = {gr.id: int(rng.integers(2, gr.size + 1)) for gr in channel_groups(g) if gr.prunable}
+    return resize_groups(g, sizes)
+
+
+def _randomise_gammas(g: hwopt.Graph, seed: int = 0, low: float = 0.0) -> hwopt.Graph:
+    gen = torch.Generator().manual_seed(seed)
+    new = g.copy()
+    for n in g.nodes.values():
+        if n.op == "batch_norm":
+            m = new[n.name].copy()
+            w = torch.rand(n.params["weight"].shape, generator=gen) * 2 - 1
+            m.params = {**n.params, "weight": torch.where(w.abs() < low, torch.sign(w) * low, w)}
+            new.replace(m)
+    return new
+
+
+# --------------------------------------------------------------------------- expand (done-when 1)
+
+@pytest.mark.parametrize("net", ["mobilenet_v2", "resnet18"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_expand_meets_budget_within_2pct(net, target, resource):
+    T = _target(target)
+    g0, x = _lifted(net)
+    shrunk = _shrunk(net)
+    budget = resource_cost(g0, resource, T)
+    assert resource_cost(shrunk, resource, T) < budget
+    out, info = expand(shrunk, budget, resource, T, round_to=T.channel_multiple)
+    cost = resource_cost(out, resource, T)
+    assert cost <= budget
+    assert cost >= 0.98 * budget, (cost / budget, info)
+    assert cost == pytest.approx(info["cost"])
+    mult = T.channel_multiple
+    for gr in channel_groups(out):
+        if gr.prunable:
+            assert gr.size % mult == 0, (gr, mult)
+    assert hwopt.lower(out)(x).shape == (1, 10)
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_width_model_matches_resize_groups(resource):
+    T = _target("cortex-m7")
+    g, _ = _lifted("mobilenet_v2")
+    wm = WidthModel(g, resource, T)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        sizes = {gid: int(rng.integers(2, 2 * wm.base[gid])) for gid in wm.prunable}  # 1: see _min_units
+        assert wm.cost(sizes) == pytest.approx(resource_cost(resize_groups(g, sizes), resource, T), rel=1e-9)
+
+
+def test_expand_multiple_round_to_and_flops_without_target():
+    g = _shrunk("mobilenet_v2")
+    budget = 2.0 * resource_cost(g, "flops")
+    sizes, info = expand_sizes(g, budget, "flops", None, round_to=8)
+    assert all(s % 8 == 0 for s in sizes.values())
+    assert 0.98 * budget <= info["cost"] <= budget
+
+
+# --------------------------------------------------------------------------- budget below the minimum
+
+@pytest.mark.parametrize("resource", ["flops", "latency"])
+def test_budget_below_reachable_minimum_is_budget_error(resource):
+    T = _target("cortex-a72")
+    g, _ = _lifted("mnist_cnn")
+    wm = WidthModel(g, resource, T)
+    minimum = wm.cost({gid: T.channel_multiple for gid in wm.prunable})
+    with pytest.raises(hwopt.BudgetError) as e:
+        expand(g, 0.5 * minimum, resource, T, round_to=T.channel_multiple)
+    assert e.value.closest["minimum"] == pytest.approx(minimum)
+    assert f"{minimum:.6g}" in str(e.value)
+    # the minimum itself is reachable
+    out, _ = expand(g, minimum, resource, T, round_to=T.channel_multiple)
+    assert resource_cost(out, resource, T) <= minimum
+    # and through the pass
+    with pytest.raises(hwopt.BudgetError, match="reachable minimum"):
+        MorphNet(resource=resource, budget=0.5 * minimum, epochs=0, retrain_epochs=0).run(g, hwopt.PassContext(target=T))
+
+
+# --------------------------------------------------------------------------- the regulariser (done-when 2)
+
+@pytest.mark.parametrize("net,resource,target", [("mnist_cnn", "flops", None), ("mnist_cnn", "latency", "cortex-a72"),
+                                                 ("mnist_cnn", "size", None), ("resnet18", "energy", "cortex-m7"),
+                                                 ("resnet18", "flops", None)])
+def test_regulariser_gradient_is_lambda_times_marginal_cost(net, resource, target):
+    T = _target(target) if target else None
+    g = _randomise_gammas(_lifted(net)[0], low=0.05)
+    lam = 0.37 / resource_cost(g, resource, T)
+    reg = Regularizer(g, resource, T, strength=lam)
+    module = hwopt.lower(g)
+    pen = reg(module)
+    pen.backward()
+    groups = channel_groups(g)
+    cost = resource_cost(g, resource, T)
+    checked = 0
+    for gr in reg.groups:
+        # the coefficient is the marginal cost of one unit: what removing one unit saves (real graph)
+        c = cost - resource_cost(remove_channels(g, {gr.id: [0]}), resource, T)
+        assert reg.coeffs[gr.id] == pytest.approx(c, rel=1e-9, abs=1e-12)
+        bns = [(name, idx) for name, idx in gr.members.items() if g[name].op == "batch_norm"]
+        grads = {name: module.get_submodule(name).weight.grad for name, _ in bns}
+        gammas = {name: g[name].params["weight"] for name, _ in bns}
+        for u in range(gr.size):
+            # the unit's |γ| is the max over its BNs: the gradient goes to the argmax only
+            cands = [(float(gammas[name][idx[u]].abs().max()), name, int(idx[u][int(gammas[name][idx[u]].abs().argmax())]))
+                     for name, idx in bns]
+            _, top, ch = max(cands)
+            for name, idx in bns:
+                for c_i in idx[u]:
+                    want = lam * c * float(torch.sign(gammas[name][c_i])) if (name, c_i) == (top, ch) else 0.0
+                    assert float(grads[name][c_i]) == pytest.approx(want, rel=1e-5, abs=1e-9 * abs(lam * c) + 1e-30)
+                    checked += 1
+    assert checked > 0
+    # total value: λ Σ_g c_g Σ_u max|γ|
+    assert float(pen.detach()) == pytest.approx(sum(reg.coeffs[gr.id] * float(t.detach().sum()) for gr, t in
+                                           zip(reg.groups, reg.unit_terms(module).values())) * lam, rel=1e-5)
+
+
+def test_flops_coefficient_is_the_papers_formula():
+    """mnist_cnn: conv(1→16) 28², conv(16→32) 14², conv(32→64, stride 2) 7→4, flatten → linear(64·16 → 10).
+    An output channel of conv2 costs 16·9·14² (its own MACs) + 64·9·4² (its share of conv3)."""
+    g, _ = _lifted("mnist_cnn")
+    c = unit_costs(g, "flops")
+    widths = list(group_widths(g).items())
+    by_label = {lab: c[gid] for (lab, _), gid in zip(widths, sorted(c))}
+    assert list(by_label.values()) == [1 * 9 * 28 * 28 + 32 * 9 * 14 * 14, 16 * 9 * 14 * 14 + 64 * 9 * 4 * 4,
+                                       32 * 9 * 4 * 4 + 16 * 10]
+
+
+def test_refresh_uses_alive_widths():
+    g = _randomise_gammas(_lifted("mnist_cnn")[0], low=0.05)
+    # kill half of the last conv's BN channels: the first conv's... coefficients of its neighbours drop
+    reg = Regularizer(g, "flops", None, strength=1.0, threshold=1e-2, refresh_steps=1)
+    module = hwopt.lower(g)
+    bn = [n for n in g if n.op == "batch_norm"][-1].name
+    with torch.no_grad():
+        module.get_submodule(bn).weight[: g[bn].spec.channels // 2] = 0.0
+    before = dict(reg.coeffs)
+    reg(module)
+    reg(module)  # second call refreshes
+    assert len(reg.history) == 2
+    mid = sorted(reg.coeffs)[1]
+    assert reg.coeffs[mid] < before[mid]  # its consumer conv lost half of its outputs
+
+
+# --------------------------------------------------------------------------- shrink
+
+def _fake_train(steps=5, lr=5.0):
+    """A train callback that only follows the penalty's gradient on the BN scales (no data)."""
+    calls = []
+
+    def train(module, *, epochs=1.0, penalty=None):
+        calls.append(epochs)
+        params = [m.weight for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        opt = torch.optim.SGD(params, lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = penalty(module) if penalty is not None else sum(p.sum() * 0 for p in params)
+            loss.backward()
+            opt.step()
+        module.eval()
+    train.calls = calls
+    return train
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+@pytest.mark.parametrize("net", ["mnist_cnn", "resnet18"])
+def test_shrink_never_raises_cost(net, resource):
+    T = _target("cortex-a72")
+    g = _randomise_gammas(_lifted(net)[0], low=0.0, seed=7)
+    before = fingerprint(g)
+    out, info = shrink(g, resource=resource, target=T, train=_fake_train(), epochs=1.0, strength=None, threshold=0.05)
+    assert fingerprint(g) == before
+    assert sum(info["removed_units"].values()) > 0
+    for r in RESOURCES:
+        assert resource_cost(out, r, T) <= resource_cost(g, r, T)
+    for gr in channel_groups(out):
+        assert gr.size >= 1
+
+
+def test_dead_units_never_empty_a_group():
+    g = _lifted("mnist_cnn")[0]
+    z = g.copy()
+    for n in g.nodes.values():
+        if n.op == "batch_norm":
+            m = z[n.name].copy()
+            m.params = {**n.params, "weight": torch.zeros_like(n.params["weight"])}
+            z.replace(m)
+    rem = dead_units(z, 1e-2)
+    out = remove_channels(z, rem)
+    assert all(v == 1 for v in group_widths(out).values())
+
+
+# --------------------------------------------------------------------------- the pass
+
+def test_pass_end_to_end_records_report_and_plot(tmp_path):
+    T = _target("cortex-a72")
+    g, x = _lifted("mnist_cnn")
+    before = fingerprint(g)
+    train = _fake_train()
+    ctx = hwopt.PassContext(target=T, train=train, example_inputs=x, workdir=str(tmp_path))
+    p = MorphNet(resource="latency", epochs=1.0, retrain_epochs=0.5, iterations=2, threshold=0.05)
+    out = PassManager([p]).run(g, ctx)
+    assert fingerprint(g) == before
+    out.verify()
+    budget = resource_cost(g, "latency", T)
+    assert 0.98 * budget <= resource_cost(out, "latency", T) <= budget
+    assert train.calls == [1.0, 0.5, 1.0, 0.5]
+    rep = [r for r in ctx.records if r["pass"] == "morphnet/report"][0]
+    assert set(rep["before"]) == set(rep["after_shrink"]) == set(rep["after_expand"])
+    assert len(rep["iterations"]) == 2
+    assert rep["after_expand"] == group_widths(out)
+    png = tmp_path / "morphnet_widths.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert hwopt.lower(out)(x).shape == (1, 10)
+
+
+def test_pass_expand_only_without_training_keeps_weights():
+    g, x = _lifted("mnist_cnn")
+    out = MorphNet(resource="flops", budget=2 * resource_cost(g, "flops"), epochs=0, retrain_epochs=0,
+                   round_to=1).run(g, hwopt.PassContext())
+    assert resource_cost(out, "flops") <= 2 * resource_cost(g, "flops")
+    # kept channels kept their weights (expand inserts after the old units)
+    w0, w1 = g["0.0"].params["weight"], out["0.0"].params["weight"]
+    assert torch.equal(w1[: w0.shape[0]], w0)
+
+
+@pytest.mark.parametrize("text", [
+    "morphnet",
+    "morphnet{resource=latency,budget=0.25,strength=1e-06,threshold=0.02,epochs=2.0,retrain_epochs=3.0,iterations=2,round_to=8}",
+    "morphnet{resource=energy,round_to=target,refresh_steps=0,plot=/tmp/widths.png}",
+    "morphnet{resource=size,budget=none,strength=none}",
+])
+def test_options_round_trip_through_text(text):
+    p = parse_pass(text)
+    assert parse_pass(str(p)) == p
+    assert str(parse_pass(str(p))) == str(p)
+    assert PassManager.parse(f"fold-bn,{p}").passes[1] == p
+
+
+@pytest.mark.parametrize("option,value", [
+    ("resource", "watts"), ("budget", "-1"), ("budget", "0"), ("strength", "-0.5"), ("threshold", "-1"),
+    ("epochs", "-1"), ("retrain_epochs", "-2"), ("iterations", "0"), ("round_to", "0"), ("round_to", "auto"),
+    ("refresh_steps", "-3"),
+])
+def test_bad_options_are_pass_errors_naming_the_option(option, value):
+    with pytest.raises(hwopt.PassError, match=repr(option)):
+        parse_pass(f"morphnet{{{option}={value}}}")
+    with pytest.raises(hwopt.PassError, match="'nope'"):
+        make_pass("morphnet", nope=1)
+
+
+def test_latency_without_target_and_training_without_callback_are_pass_errors():
+    g, _ = _lifted("mnist_cnn")
+    with pytest.raises(hwopt.PassError, match="'resource'"):
+        MorphNet(resource="latency", epochs=0).run(g, hwopt.PassContext())
+    with pytest.raises(hwopt.PassError, match="'epochs'"):
+        MorphNet(resource="flops", epochs=1.0).run(g, hwopt.PassContext())
+
+
+# --------------------------------------------------------------------------- real training (slow)
+
+@pytest.mark.slow
+def test_shrink_on_mnist_removes_channels_and_keeps_accuracy():
+    from hwopt import data
+    T = _target("cortex-a72")
+    tr = data.mnist_trainer(3000, eval_limit=1000, lr=0.05)
+    g, x = _lifted("mnist_cnn")
+    lam = 10.0 / resource_cost(g, "latency", T)  # the bench's setting for short runs (DEFAULT_STRENGTH is too weak here)
+    out, info = shrink(g, resource="latency", target=T, train=tr.train, epochs=2.0, strength=lam, threshold=0.05,
+                       refresh_steps=20)
+    assert resource_cost(out, "latency", T) < resource_cost(g, "latency", T)
+    assert tr.evaluate(hwopt.lower(out)) > 0.8
