@@ -219,7 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PASS_THROUGH = {"calibrate": cmd_calibrate, "search": cmd_search}  # these parse their own options
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        try:
+            return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:])) or 0
+        except HwoptError as e:
+            print(f"hwopt {argv[0]}: error: {e}", file=sys.stderr)
+            return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
