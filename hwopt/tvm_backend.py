@@ -1,0 +1,1000 @@
+"""Compile torch ``nn.Module`` s (e.g. the output of ``hwopt.lower``) with Apache TVM 0.27.
+
+Flow::
+
+    torch.export.export  ->  tvm.relax.frontend.torch.from_exported_program
+        (weights bound as constants)  ->  relax.transform.DecomposeOpsForInference
+    ->  [MetaSchedule tuning into a persistent JSON database]
+    ->  tvm.compile (Relax VM executable)  ->  run / benchmark / export / RPC
+
+Public API
+----------
+``tvm_target(spec)``                -> ``tvm.target.Target`` ("host"/"llvm", JSON dict or string)
+``to_relax(module, example_inputs)`` -> ``tvm.IRModule``
+``compile_module(module, example_inputs, target, *, tune_trials=0, work_dir=None,
+database=None, tracker=None)`` -> ``CompiledModel``
+``CompiledModel.run(*inputs, remote=None)`` / ``.benchmark(*inputs, repeat, number,
+min_repeat_ms, remote=None)`` / ``.export(path, cc=None)``
+``load_exported(path)`` -> ``CompiledModel`` (host libraries only)
+``remote_session(host, port, key=None)`` -> ``RemoteSession`` (direct RPC server, or an RPC
+tracker when ``key`` is given); pass it as ``remote=`` to ``run``/``benchmark``.
+``CompileError`` (a ``RuntimeError``) carries ``.stage`` (target/export/import/tune/build/
+export-lib/rpc) and ``.target``.
+
+What the targets get (checked with TVM 0.27.0.post1)
+----------------------------------------------------
+* Host x86 (``"host"``): full path; ``-mcpu`` is detected with
+  ``tvm.target.codegen.llvm_get_system_cpu()``. Runs, benchmarks, exports a ``.so`` that loads back
+  with ``tvm.runtime.load_module`` + ``relax.VirtualMachine``.
+* Cortex-A53/A72/A76 and the Pixel-1 CPU (``{"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+  "mcpu": "cortex-a72"}``, ``"aarch64-linux-android"`` / ``"kryo"`` for the phone): cross-compiles
+  fine. ``export`` links a shared library with ``aarch64-linux-gnu-gcc`` (Android: the NDK clang,
+  found through ``$HWOPT_ANDROID_CC`` or ``aarch64-linux-android*-clang`` on ``PATH``) and needs the
+  TVM runtime on the board; ``run``/``benchmark`` go through RPC (``remote=``), and tuning needs
+  ``tracker=(host, port, key)`` so MetaSchedule can measure on the board.
+* Cortex-M4/M7 (``{"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m7"}``):
+  TVM 0.27 has no microTVM, no AOT executor, and no C runtime (CRT). What it *can* do: LLVM emits a
+  32-bit ARM ELF relocatable object (Thumb-2, correct FPU attributes) holding the operator kernels
+  as TVM-FFI packed functions (``__tvm_ffi_<name>(void*, TVMFFIAny* args, int32_t, TVMFFIAny*)``);
+  the only undefined symbols are ``TVMFFIErrorSetRaisedFromCStrParts``, ``memset`` and the
+  ``__TVMBackendAllocWorkspace`` / ``__TVMBackendFreeWorkspace`` hooks. The ``{"kind": "c"}`` target
+  emits the same kernels as C source that compiles with ``arm-none-eabi-gcc -mcpu=cortex-m7``
+  given the TVM/TVM-FFI include dirs (undefined: ``TVMBackendAllocWorkspace``,
+  ``TVMBackendFreeWorkspace``, ``TVMFFIErrorSetRaisedFromCStrParts``). The *graph* (call order,
+  memory plan) and the *weights* live only in the Relax VM bytecode/constant pool, which needs the
+  C++ TVM runtime: there is nothing that runs a whole model on a microcontroller. So for
+  bare-metal targets ``export(path)`` writes a tar with ``lib0.o`` (kernels), ``devc.o`` (the packed
+  VM executable blob, for reference), ``vm_bytecode.txt`` (the call sequence a hand-written driver
+  would follow) and ``README.txt``; ``run``/``benchmark`` raise ``NotImplementedError``.
+* ``{"kind": "c"}``: runs on the host (the C source is compiled with the host compiler when the
+  VM is created); ``export("x.tar")`` writes the C sources, any other suffix a host shared library.
+
+Schedules: untuned builds use TVM's default lowering (unscheduled loop nests, ~40x slower than
+tuned for convolutions). With ``tune_trials > 0`` each fused TIR function is tuned with
+MetaSchedule into a JSON database under ``work_dir/<target-slug>/``; tasks that already have
+``tune_trials`` trials recorded (``hwopt_tuning.json`` bookkeeping, or as many records in the
+database) are not tuned again. ``CompiledModel.schedules`` says, per fused function, whether the
+tuned or the default schedule was used; ``.tuned`` is True when at least one tuned schedule was
+applied and ``.tuning_trials`` counts trials measured by this call.
+
+Tuning speed notes: ``import tvm.s_tir.tensor_intrin`` takes ~30 s (mostly CUDA/ROCm/Hexagon
+intrinsics); MetaSchedule's ``TuneContext`` and the default ``LocalBuilder`` build function import
+it. We import only the CPU (x86, arm_cpu) intrinsic modules (set ``HWOPT_TVM_FULL_TENSOR_INTRIN=1``
+to import everything) and give ``LocalBuilder`` our own build function (no such import in the
+workers) with a 120 s timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import types
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from .errors import HwoptError
+
+__all__ = [
+    "CompileError",
+    "CompiledModel",
+    "RemoteSession",
+    "compile_module",
+    "host_cpu",
+    "load_exported",
+    "remote_session",
+    "to_relax",
+    "tvm_target",
+]
+
+logger = logging.getLogger(__name__)
+
+TUNING_MANIFEST = "hwopt_tuning.json"
+
+
+class CompileError(HwoptError, RuntimeError):
+    """A TVM compilation step failed.
+
+    ``stage`` is one of ``target``, ``export`` (torch.export), ``import`` (torch -> Relax),
+    ``tune``, ``build``, ``export-lib`` (writing the deployable library), ``rpc``.
+    """
+
+    def __init__(self, stage: str, target: Any, message: str):
+        self.stage = stage
+        self.target = _short_target(target)
+        super().__init__(f"TVM {stage} stage failed for target {self.target}: {message}")
+
+
+def _short_target(target: Any) -> str:
+    """kind/mtriple/mcpu of a target (the full JSON lists dozens of feature flags)."""
+    if target is None:
+        return "<none>"
+    if isinstance(target, tvm.target.Target):
+        d = {"kind": target.kind.name}
+        for k in ("mtriple", "mcpu", "num-cores"):
+            v = target.attrs.get(k, None) if hasattr(target.attrs, "get") else None
+            if v is not None:
+                d[k] = v if isinstance(v, int) else str(v)
+        return json.dumps(d)
+    if isinstance(target, dict):
+        return json.dumps(target, default=str)
+    return str(target)
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------
+
+
+def host_cpu() -> str:
+    """LLVM name of the host CPU (e.g. ``znver4``, ``skylake-avx512``)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def _host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # pragma: no cover - psutil missing/broken
+        pass
+    return os.cpu_count() or 1
+
+
+def _host_spec() -> dict:
+    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": _physical_cores()}
+
+
+def tvm_target(spec: dict | str | tvm.target.Target) -> tvm.target.Target:
+    """Make a ``tvm.target.Target``.
+
+    * ``"host"``, ``"llvm"``, ``"native"`` or ``{"kind": "llvm"}`` (no ``mtriple``/``mcpu``): the
+      host CPU, with ``mcpu`` detected and ``num-cores`` set to the physical core count.
+    * a dict in TVM 0.27's JSON form, e.g. ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+      "mcpu": "cortex-a72"}`` (a JSON string of it is accepted too).
+    * any other string is passed to ``tvm.target.Target`` (e.g. ``"c"`` or a target tag).
+    """
+    if isinstance(spec, tvm.target.Target):
+        return spec
+    try:
+        if isinstance(spec, str):
+            s = spec.strip()
+            if s in ("host", "llvm", "native"):
+                return tvm.target.Target(_host_spec())
+            if s.startswith("{"):
+                spec = json.loads(s)
+            else:
+                return tvm.target.Target(s)
+        if isinstance(spec, dict):
+            d = dict(spec)
+            if d.get("kind") == "llvm" and "mtriple" not in d and "mcpu" not in d:
+                host = _host_spec()
+                for k, v in host.items():
+                    d.setdefault(k, v)
+            return tvm.target.Target(d)
+    except CompileError:
+        raise
+    except Exception as exc:  # TVMError, ValueError, JSONDecodeError
+        raise CompileError("target", spec, f"invalid target spec: {exc}") from exc
+    raise CompileError("target", spec, f"unsupported target spec type {type(spec).__name__}")
+
+
+def _attr(target: tvm.target.Target, key: str, default=None):
+    try:
+        v = target.attrs.get(key, None)
+    except Exception:
+        v = None
+    return default if v is None else v
+
+
+def _triple(target: tvm.target.Target) -> str:
+    t = _attr(target, "mtriple", "")
+    return str(t) if t else ""
+
+
+def _is_bare_metal(target: tvm.target.Target) -> bool:
+    """Microcontroller targets: no OS, so no dynamic loader and no TVM runtime."""
+    if target.kind.name != "llvm":
+        return False
+    t = _triple(target)
+    return t.startswith(("thumb", "armv6m", "armv7m", "armv7em", "armv8m")) or "-none" in t
+
+
+def _is_host_runnable(target: tvm.target.Target) -> bool:
+    kind = target.kind.name
+    if kind == "c":
+        return True
+    if kind != "llvm":
+        return False
+    t = _triple(target)
+    if not t:
+        return True
+    if _is_bare_metal(target):
+        return False
+    arch = t.split("-")[0]
+    return arch == _host_arch() and "android" not in t
+
+
+def _target_slug(target: tvm.target.Target) -> str:
+    """Stable directory name for a target's tuning database."""
+    parts = [target.kind.name, _triple(target), str(_attr(target, "mcpu", "") or "")]
+    text = "-".join(p for p in parts if p)
+    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    h = hashlib.sha1(str(target).encode()).hexdigest()[:8]
+    return f"{text}-{h}"
+
+
+def _cross_cc(target: tvm.target.Target) -> str | None:
+    """Compiler/linker for the target's shared library; None means the host default."""
+    if target.kind.name == "c" or _is_host_runnable(target):
+        return None
+    t = _triple(target)
+    if "android" in t:
+        cc = os.environ.get("HWOPT_ANDROID_CC")
+        if cc:
+            if shutil.which(cc):
+                return cc
+            raise CompileError("export-lib", target, f"$HWOPT_ANDROID_CC={cc!r} not found")
+        for api in range(35, 20, -1):
+            cand = f"{t.split('-')[0]}-linux-android{api}-clang"
+            if shutil.which(cand):
+                return cand
+        raise CompileError(
+            "export-lib",
+            target,
+            "no Android NDK compiler found (looked for $HWOPT_ANDROID_CC and "
+            "aarch64-linux-android<API>-clang on PATH); install the NDK or pass cc=",
+        )
+    arch = t.split("-")[0]
+    if arch in ("aarch64", "arm64"):
+        cc = "aarch64-linux-gnu-gcc"
+        pkg = "gcc-aarch64-linux-gnu"
+    elif arch.startswith("arm"):
+        cc = "arm-linux-gnueabihf-gcc"
+        pkg = "gcc-arm-linux-gnueabihf"
+    else:
+        cc = f"{arch}-linux-gnu-gcc"
+        pkg = f"gcc-{arch.replace('_', '-')}-linux-gnu"
+    if shutil.which(cc) is None:
+        raise CompileError(
+            "export-lib",
+            target,
+            f"cross compiler {cc!r} not found on PATH (apt-get install {pkg}, or pass cc=)",
+        )
+    return cc
+
+
+# --------------------------------------------------------------------------------------------
+# torch -> Relax
+# --------------------------------------------------------------------------------------------
+
+
+def _as_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def to_relax(module, example_inputs, *, target: Any = None) -> tvm.IRModule:
+    """Lift a torch module (eval mode) into a Relax ``IRModule`` with weights as constants.
+
+    ``target`` is only used for error messages.
+    """
+    import torch
+
+    inputs = tuple(
+        torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
+        for x in _as_tuple(example_inputs)
+    )
+    was_training = bool(getattr(module, "training", False))
+    module.eval()
+    try:
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(module, inputs)
+        except Exception as exc:
+            raise CompileError("export", target, f"torch.export.export failed: {exc}") from exc
+        try:
+            from tvm.relax.frontend.torch import from_exported_program
+
+            mod = from_exported_program(
+                ep, keep_params_as_input=False, unwrap_unit_return_tuple=True
+            )
+            mod = relax.transform.DecomposeOpsForInference()(mod)
+            mod = relax.transform.CanonicalizeBindings()(mod)
+        except Exception as exc:
+            raise CompileError(
+                "import", target, f"from_exported_program failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    finally:
+        if was_training:
+            module.train()
+    return mod
+
+
+# --------------------------------------------------------------------------------------------
+# Pass pipelines
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_backend():
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    return pipeline
+
+
+def _fuse_passes(target: tvm.target.Target) -> list:
+    """Legalize + fuse: the same preparation for task extraction and for the final build, so
+    that the MetaSchedule database keys match."""
+    cg = _cpu_backend()
+    return list(cg.library_dispatch_passes(target)) + list(cg.legalize_passes(target))
+
+
+def _prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(_fuse_passes(target))(mod)
+
+
+def _lower_pipeline(target: tvm.target.Target):
+    """The Relax VM lowering after ``_prepare`` (and after MetaScheduleApplyDatabase)."""
+    cg = _cpu_backend()
+    lower = list(cg.dataflow_lower_passes(target)) + list(cg.finalize_passes(target))
+
+    @tvm.transform.module_pass(opt_level=0, name="hwopt_relax_lower")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(lower)(mod)
+
+    return _pipeline
+
+
+def _tir_func_names(mod: tvm.IRModule) -> list[str]:
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def _scheduled_names(mod: tvm.IRModule) -> set[str]:
+    out = set()
+    for gv, f in mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None:
+            if any("is_scheduled" in str(k) and bool(f.attrs[k]) for k in f.attrs.keys()):
+                out.add(gv.name_hint)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# MetaSchedule
+# --------------------------------------------------------------------------------------------
+
+
+def _ensure_tensor_intrinsics() -> None:
+    """Register the CPU tensor intrinsics without the ~30 s import of every intrinsic set.
+
+    ``tvm.s_tir.tensor_intrin/__init__`` imports cuda, rocm, hexagon, metal, arm_cpu, x86 and
+    riscv intrinsics; MetaSchedule's ``TuneContext`` imports the package. We pre-register the
+    package object without running its ``__init__`` and import only the CPU intrinsics. The
+    other submodules stay importable (``import tvm.s_tir.tensor_intrin.cuda``).
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    import tvm.s_tir as s_tir
+
+    if os.environ.get("HWOPT_TVM_FULL_TENSOR_INTRIN") == "1":
+        importlib.import_module(name)
+        return
+    pkg_dir = os.path.join(os.path.dirname(s_tir.__file__), "tensor_intrin")
+    pkg = types.ModuleType(name, "CPU-only tensor intrinsics (hwopt.tvm_backend)")
+    pkg.__path__ = [pkg_dir]
+    pkg.__package__ = name
+    pkg.__file__ = os.path.join(pkg_dir, "__init__.py")
+    sys.modules[name] = pkg
+    s_tir.tensor_intrin = pkg
+    try:
+        for sub in ("x86", "arm_cpu"):
+            setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
+    except Exception:
+        # fall back to the real package
+        sys.modules.pop(name, None)
+        for k in [k for k in sys.modules if k.startswith(name + ".")]:
+            sys.modules.pop(k, None)
+        importlib.import_module(name)
+
+
+# MetaSchedule's builder runs these in fresh worker processes. They are defined in a module that is
+# not importable, so cloudpickle sends them by value and a worker imports only tvm (not hwopt and,
+# through hwopt/__init__, torch and the rest).
+_MS_WORKER_SRC = """
+def ms_build(mod, target, _params=None):
+    # like meta_schedule.builder.default_build minus its ~30 s tvm.s_tir.tensor_intrin import
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target)
+
+
+def ms_export_shared(mod, cc=None):
+    # a shared library (cross-linked with cc) instead of the default tar, for RPC runners
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="hwopt_ms_"), "tvm_tmp_mod.so")
+    if cc:
+        mod.export_library(path, cc=cc)
+    else:
+        mod.export_library(path)
+    return path
+"""
+_ms_worker_ns: dict = {"__name__": "_hwopt_tvm_ms_worker"}
+exec(compile(_MS_WORKER_SRC, "<hwopt.tvm_backend ms worker>", "exec"), _ms_worker_ns)
+_ms_build = _ms_worker_ns["ms_build"]
+_ms_export_shared = _ms_worker_ns["ms_export_shared"]
+
+
+def _workload_key(task_mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    return f"{tvm_ffi.structural_hash(task_mod) & 0xFFFFFFFFFFFFFFFF:016x}:{_target_slug(target)}"
+
+
+def _open_database(db_dir: str):
+    from tvm.s_tir import meta_schedule as ms
+
+    os.makedirs(db_dir, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=db_dir, module_equality="structural")
+
+
+def _n_records(db, task_mod: tvm.IRModule) -> int:
+    try:
+        if not db.has_workload(task_mod):
+            return 0
+        return len(db.get_top_k(db.commit_workload(task_mod), 1 << 30))
+    except Exception:
+        return 0
+
+
+def _read_manifest(db_dir: str) -> dict:
+    try:
+        with open(os.path.join(db_dir, TUNING_MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(db_dir: str, data: dict) -> None:
+    path = os.path.join(db_dir, TUNING_MANIFEST)
+    fd, tmp = tempfile.mkstemp(dir=db_dir, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _tune(
+    prepared: tvm.IRModule,
+    target: tvm.target.Target,
+    db,
+    db_dir: str | None,
+    trials: int,
+    tracker: tuple[str, int, str] | None,
+    timeout_sec: float,
+) -> int:
+    """Tune the tasks of ``prepared`` that have fewer than ``trials`` trials recorded.
+
+    Returns the number of new tuning records (measured trials)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule import relax_integration as ri
+
+    tasks = ri.extract_tasks(prepared, target)
+    manifest = _read_manifest(db_dir) if db_dir else {}
+    pending: dict[int, list] = {}
+    for task in tasks:
+        tmod = task.dispatched[0]
+        key = _workload_key(tmod, target)
+        done = max(int(manifest.get(key, {}).get("trials", 0)), _n_records(db, tmod))
+        if done < trials:
+            pending.setdefault(trials - done, []).append((task, key))
+    n_pending = sum(len(g) for g in pending.values())
+    logger.info(
+        "tvm tune %s: %d task(s), %d already have %d trials in %s, tuning %d",
+        _short_target(target), len(tasks), len(tasks) - n_pending, trials, db_dir, n_pending,
+    )
+    if not pending:
+        return 0
+
+    _ensure_tensor_intrinsics()
+    if not _is_host_runnable(target) or target.kind.name != "llvm":
+        if target.kind.name != "llvm":
+            raise CompileError("tune", target, "tuning is supported for llvm targets only")
+        if _is_bare_metal(target):
+            raise CompileError(
+                "tune", target, "bare-metal targets cannot be measured (no TVM runtime/RPC)"
+            )
+        if tracker is None:
+            raise CompileError(
+                "tune",
+                target,
+                "tuning a non-host target needs measurements on the device: pass "
+                "tracker=(tracker_host, tracker_port, device_key)",
+            )
+    if tracker is not None:
+        host, port, key = tracker
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(
+                tracker_host=host, tracker_port=int(port), tracker_key=key,
+                session_timeout_sec=int(timeout_sec),
+            ),
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
+            max_workers=1,
+        )
+        f_export = functools.partial(_ms_export_shared, cc=_cross_cc(target))
+    else:
+        runner = ms.runner.LocalRunner(
+            timeout_sec=timeout_sec,
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
+        )
+        f_export = None  # default: tar of the object, linked by the local runner
+    builder = ms.builder.LocalBuilder(
+        max_workers=_physical_cores(), timeout_sec=max(timeout_sec, 120.0),
+        f_build=_ms_build, f_export=f_export,
+    )
+    log_dir = db_dir or tempfile.mkdtemp(prefix="hwopt_ms_logs_")
+    before = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
+    for budget, group in sorted(pending.items()):
+        contexts, weights = ri.extracted_tasks_to_tune_contexts(
+            [t for t, _ in group], work_dir=log_dir, num_threads=_physical_cores()
+        )
+        if not contexts:
+            continue
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=log_dir,
+            max_trials_global=budget * len(contexts),
+            max_trials_per_task=budget,
+            num_trials_per_iter=min(64, budget),
+            builder=builder,
+            runner=runner,
+            database=db,
+        )
+        for _, key in group:
+            manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
+    if db_dir:
+        _write_manifest(db_dir, manifest)
+    after = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
+    return max(0, after - before)
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled model
+# --------------------------------------------------------------------------------------------
+
+
+def _to_numpy_tree(value):
+    if isinstance(value, (tuple, list)) or type(value).__name__ == "Array":
+        return tuple(_to_numpy_tree(v) for v in value)
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return value
+
+
+def _input_arrays(inputs: Sequence) -> list[np.ndarray]:
+    out = []
+    for x in inputs:
+        if hasattr(x, "detach"):  # torch.Tensor
+            x = x.detach().cpu().contiguous().numpy()
+        out.append(np.ascontiguousarray(x))
+    return out
+
+
+@dataclass
+class CompiledModel:
+    """A Relax VM executable for one target, plus how it was made."""
+
+    target: tvm.target.Target
+    executable: Any  # tvm.relax.VMExecutable (None when loaded from a library)
+    tuned: bool = False
+    schedules: dict = field(default_factory=dict)  # fused TIR function -> "tuned" | "default"
+    tuning_trials: int = 0
+    database_dir: str | None = None
+    input_info: list = field(default_factory=list)  # [(shape, dtype)]
+    timings: dict = field(default_factory=dict)  # stage -> seconds
+    _runtime_module: Any = field(default=None, repr=False)
+    _vm: Any = field(default=None, repr=False)
+
+    # ---- properties
+    @property
+    def host_runnable(self) -> bool:
+        return _is_host_runnable(self.target)
+
+    @property
+    def bare_metal(self) -> bool:
+        return _is_bare_metal(self.target)
+
+    # ---- local execution
+    def _check_local(self) -> None:
+        if self.bare_metal:
+            raise NotImplementedError(
+                f"target {self.target} is a bare-metal microcontroller: TVM 0.27 has no runtime "
+                "for it (no microTVM/AOT/CRT); use export() to get the kernel object"
+            )
+        if not self.host_runnable:
+            raise CompileError(
+                "rpc", self.target,
+                "this model was compiled for another machine; pass remote=remote_session(...)",
+            )
+
+    def _local_vm(self):
+        self._check_local()
+        if self._vm is None:
+            if self._runtime_module is None:
+                if self.target.kind.name == "c":  # C source: compiled by the host cc here
+                    self._runtime_module = self.executable.jit(options=["-O2"])
+                else:
+                    self._runtime_module = self.executable.jit()
+            self._vm = relax.VirtualMachine(self._runtime_module, tvm.cpu(0))
+        return self._vm, tvm.cpu(0)
+
+    def _vm_and_device(self, remote):
+        if remote is None:
+            return self._local_vm()
+        return remote._vm_for(self)
+
+    def _default_inputs(self) -> list[np.ndarray]:
+        if not self.input_info:
+            raise ValueError("no inputs given and no example input shapes recorded")
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(shape).astype(dtype) for shape, dtype in self.input_info]
+
+    def _set_input(self, vm, dev, inputs):
+        arrays = _input_arrays(inputs) if inputs else self._default_inputs()
+        args = [tvm.runtime.tensor(a, dev) for a in arrays]
+        vm.set_input("main", *args)
+        return args
+
+    def run(self, *inputs, remote: "RemoteSession | None" = None):
+        """Run the model; returns a numpy array (or a tuple for several outputs)."""
+        vm, dev = self._vm_and_device(remote)
+        self._set_input(vm, dev, inputs)
+        vm.invoke_stateful("main")
+        out = _to_numpy_tree(vm.get_outputs("main"))
+        if isinstance(out, tuple) and len(out) == 1:
+            return out[0]
+        return out
+
+    __call__ = run
+
+    def benchmark(
+        self,
+        *inputs,
+        repeat: int = 10,
+        number: int = 1,
+        min_repeat_ms: int = 50,
+        remote: "RemoteSession | None" = None,
+    ) -> dict:
+        """Time ``main`` with the VM's ``time_evaluator`` (locally or over RPC).
+
+        ``number`` runs are averaged per repeat (raised automatically until a repeat lasts
+        ``min_repeat_ms``); statistics are over the ``repeat`` averages, in milliseconds.
+        Inputs default to random data of the example-input shapes."""
+        vm, dev = self._vm_and_device(remote)
+        self._set_input(vm, dev, inputs)
+        ftimer = vm.time_evaluator(
+            "invoke_stateful", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+        res = ftimer("main")
+        results_ms = [float(r) * 1e3 for r in res.results]
+        return {
+            "median_ms": float(np.median(results_ms)),
+            "mean_ms": float(np.mean(results_ms)),
+            "std_ms": float(np.std(results_ms)),
+            "min_ms": float(np.min(results_ms)),
+            "max_ms": float(np.max(results_ms)),
+            "repeat": repeat,
+            "number": number,
+            "results_ms": results_ms,
+            "remote": remote is not None,
+            "target": str(self.target),
+            "tuned": self.tuned,
+        }
+
+    # ---- export
+    def export(self, path: str | os.PathLike, *, cc: str | None = None) -> str:
+        """Write the deployable artifact atomically (temp file in the same dir + ``os.replace``).
+
+        * host / aarch64 Linux / Android: a shared library for ``tvm.runtime.load_module``
+          (cross-linked with ``cc``, default ``aarch64-linux-gnu-gcc`` / the NDK clang).
+        * bare-metal (Cortex-M): a tar with the kernel object, see the module docstring.
+        * ``{"kind": "c"}``: ``*.tar`` -> C sources; otherwise a host shared library.
+        """
+        if self.executable is None:
+            raise CompileError("export-lib", self.target, "model was loaded from a library")
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(d, exist_ok=True)
+        base = os.path.basename(path)
+        suffix = ".tar" if base.endswith(".tar") else os.path.splitext(base)[1] or ".so"
+        # a fresh name (not mkstemp's 0600 file), so the writer creates it with normal modes
+        tmp = os.path.join(d, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+        try:
+            if self.bare_metal:
+                self._export_bare_metal(tmp)
+            elif self.target.kind.name == "c" and suffix == ".tar":
+                self.executable.export_library(tmp)  # tar fcompile: C sources
+            else:
+                if cc is None:
+                    cc = _cross_cc(self.target)
+                if cc is not None and shutil.which(cc) is None:
+                    raise CompileError("export-lib", self.target, f"compiler {cc!r} not found")
+                kwargs = {"cc": cc} if cc else {}
+                if self.target.kind.name == "c":
+                    kwargs["options"] = ["-O2"]
+                self.executable.export_library(tmp, **kwargs)
+            os.replace(tmp, path)
+        except CompileError:
+            raise
+        except Exception as exc:
+            raise CompileError("export-lib", self.target, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def _export_bare_metal(self, tar_path: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="hwopt_mcu_") as work:
+            objs = os.path.join(work, "objs.tar")
+            self.executable.export_library(objs)  # tvm.support.tar: lib0.o + devc.o
+            with tarfile.open(objs) as src, tarfile.open(tar_path, "w") as dst:
+                for member in src.getmembers():
+                    f = src.extractfile(member)
+                    dst.addfile(member, f)
+                texts = {
+                    "vm_bytecode.txt": self.executable.as_text(),
+                    "README.txt": _MCU_README.format(target=self.target),
+                }
+                for name, text in texts.items():
+                    data = text.encode()
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    info.mtime = int(time.time())
+                    info.mode = 0o644
+                    dst.addfile(info, io.BytesIO(data))
+
+
+_MCU_README = """\
+Target: {target}
+Produced by hwopt.tvm_backend with Apache TVM 0.27 (no microTVM, no AOT executor, no C runtime).
+
+lib0.o  ELF relocatable with the operator kernels, one TVM-FFI packed function per fused
+        operator: int32_t __tvm_ffi_<name>(void* self, TVMFFIAny* args, int32_t nargs,
+        TVMFFIAny* result); the arguments are DLTensor pointers (inputs then outputs).
+        Undefined symbols to provide: TVMFFIErrorSetRaisedFromCStrParts, memset, and the
+        __TVMBackendAllocWorkspace / __TVMBackendFreeWorkspace function pointers.
+devc.o  the Relax VM executable (bytecode + constant pool holding the weights) packed as a
+        blob; only the C++ TVM runtime can read it, so it is here for reference.
+vm_bytecode.txt  the call sequence (allocations and kernel calls) of main(); a hand-written
+        driver must follow it and provide the weights itself.
+Nothing here runs a whole model on a microcontroller by itself.
+"""
+
+
+def load_exported(path: str | os.PathLike, target: Any = "host") -> CompiledModel:
+    """Load a host shared library written by ``CompiledModel.export``."""
+    tgt = tvm_target(target)
+    try:
+        lib = tvm.runtime.load_module(os.fspath(path))
+    except Exception as exc:
+        raise CompileError("export-lib", tgt, f"cannot load {path}: {exc}") from exc
+    return CompiledModel(target=tgt, executable=None, _runtime_module=lib)
+
+
+# --------------------------------------------------------------------------------------------
+# RPC
+# --------------------------------------------------------------------------------------------
+
+
+class RemoteSession:
+    """An RPC session (direct server or via tracker) on which CompiledModels can run."""
+
+    def __init__(self, session, description: str = ""):
+        self.session = session
+        self.description = description
+        self.device = session.cpu(0)
+        self._vms: dict[int, Any] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="hwopt_rpc_")
+        self._counter = 0
+
+    def load(self, model: CompiledModel):
+        """Export ``model`` for its target, upload it, load it remotely; returns the module."""
+        if model.executable is None:
+            raise CompileError("rpc", model.target, "model has no executable to upload")
+        if model.bare_metal:
+            raise NotImplementedError(f"bare-metal target {model.target} cannot run over RPC")
+        self._counter += 1
+        name = f"hwopt_model_{os.getpid()}_{self._counter}.so"
+        local = model.export(os.path.join(self._tmp.name, name))
+        try:
+            self.session.upload(local)
+            return self.session.load_module(name)
+        except Exception as exc:
+            raise CompileError("rpc", model.target, f"upload/load on {self.description}: {exc}") from exc
+
+    def _vm_for(self, model: CompiledModel):
+        key = id(model)
+        if key not in self._vms:
+            rlib = self.load(model)
+            try:
+                self._vms[key] = (model, relax.VirtualMachine(rlib, self.device))
+            except Exception as exc:
+                raise CompileError("rpc", model.target, f"remote VM creation: {exc}") from exc
+        return self._vms[key][1], self.device
+
+    def close(self) -> None:
+        self._vms.clear()
+        self.session = None
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def remote_session(
+    host: str,
+    port: int,
+    key: str | None = None,
+    *,
+    session_timeout: int = 0,
+    priority: int = 1,
+) -> RemoteSession:
+    """Connect to an RPC server (``key=None``) or request a device ``key`` from an RPC tracker."""
+    from tvm import rpc
+
+    try:
+        if key is None:
+            sess = rpc.connect(host, int(port), session_timeout=session_timeout)
+            desc = f"rpc://{host}:{port}"
+        else:
+            tracker = rpc.connect_tracker(host, int(port))
+            sess = tracker.request(key, priority=priority, session_timeout=session_timeout)
+            desc = f"tracker://{host}:{port}/{key}"
+    except Exception as exc:
+        raise CompileError("rpc", None, f"cannot connect to {host}:{port} ({key=}): {exc}") from exc
+    return RemoteSession(sess, desc)
+
+
+# --------------------------------------------------------------------------------------------
+# compile_module
+# --------------------------------------------------------------------------------------------
+
+
+def _default_work_dir() -> str:
+    return os.environ.get(
+        "HWOPT_TVM_TUNING_DIR", os.path.join(os.path.expanduser("~"), ".cache", "hwopt", "tvm_tuning")
+    )
+
+
+def compile_module(
+    module,
+    example_inputs,
+    target: dict | str | tvm.target.Target = "host",
+    *,
+    tune_trials: int = 0,
+    work_dir: str | os.PathLike | None = None,
+    database: Any = None,
+    tracker: tuple[str, int, str] | None = None,
+    tune_timeout_sec: float = 60.0,
+) -> CompiledModel:
+    """Compile ``module`` (a torch ``nn.Module``, or an already-imported Relax ``IRModule``).
+
+    tune_trials: MetaSchedule trials per fused operator (0 = no tuning). Tasks that already have
+        that many trials in the database are not tuned again.
+    work_dir: root of the tuning databases; the JSON database for this target lives in
+        ``work_dir/<target-slug>/``. Defaults to ``$HWOPT_TVM_TUNING_DIR`` or
+        ``~/.cache/hwopt/tvm_tuning`` when tuning. When given without tuning, existing records
+        are applied.
+    database: a MetaSchedule ``Database`` or a database directory to use as is (instead of
+        ``work_dir``).
+    tracker: ``(host, port, key)`` of an RPC tracker, needed to tune non-host targets.
+    """
+    tgt = tvm_target(target)
+    timings: dict[str, float] = {}
+    inputs = _as_tuple(example_inputs)
+    input_info = []
+    for x in inputs:
+        shape = tuple(int(s) for s in x.shape)
+        dtype = str(x.dtype).replace("torch.", "")
+        input_info.append((shape, dtype))
+
+    t0 = time.perf_counter()
+    if isinstance(module, tvm.IRModule):
+        mod = module
+    else:
+        mod = to_relax(module, inputs, target=tgt)
+    timings["import_s"] = time.perf_counter() - t0
+
+    try:
+        t0 = time.perf_counter()
+        prepared = _prepare(mod, tgt)
+        timings["prepare_s"] = time.perf_counter() - t0
+    except Exception as exc:
+        raise CompileError("build", tgt, f"legalize/fuse: {type(exc).__name__}: {exc}") from exc
+
+    # ---- database
+    db = None
+    db_dir = None
+    if database is not None:
+        if isinstance(database, (str, os.PathLike)):
+            db_dir = os.fspath(database)
+            db = _open_database(db_dir)
+        else:
+            db = database
+    elif work_dir is not None or tune_trials > 0:
+        root = os.fspath(work_dir) if work_dir is not None else _default_work_dir()
+        db_dir = os.path.join(root, _target_slug(tgt))
+        if tune_trials > 0 or os.path.isdir(db_dir):
+            db = _open_database(db_dir)
+
+    new_trials = 0
+    if tune_trials > 0:
+        t0 = time.perf_counter()
+        try:
+            new_trials = _tune(prepared, tgt, db, db_dir, int(tune_trials), tracker, tune_timeout_sec)
+        except (CompileError, NotImplementedError):
+            raise
+        except Exception as exc:
+            raise CompileError("tune", tgt, f"{type(exc).__name__}: {exc}") from exc
+        timings["tune_s"] = time.perf_counter() - t0
+
+    # ---- build
+    t0 = time.perf_counter()
+    all_funcs = _tir_func_names(prepared)
+    tuned_funcs: set[str] = set()
+    try:
+        if db is not None:
+            _ensure_tensor_intrinsics()
+            with tgt, db, tvm.transform.PassContext(opt_level=3):
+                applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
+            tuned_funcs = _scheduled_names(applied) - _scheduled_names(prepared)
+            to_build = applied
+        else:
+            to_build = prepared
+        with tgt, tvm.transform.PassContext(opt_level=3):
+            ex = tvm.compile(to_build, tgt, relax_pipeline=_lower_pipeline(tgt))
+    except Exception as exc:
+        raise CompileError("build", tgt, f"{type(exc).__name__}: {exc}") from exc
+    timings["build_s"] = time.perf_counter() - t0
+
+    schedules = {name: ("tuned" if name in tuned_funcs else "default") for name in all_funcs}
+    return CompiledModel(
+        target=tgt,
+        executable=ex,
+        tuned=bool(tuned_funcs),
+        schedules=schedules,
+        tuning_trials=new_trials,
+        database_dir=db_dir,
+        input_info=input_info,
+        timings=timings,
+    )

@@ -1,0 +1,287 @@
+"""hwopt.tvm_backend: torch -> TVM 0.27 Relax -> host/aarch64/Cortex-M artifacts, RPC and tuning."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+tb = pytest.importorskip("hwopt.tvm_backend")
+
+A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+M7 = {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m7"}
+
+
+class SmallNet(nn.Module):
+    """conv+BN+ReLU, residual add, depthwise conv, avgpool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.relu(self.bn(self.conv(x)))
+        y = y + self.relu(self.bn2(self.dw(y)))
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = SmallNet()
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong BN lowering shows
+        for bn in (m.bn, m.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def net():
+    m = _model()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(x).numpy()
+    return m, x, ref
+
+
+@pytest.fixture(scope="module")
+def host_model(net):
+    m, x, _ = net
+    return tb.compile_module(m, (x,), "host")
+
+
+def _elf_header(path):
+    with open(path, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    bits = {1: 32, 2: 64}[head[4]]
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return bits, machine
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tvm_target_forms():
+    host = tb.tvm_target("host")
+    assert host.kind.name == "llvm"
+    assert str(host.attrs["mcpu"]) == tb.host_cpu()
+    assert tb.tvm_target({"kind": "llvm"}).attrs["mcpu"] == host.attrs["mcpu"]
+    a72 = tb.tvm_target(A72)
+    assert str(a72.attrs["mtriple"]) == "aarch64-linux-gnu"
+    assert str(a72.attrs["mcpu"]) == "cortex-a72"
+    assert tb.tvm_target('{"kind": "c"}').kind.name == "c"
+    with pytest.raises(tb.CompileError) as ei:
+        tb.tvm_target({"kind": "no-such-kind"})
+    assert ei.value.stage == "target"
+    assert isinstance(ei.value, RuntimeError)
+
+
+def test_to_relax_binds_weights(net):
+    m, x, _ = net
+    mod = tb.to_relax(m, (x,))
+    params = mod["main"].params
+    assert len(params) == 1  # only the input: weights are constants
+    assert [int(d) for d in params[0].ty.shape] == [1, 3, 16, 16]  # TVM 0.27: Var.ty (no struct_info)
+    assert not m.training
+
+
+def test_host_matches_torch(net, host_model):
+    _, x, ref = net
+    out = host_model.run(x)
+    assert isinstance(out, np.ndarray) and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(host_model.run(x.numpy()), ref, atol=1e-4, rtol=1e-4)
+    assert host_model.tuned is False
+    assert host_model.schedules and set(host_model.schedules.values()) == {"default"}
+    stats = host_model.benchmark(repeat=3, number=1, min_repeat_ms=5)
+    assert stats["median_ms"] > 0 and len(stats["results_ms"]) == 3
+    assert {"mean_ms", "std_ms"} <= set(stats)
+
+
+def test_export_load_roundtrip(net, host_model, tmp_path):
+    _, x, ref = net
+    path = host_model.export(tmp_path / "model.so")
+    assert os.path.exists(path)
+    assert sorted(os.listdir(tmp_path)) == ["model.so"]  # temp file renamed away
+    bits, machine = _elf_header(path)
+    loaded = tb.load_exported(path)
+    np.testing.assert_allclose(loaded.run(x), ref, atol=1e-4, rtol=1e-4)
+    # the plain TVM way works too
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()))
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_c_target_runs_on_host(net):
+    m, x, ref = net
+    cm = tb.compile_module(m, (x,), {"kind": "c"})
+    np.testing.assert_allclose(cm.run(x), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def a72_model(net):
+    m, x, _ = net
+    return tb.compile_module(m, (x,), A72)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="no aarch64-linux-gnu-gcc")
+def test_aarch64_export_is_elf_aarch64(net, a72_model, tmp_path):
+    _, x, _ = net
+    assert not a72_model.host_runnable
+    path = a72_model.export(tmp_path / "a72.so")
+    assert _elf_header(path) == (64, 183)  # EM_AARCH64
+    with pytest.raises(tb.CompileError, match="remote"):
+        a72_model.run(x)
+
+
+def test_missing_cross_compiler_is_named(a72_model, tmp_path, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(tb.shutil, "which", lambda n, *a, **k: None if "aarch64" in n else real_which(n))
+    with pytest.raises(tb.CompileError, match="aarch64-linux-gnu-gcc") as ei:
+        a72_model.export(tmp_path / "a72.so")
+    assert ei.value.stage == "export-lib"
+    assert "cortex-a72" in str(ei.value)
+    assert not os.listdir(tmp_path)
+
+
+def test_cortex_m_exports_kernel_object(net, tmp_path):
+    m, x, _ = net
+    cm = tb.compile_module(m, (x,), M7)
+    assert cm.bare_metal
+    path = cm.export(tmp_path / "m7.tar")
+    with tarfile.open(path) as tar:
+        names = set(tar.getnames())
+        assert {"lib0.o", "devc.o", "vm_bytecode.txt", "README.txt"} <= names
+        tar.extract("lib0.o", tmp_path / "x")
+    assert _elf_header(tmp_path / "x" / "lib0.o") == (32, 40)  # EM_ARM
+    with pytest.raises(NotImplementedError):
+        cm.run(x)
+
+
+def test_compile_error_names_stage():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # torch.export cannot trace this
+                return x * 2
+            return x
+
+    with pytest.raises(tb.CompileError) as ei:
+        tb.compile_module(DataDependent(), (torch.randn(1, 3),), "host")
+    assert ei.value.stage == "export"
+    assert "llvm" in str(ei.value)
+
+
+# ---------------------------------------------------------------- RPC (loopback server)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rpc_server_process(tmp_path_factory):
+    """Start the loopback RPC server when the module starts (it takes a few seconds to import
+    tvm), so it boots while the other tests run; stopped on teardown."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("rpc") / "server.log"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+             "--port", str(port), "--port-end", str(port + 1)],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        yield proc, port, log
+    finally:
+        # the server forks a worker per session: stop the process group we created
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@pytest.fixture(scope="module")
+def rpc_server(_rpc_server_process):
+    proc, port, log = _rpc_server_process
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"rpc_server exited early: {log.read_text()[-2000:]}")
+        if b"bind to" in log.read_bytes():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return "127.0.0.1", port
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"rpc_server did not start in 90 s: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def test_rpc_loopback_run_and_time(net, host_model, rpc_server):
+    _, x, ref = net
+    host, port = rpc_server
+    with tb.remote_session(host, port) as remote:
+        out = host_model.run(x, remote=remote)
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
+        stats = host_model.benchmark(x, repeat=3, number=2, min_repeat_ms=0, remote=remote)
+        assert stats["remote"] and stats["median_ms"] > 0
+
+
+# ---------------------------------------------------------------- tuning
+
+
+@pytest.mark.slow
+def test_tuning_reuses_database(tmp_path):
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(1, 16, 28, 28)
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    first = tb.compile_module(conv, (x,), "host", tune_trials=16, work_dir=tmp_path)
+    assert first.tuned and first.tuning_trials > 0
+    assert "tuned" in first.schedules.values()
+    assert os.path.exists(os.path.join(first.database_dir, "database_tuning_record.json"))
+    out1 = first.run(x)
+    np.testing.assert_allclose(out1, ref, atol=1e-4, rtol=1e-4)
+
+    t0 = time.perf_counter()
+    second = tb.compile_module(conv, (x,), "host", tune_trials=16, work_dir=tmp_path)
+    assert time.perf_counter() - t0 < 60
+    assert second.tuning_trials == 0 and "tune_s" in second.timings
+    assert second.tuned and second.schedules == first.schedules
+    np.testing.assert_array_equal(second.run(x), out1)
+
+    # without tune_trials, an existing database is still applied
+    third = tb.compile_module(conv, (x,), "host", work_dir=tmp_path)
+    assert third.tuned and third.tuning_trials == 0
