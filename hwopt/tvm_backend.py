@@ -34,10 +34,12 @@ What the targets get (checked with TVM 0.27.0.post1)
   ``tracker=(host, port, key)`` so MetaSchedule can measure on the board.
 * Cortex-M4/M7 (``{"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m7"}``):
   TVM 0.27 has no microTVM, no AOT executor, and no C runtime (CRT). What it *can* do: LLVM emits a
-  32-bit ARM ELF relocatable object (Thumb-2, correct FPU attributes) holding the operator kernels
-  as TVM-FFI packed functions (``__tvm_ffi_<name>(void*, TVMFFIAny* args, int32_t, TVMFFIAny*)``);
-  the only undefined symbols are ``TVMFFIErrorSetRaisedFromCStrParts``, ``memset`` and the
-  ``__TVMBackendAllocWorkspace`` / ``__TVMBackendFreeWorkspace`` hooks. The ``{"kind": "c"}`` target
+  32-bit ARM ELF relocatable object (Thumb-2, ``Tag_CPU_name`` = mcpu, FPU instructions for the
+  mcpu; add ``"mfloat-abi": "hard"`` for the hard-float calling convention) holding the operator
+  kernels as TVM-FFI packed functions (``__tvm_ffi_<name>(void*, TVMFFIAny* args, int32_t,
+  TVMFFIAny*)``); undefined symbols: ``TVMFFIErrorSetRaisedFromCStrParts``, ``memset``,
+  ``__aeabi_unwind_cpp_pr0`` (libgcc), plus the weak ``__TVMBackendAllocWorkspace`` /
+  ``__TVMBackendFreeWorkspace`` function-pointer hooks to fill in. The ``{"kind": "c"}`` target
   emits the same kernels as C source that compiles with ``arm-none-eabi-gcc -mcpu=cortex-m7``
   given the TVM/TVM-FFI include dirs (undefined: ``TVMBackendAllocWorkspace``,
   ``TVMBackendFreeWorkspace``, ``TVMFFIErrorSetRaisedFromCStrParts``). The *graph* (call order,
@@ -55,7 +57,10 @@ MetaSchedule into a JSON database under ``work_dir/<target-slug>/``; tasks that 
 ``tune_trials`` trials recorded (``hwopt_tuning.json`` bookkeeping, or as many records in the
 database) are not tuned again. ``CompiledModel.schedules`` says, per fused function, whether the
 tuned or the default schedule was used; ``.tuned`` is True when at least one tuned schedule was
-applied and ``.tuning_trials`` counts trials measured by this call.
+applied and ``.tuning_trials`` counts trials measured by this call. MetaSchedule's database
+lookup ignores the target, hence one directory per target; JSONDatabase appends without locking,
+so only one process should tune into a directory at a time. Tuning a board through
+``tracker=`` (``RPCRunner`` + cross-linked builder output) is implemented but untested here.
 
 Tuning speed notes: ``import tvm.s_tir.tensor_intrin`` takes ~30 s (mostly CUDA/ROCm/Hexagon
 intrinsics); MetaSchedule's ``TuneContext`` and the default ``LocalBuilder`` build function import
@@ -522,7 +527,6 @@ def _tune(
     if not pending:
         return 0
 
-    _ensure_tensor_intrinsics()
     if not _is_host_runnable(target) or target.kind.name != "llvm":
         if target.kind.name != "llvm":
             raise CompileError("tune", target, "tuning is supported for llvm targets only")
@@ -537,6 +541,7 @@ def _tune(
                 "tuning a non-host target needs measurements on the device: pass "
                 "tracker=(tracker_host, tracker_port, device_key)",
             )
+    _ensure_tensor_intrinsics()
     if tracker is not None:
         host, port, key = tracker
         runner = ms.runner.RPCRunner(
@@ -788,8 +793,9 @@ Produced by hwopt.tvm_backend with Apache TVM 0.27 (no microTVM, no AOT executor
 lib0.o  ELF relocatable with the operator kernels, one TVM-FFI packed function per fused
         operator: int32_t __tvm_ffi_<name>(void* self, TVMFFIAny* args, int32_t nargs,
         TVMFFIAny* result); the arguments are DLTensor pointers (inputs then outputs).
-        Undefined symbols to provide: TVMFFIErrorSetRaisedFromCStrParts, memset, and the
-        __TVMBackendAllocWorkspace / __TVMBackendFreeWorkspace function pointers.
+        Undefined symbols to provide: TVMFFIErrorSetRaisedFromCStrParts, memset,
+        __aeabi_unwind_cpp_pr0 (libgcc); set the weak __TVMBackendAllocWorkspace /
+        __TVMBackendFreeWorkspace function pointers if a kernel needs workspace.
 devc.o  the Relax VM executable (bytecode + constant pool holding the weights) packed as a
         blob; only the C++ TVM runtime can read it, so it is here for reference.
 vm_bytecode.txt  the call sequence (allocations and kernel calls) of main(); a hand-written

@@ -192,6 +192,13 @@ def test_compile_error_names_stage():
     assert "llvm" in str(ei.value)
 
 
+def test_tuning_a_board_needs_a_tracker(net, tmp_path):
+    m, x, _ = net
+    with pytest.raises(tb.CompileError, match="tracker") as ei:
+        tb.compile_module(m, (x,), A72, tune_trials=4, work_dir=tmp_path)
+    assert ei.value.stage == "tune"
+
+
 # ---------------------------------------------------------------- RPC (loopback server)
 
 
@@ -262,7 +269,10 @@ def test_rpc_loopback_run_and_time(net, host_model, rpc_server):
 
 
 @pytest.mark.slow
-def test_tuning_reuses_database(tmp_path):
+def test_tuning_reuses_database(tmp_path, request):
+    # minutes of tuning: only when asked for (-m slow), even if addopts' "not slow" is overridden
+    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("HWOPT_RUN_SLOW"):
+        pytest.skip("tunes for minutes: run with -m slow")
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
     x = torch.randn(1, 16, 28, 28)
