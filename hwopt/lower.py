@@ -81,16 +81,27 @@ MODULES = {
 BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
 
-def _module_path(name: str, taken: set[str]) -> str:
-    parts = [re.sub(r"\W", "_", p) or "_" for p in name.split(".")]
-    path = ".".join(parts)
-    # a module path may not also be the prefix of another (a leaf cannot hold children)
-    k = 1
-    base = path
-    while path in taken or any(t.startswith(path + ".") or path.startswith(t + ".") for t in taken):
-        path, k = f"{base}_{k}", k + 1
-    taken.add(path)
-    return path
+class _Paths:
+    """Unique module paths; a path may not also be a prefix of another (a leaf module has no children)."""
+
+    def __init__(self):
+        self.leaves: set[str] = set()
+        self.prefixes: set[str] = set()
+
+    def take(self, name: str) -> str:
+        base = ".".join(re.sub(r"\W", "_", p) or "_" for p in name.split("."))
+        path, k = base, 1
+        while self._clash(path):
+            path, k = f"{base}_{k}", k + 1
+        self.leaves.add(path)
+        parts = path.split(".")
+        self.prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        return path
+
+    def _clash(self, path: str) -> bool:
+        parts = path.split(".")
+        return (path in self.leaves or path in self.prefixes
+                or any(".".join(parts[:i]) in self.leaves for i in range(1, len(parts))))
 
 
 def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
@@ -98,7 +109,7 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     graph.verify()
     out = fx.Graph()
     modules: dict[str, nn.Module] = {}
-    taken: set[str] = set()
+    taken = _Paths()
     paths: dict[str, str] = {}
     env: dict[str, fx.Node] = {}
     for node in graph:
@@ -120,7 +131,7 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op in MODULES:
             module = MODULES[op](node)
         if module is not None:
-            path = paths[node.name] = _module_path(node.name, taken)
+            path = paths[node.name] = taken.take(node.name)
             modules[path] = module
             env[node.name] = out.call_module(path, tuple(ins))
         elif op in BINARY:
@@ -145,3 +156,32 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     gm.hwopt_module_paths = paths  # node name -> submodule path (names can need sanitising)
     return gm.eval()
 
+
+
+def submodules(graph: Graph, module: nn.Module) -> dict[str, nn.Module]:
+    """The submodule `lower(graph)` made for each parametric node of `graph`, by node name."""
+    paths = getattr(module, "hwopt_module_paths", None)
+    if paths is None:
+        raise IRError("this module was not made by hwopt.lower (it has no hwopt_module_paths)")
+    return {n.name: module.get_submodule(paths[n.name]) for n in graph if n.params}
+
+
+def read_back(graph: Graph, module: nn.Module) -> Graph:
+    """A copy of `graph` holding the parameters of `module` = `lower(graph)` after training it.
+
+    Masks are kept from the graph and multiplied in, so pruned weights are exact zeros."""
+    new = graph.copy()
+    for name, m in submodules(graph, module).items():
+        node = new[name].copy()
+        params = {}
+        for k, old in node.params.items():
+            t = getattr(m, k, None)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(old.shape):
+                raise IRError(f"lowered module has no {k!r} of shape {tuple(old.shape)}", name)
+            params[k] = t.detach().clone()
+        if "weight_mask" in node.params:
+            params["weight_mask"] = node.params["weight_mask"]
+            params["weight"] = params["weight"] * params["weight_mask"]
+        node.params = params
+        new.replace(node)
+    return new.verify()

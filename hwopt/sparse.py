@@ -190,28 +190,10 @@ def example_inputs(graph, ctx=None):
 
 
 def load_trained(graph, module, example=None):
-    """A copy of `graph` with the parameters `module` (= lower(graph), since trained) now holds.
-
-    Matches parametric nodes in topological order through a lift of the module (exact: lower→lift is a
-    round trip), checks op and shapes, and re-applies masks so pruned weights are exact zeros."""
-    from .errors import PassError
-    from .frontend import lift
-    lifted = lift(module, example if example is not None else example_inputs(graph))
-    old = [n for n in graph if n.params]
-    new = [n for n in lifted if n.params]
-    if len(old) != len(new):
-        raise PassError(f"trained module has {len(new)} parametric layers, graph has {len(old)}")
-    g = graph.copy()
-    for o, t in zip(old, new):
-        if o.op != t.op or set(o.params) != set(t.params) or any(o.params[k].shape != t.params[k].shape for k in o.params):
-            raise PassError(f"trained layer {t.name!r} does not match graph node {o.name!r}")
-        m = g[o.name].copy()
-        m.params = dict(t.params)
-        if "weight_mask" in o.params:
-            m.params["weight_mask"] = o.params["weight_mask"]
-            m.params["weight"] = t.params["weight"] * o.params["weight_mask"]
-        g.replace(m)
-    return g
+    """A copy of `graph` with the parameters `module` (= lower(graph), since trained) now holds; masked
+    weights are multiplied by their (unchanged) masks so pruned weights are exact zeros."""
+    from .lower import read_back
+    return read_back(graph, module)
 
 
 def retrain(graph, ctx, epochs: float, l2: float = 0.0):

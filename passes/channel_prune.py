@@ -59,6 +59,7 @@ import torch
 from hwopt.channels import ChannelGroup, channel_groups, remove_channels
 from hwopt.errors import BudgetError, PassError
 from hwopt.ir import Graph, node_macs
+from hwopt.lower import read_back, submodules
 from hwopt.passmanager import Pass, PassContext, register_pass
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
@@ -150,42 +151,8 @@ def unit_importance(graph: Graph, criterion: str = "l1", data: Iterable | None =
     return out
 
 
-def module_of_node(graph: Graph, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Map the graph's parametric nodes to the submodules `hwopt.lower(graph)` made for them.
-
-    lower() emits one call_module per module-backed node, in graph order; we pair them up and check the
-    parameter shapes."""
-    from hwopt.lower import MODULES as _LOWER_MODULES
-
-    nodes = [n for n in graph if n.op in ("conv2d", "linear", "batch_norm") or n.op in _LOWER_MODULES]
-    calls = [c for c in module.graph.nodes if c.op == "call_module"]
-    if len(nodes) != len(calls):
-        raise PassError(f"channel-prune: cannot pair graph nodes with the lowered module ({len(nodes)} vs {len(calls)})")
-    out = {}
-    for n, c in zip(nodes, calls):
-        if n.params:
-            m = module.get_submodule(str(c.target))
-            w = n.params.get("weight", n.params.get("running_mean"))
-            mw = getattr(m, "weight", None) if "weight" in n.params else getattr(m, "running_mean", None)
-            if mw is None or tuple(mw.shape) != tuple(w.shape):
-                raise PassError(f"channel-prune: lowered module {c.target!r} does not match node {n.name!r}")
-            out[n.name] = m
-    return out
-
-
-def sync_params(graph: Graph, module: torch.nn.Module) -> Graph:
-    """A copy of `graph` whose parameters are read back from `module` = a (trained) `hwopt.lower(graph)`."""
-    mapping = module_of_node(graph, module)
-    new = graph.copy()
-    for name, m in mapping.items():
-        node = new[name].copy()
-        p = {}
-        for k, old in node.params.items():
-            t = getattr(m, k, None)
-            p[k] = t.detach().clone() if isinstance(t, torch.Tensor) else old
-        node.params = p
-        new.replace(node)
-    return new.verify()
+# the lowered module's layers and trained weights: one mechanism for every pass, in hwopt.lower
+module_of_node, sync_params = submodules, read_back
 
 
 def _taylor_saliency(graph: Graph, data, loss) -> dict[str, dict[str, torch.Tensor]]:

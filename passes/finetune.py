@@ -2,13 +2,12 @@
 prune → retrain recipe, e.g. Han et al. 2015, sec. 3.2).
 
 Lower to a trainable torch module (masked weights stay masked), call ctx.train(module, epochs=...),
-lift the trained module back; the structure is unchanged, only the weights move.
+read the trained weights back into a copy of the graph; the structure is unchanged, only weights move.
 """
 from __future__ import annotations
 
-from hwopt.frontend import lift
 from hwopt.ir import Graph
-from hwopt.lower import lower
+from hwopt.lower import lower, read_back
 from hwopt.passmanager import Pass, PassContext, register_pass
 from hwopt.errors import PassError
 
@@ -16,7 +15,7 @@ from hwopt.errors import PassError
 @register_pass("finetune")
 class Finetune(Pass):
     epochs: float = 1.0
-    needs = ("train", "example_inputs")
+    needs = ("train",)
 
     def validate(self) -> None:
         if not self.epochs > 0:
@@ -25,4 +24,4 @@ class Finetune(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         module = lower(graph)
         ctx.train(module, epochs=self.epochs)
-        return lift(module.eval(), ctx.example_inputs)
+        return read_back(graph, module)

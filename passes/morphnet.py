@@ -81,6 +81,7 @@ import torch
 from hwopt.channels import ChannelGroup, channel_groups, remove_channels, resize_groups
 from hwopt.errors import BudgetError, PassError
 from hwopt.ir import Graph, node_macs
+from hwopt.lower import read_back, submodules
 from hwopt.passmanager import Pass, PassContext, atomic_write, register_pass
 
 __all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "resource_cost", "WidthModel", "unit_costs", "Regularizer",
@@ -230,31 +231,7 @@ def unit_costs(graph: Graph, resource: str, target=None, sizes: dict[int, int] |
 # Module <-> graph
 
 
-def _module_nodes(graph: Graph, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The submodule `hwopt.lower(graph)` made for each parametric node (paired in graph order)."""
-    from hwopt.lower import MODULES as LOWER_MODULES
-
-    nodes = [n for n in graph if n.op in ("conv2d", "linear", "batch_norm") or n.op in LOWER_MODULES]
-    calls = [c for c in module.graph.nodes if c.op == "call_module"]
-    if len(nodes) != len(calls):
-        raise PassError(f"morphnet: the lowered module does not match the graph ({len(calls)} modules, {len(nodes)} nodes)")
-    out = {}
-    for n, c in zip(nodes, calls):
-        if n.params:
-            out[n.name] = module.get_submodule(str(c.target))
-    return out
-
-
-def read_back(graph: Graph, module: torch.nn.Module) -> Graph:
-    """A copy of `graph` with the parameters of `module` (a trained ``hwopt.lower(graph)``)."""
-    mapping = _module_nodes(graph, module)
-    new = graph.copy()
-    for name, m in mapping.items():
-        node = new[name].copy()
-        node.params = {k: (getattr(m, k).detach().clone() if isinstance(getattr(m, k, None), torch.Tensor) else t)
-                       for k, t in node.params.items()}
-        new.replace(node)
-    return new.verify()
+_module_nodes = submodules  # node name -> the submodule lower() made for it
 
 
 def fresh_init(graph: Graph, generator: torch.Generator) -> Graph:
