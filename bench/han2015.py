@@ -66,7 +66,11 @@ def run_model(name, cfg, args, xtest, ytest, out):
     err0 = 1 - tester.evaluate(hwopt.lower(g))
     s0 = g.stats()
     print(f"\n[{name}] baseline: {epochs} epochs in {t_train:.0f}s, test error {100 * err0:.2f} %")
-    ctx = hwopt.PassContext(train=tr.train, evaluate=tr.evaluate, seed=args.seed)
+    # Surviving weights already sit near a good minimum: retrain them at a reduced learning rate.
+    retrain_lr = lr * args.retrain_lr_scale
+    ctx = hwopt.PassContext(train=lambda m, *, epochs=1.0, penalty=None: tr.train(m, epochs=epochs, penalty=penalty, lr=retrain_lr),
+                            evaluate=tr.evaluate, seed=args.seed,
+                            data=[(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)])
     gp, first = g, True
     # stage 1 reaches the first target from the dense net; later stages continue from the pruned one
     for comp in args.compression:
@@ -104,7 +108,11 @@ def obd_vs_magnitude(res, cfg, args):
     from hwopt.passes.magnitude_prune import Plan
     g, tr, tester = res["g"], res["tr"], res["tester"]
     iters, ep = cfg["obd"]
-    ctx = hwopt.PassContext(train=tr.train, evaluate=tr.evaluate, seed=args.seed)
+    # Surviving weights already sit near a good minimum: retrain them at a reduced learning rate.
+    retrain_lr = tr.lr * args.retrain_lr_scale
+    ctx = hwopt.PassContext(train=lambda m, *, epochs=1.0, penalty=None: tr.train(m, epochs=epochs, penalty=penalty, lr=retrain_lr),
+                            evaluate=tr.evaluate, seed=args.seed,
+                            data=[(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)])
     names = sp.prunable_layers(g)
     sizes = {k: g[k].params["weight"].numel() for k in names}
     scan = MagnitudePrune(sparsity=0.9, retrain_epochs=0).plan(g, ctx).scan  # one scan serves every sparsity
@@ -141,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--models", default="lenet_300_100,lenet5")
     ap.add_argument("--no-obd", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retrain-lr-scale", type=float, default=0.1,
+                    help="retraining learning rate as a fraction of the training one (default 0.1)")
     ap.add_argument("--out", default="/tmp/hwopt_han2015", help="where the sensitivity PNGs go")
     args = ap.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
