@@ -291,6 +291,7 @@ class Graph:
         self.nx = nx.DiGraph()
         self._order: list[str] | None = None
         self._cache: dict[str, Any] = {}  # analyses (channel groups, cost, ...) dropped on every change
+        self._verified = False
 
     # -- building -----------------------------------------------------------------------------------
     def add(self, name: str, op: str, inputs: Iterable[str] = (), attrs: dict | None = None,
@@ -344,6 +345,7 @@ class Graph:
     def changed(self) -> None:
         self._order = None
         self._cache.clear()
+        self._verified = False
 
     def copy(self) -> "Graph":
         """A new graph with copied nodes; tensors are shared (the IR never modifies a tensor in place)."""
@@ -442,7 +444,12 @@ class Graph:
         for n in self.nodes.values():
             if "weight_mask" in n.params and not ((n.params["weight_mask"] == 0) | (n.params["weight_mask"] == 1)).all():
                 raise IRError("weight_mask must hold only 0 and 1", n.name)
+        self._verified = True
         return self
+
+    def verify_once(self) -> "Graph":
+        """verify(), skipped when nothing changed through the Graph API since the last successful one."""
+        return self if self._verified else self.verify()
 
     # -- figures ------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

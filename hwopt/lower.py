@@ -32,9 +32,19 @@ def _set(m: nn.Module, **tensors) -> nn.Module:
     return m
 
 
+_NO_INIT: dict[type, type] = {}
+
+
 def _empty(cls, *args, **kwargs) -> nn.Module:
-    # Built on the meta device: every tensor is overwritten by _set, so random init would be wasted work.
-    return cls(*args, **kwargs, device="meta")
+    """`cls(*args)` with no parameter initialisation: every tensor is overwritten by _set. (Meta-device
+    construction still runs reset_parameters, through slow decompositions.)"""
+    sub = _NO_INIT.get(cls)
+    if sub is None:
+        sub = _NO_INIT[cls] = type(cls.__name__, (cls,), {"reset_parameters": lambda self: None,
+                                                          "reset_running_stats": lambda self: None})
+    m = sub(*args, **kwargs, device="meta")
+    m.__class__ = cls  # same layout; the module is an ordinary cls from here on
+    return m
 
 
 def _conv_module(n: Node, bake: bool) -> nn.Module:
@@ -106,7 +116,7 @@ class _Paths:
 
 def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     """A torch module computing `graph`, in eval mode. The graph is only read."""
-    graph.verify()
+    graph.verify_once()
     out = fx.Graph()
     modules: dict[str, nn.Module] = {}
     taken = _Paths()

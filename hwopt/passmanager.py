@@ -304,7 +304,7 @@ class PassManager:
                 raise PassError(f"pass {p.name!r} returned {type(result).__name__}, not a Graph")
             if ctx.verify and result is not graph:
                 try:
-                    result.verify()
+                    result.verify_once()  # any change through the Graph API since a verify resets this
                 except Exception as e:
                     raise PassError(f"pass {p.name!r} produced an invalid graph: {e}") from e
             record = {"pass": str(p), "seconds": seconds, "changed": result is not graph}
