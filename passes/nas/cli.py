@@ -1,0 +1,78 @@
+"""`hwopt search`: the nas pass from the command line (wired in hwopt/cli.py by `add_arguments` + `run`).
+
+    hwopt search --target cortex-a72 --samples 40 --executor ray --workers 2 --plot pareto.png
+    hwopt search --target cortex-m7 --input-shape 1,1,28,28 --classes 10 --reward hard --checkpoint s.jsonl
+
+Without user callbacks the built-in proxy trainer scores children, so the input must be MNIST-shaped
+(1x1x28x28, 10 classes); a killed search resumes from --checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="cortex-a72", help="target name or .toml path")
+    p.add_argument("--input-shape", default="1,1,28,28", help="N,C,H,W of the input")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--strategy", choices=("reinforce", "random", "evolution"), default="reinforce")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=7)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--head", type=int, default=1280)
+    p.add_argument("--reward", choices=("soft", "hard"), default="soft")
+    p.add_argument("--target-ms", type=float, default=None, help="T in the reward (default: the MobileNetV2-style member's latency)")
+    p.add_argument("--latency", choices=("model", "tvm"), default="model")
+    p.add_argument("--proxy-steps", type=int, default=48)
+    p.add_argument("--executor", choices=("serial", "process", "ray"), default="serial")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--baselines", default="", help="comma-separated: random,evolution")
+    p.add_argument("--plot", default=None, help="Pareto plot PNG")
+    p.add_argument("--save", default=None, help="save the best model (torch.save of the lowered module)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    import torch
+
+    import hwopt
+    from hwopt.passmanager import PassContext, make_pass
+    from hwopt.targets import load_target
+
+    shape = tuple(int(s) for s in args.input_shape.replace("x", ",").split(","))
+    n, c, h, w = shape
+    # The pass reads only the input shape and the class count from its input graph.
+    stub = torch.nn.Sequential(torch.nn.Conv2d(c, 1, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(1, args.classes))
+    graph = hwopt.lift(stub, torch.zeros(shape))
+    nas = make_pass("nas", strategy=args.strategy, samples=args.samples, batch=args.batch, blocks=args.blocks,
+                    width=args.width, head=args.head, reward=args.reward, target_ms=args.target_ms,
+                    latency=args.latency, proxy_steps=args.proxy_steps, executor=args.executor,
+                    workers=args.workers, checkpoint=args.checkpoint, plot=args.plot,
+                    baselines=tuple(b for b in args.baselines.split(",") if b))
+    ctx = PassContext(target=load_target(args.target), seed=args.seed, progress=not args.no_progress,
+                      workdir=args.workdir)
+    best = nas.run(graph, ctx)
+    rec = next(r for r in ctx.records if r.get("pass") == "nas.search")
+    if args.save:
+        torch.save(hwopt.lower(best), args.save)
+    print(json.dumps({"pipeline": str(nas), "search": rec["search"], "baseline": {
+        k: rec["baseline"][k] for k in ("arch", "accuracy", "latency_ms", "reward")} if rec["baseline"] else None,
+        "baselines": rec["baselines"], "pareto": rec["pareto"], "plot": rec["plot"]}, indent=2, default=str))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="hwopt search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Search strategies behind one ask/tell interface: the REINFORCE LSTM controller (Zoph & Le 2017, as
+used by MnasNet), random search, and regularized evolution (Real et al. 2019).
+
+Every strategy draws its randomness from its own numpy Generator and consumes a *fixed* number of
+draws per proposal, whatever the proposal is. That is what makes a killed search resumable exactly:
+on resume the recorded proposals are replayed through `ask(..., replay=...)` (the draws are consumed,
+the recorded tokens are used) and `tell` (the same updates), so the strategy ends in the same state
+as if it had never stopped.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+Tokens = tuple[int, ...]
+
+
+class Strategy:
+    name = "?"
+
+    def ask(self, n: int, replay: Sequence[Tokens | None] = ()) -> list[Tokens]:
+        """n proposals; where replay[i] is given, the RNG is advanced as for a fresh proposal but
+        the recorded tokens are returned (resume)."""
+        raise NotImplementedError
+
+    def tell(self, tokens: Sequence[Tokens], rewards: Sequence[float]) -> None:
+        """Results of the last `ask`, in the same order."""
+
+
+def _replayed(replay: Sequence[Tokens | None], i: int) -> Tokens | None:
+    return tuple(replay[i]) if i < len(replay) and replay[i] is not None else None
+
+
+class RandomSearch(Strategy):
+    name = "random"
+
+    def __init__(self, vocab: Sequence[int], seed: int = 0):
+        self.vocab = tuple(vocab)
+        self.rng = np.random.default_rng([seed, 1])
+
+    def sample(self) -> Tokens:
+        u = self.rng.random(len(self.vocab))
+        return tuple(int(x * n) for x, n in zip(u, self.vocab))
+
+    def ask(self, n, replay=()):
+        out = []
+        for i in range(n):
+            t = self.sample()
+            out.append(_replayed(replay, i) or t)
+        return out
+
+
+class RegularizedEvolution(Strategy):
+    """Aging evolution: the first `population` proposals are random; afterwards each child is a
+    one-decision mutation of the best of `sample` members drawn from the population, and the oldest
+    member dies when a child joins."""
+    name = "evolution"
+
+    def __init__(self, vocab: Sequence[int], seed: int = 0, population: int = 16, sample: int = 4):
+        if population < 2 or not 1 <= sample <= population:
+            raise ValueError("evolution needs population >= 2 and 1 <= sample <= population")
+        self.vocab = tuple(vocab)
+        self.rng = np.random.default_rng([seed, 2])
+        self.population_size, self.sample_size = population, sample
+        self.population: deque[tuple[Tokens, float]] = deque()
+        self.proposed = 0
+
+    def _mutate(self, parent: Tokens) -> Tokens:
+        pos_u, val_u = self.rng.random(2)
+        pos = int(pos_u * len(self.vocab))
+        n = self.vocab[pos]
+        child = list(parent)
+        if n > 1:  # a different value at that position
+            child[pos] = (parent[pos] + 1 + int(val_u * (n - 1))) % n
+        return tuple(child)
+
+    def ask(self, n, replay=()):
+        out = []
+        for i in range(n):
+            # fixed draws per proposal: len(vocab) for a random member, sample + 2 for a mutation
+            if self.proposed < self.population_size or len(self.population) < self.sample_size:
+                u = self.rng.random(len(self.vocab))
+                t = tuple(int(x * k) for x, k in zip(u, self.vocab))
+            else:
+                idx = self.rng.choice(len(self.population), self.sample_size, replace=False)
+                parent = max((self.population[j] for j in sorted(idx)), key=lambda m: m[1])[0]
+                t = self._mutate(parent)
+            self.proposed += 1
+            out.append(_replayed(replay, i) or t)
+        return out
+
+    def tell(self, tokens, rewards):
+        for t, r in zip(tokens, rewards):
+            self.population.append((tuple(t), float(r)))
+            if len(self.population) > self.population_size:
+                self.population.popleft()
+
+
+class Controller(nn.Module):
+    """LSTM that emits an architecture's tokens one decision at a time.
+
+    Input at step i is the embedding of the token chosen at step i-1 (a learned start vector at step
+    0); each position has its own embedding table and its own softmax head sized to its choices.
+    """
+
+    def __init__(self, vocab: Sequence[int], hidden: int = 64, seed: int = 0):
+        super().__init__()
+        self.vocab = tuple(vocab)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.start = nn.Parameter(torch.zeros(1, hidden))
+            self.cell = nn.LSTMCell(hidden, hidden)
+            self.embed = nn.ModuleList(nn.Embedding(n, hidden) for n in self.vocab)
+            self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.vocab)
+            for h in self.heads:  # start near uniform: the first samples are a random search
+                nn.init.uniform_(h.weight, -0.01, 0.01)
+                nn.init.zeros_(h.bias)
+
+    def _steps(self, tokens: Sequence[int] | None, uniforms: np.ndarray | None = None):
+        """Walk the decisions; either follow `tokens` or sample with `uniforms` (inverse CDF).
+        Returns (tokens, sum log-prob, sum entropy)."""
+        x, state = self.start, None
+        chosen, logp, ent = [], torch.zeros(()), torch.zeros(())
+        for i, n in enumerate(self.vocab):
+            h, c = self.cell(x, state)
+            state = (h, c)
+            logits = self.heads[i](h)[0]
+            lp = torch.log_softmax(logits, -1)
+            if tokens is not None:
+                k = int(tokens[i])
+            else:
+                cdf = np.cumsum(lp.detach().exp().double().numpy())
+                k = min(int(np.searchsorted(cdf, uniforms[i] * cdf[-1], side="right")), n - 1)
+            chosen.append(k)
+            logp = logp + lp[k]
+            ent = ent - (lp.exp() * lp).sum()
+            x = self.embed[i](torch.tensor([k]))
+        return tuple(chosen), logp, ent
+
+    @torch.no_grad()
+    def sample(self, uniforms: np.ndarray) -> Tokens:
+        return self._steps(None, uniforms)[0]
+
+    def log_prob(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self._steps(tokens)[1]
+
+
+class Reinforce(Strategy):
+    """REINFORCE with an exponential-moving-average baseline (Zoph & Le 2017).
+
+    Per `tell` (one batch of children): loss = -mean_i (R_i - b) log p(a_i) - entropy * mean_i H_i,
+    one Adam step, then b <- decay * b + (1 - decay) * mean(R). The first batch initialises b.
+    """
+    name = "reinforce"
+
+    def __init__(self, vocab: Sequence[int], seed: int = 0, lr: float = 0.02, hidden: int = 64,
+                 baseline_decay: float = 0.8, entropy: float = 1e-3, advantage_scale: float = 10.0):
+        self.vocab = tuple(vocab)
+        self.rng = np.random.default_rng([seed, 3])
+        self.controller = Controller(self.vocab, hidden, seed)
+        self.opt = torch.optim.Adam(self.controller.parameters(), lr=lr)
+        self.decay, self.entropy, self.scale = baseline_decay, entropy, advantage_scale
+        self.baseline: float | None = None
+        self.updates = 0
+
+    def ask(self, n, replay=()):
+        out = []
+        for i in range(n):
+            u = self.rng.random(len(self.vocab))
+            r = _replayed(replay, i)
+            out.append(r if r is not None else self.controller.sample(u))
+        return out
+
+    def tell(self, tokens, rewards):
+        if not tokens:
+            return
+        rewards = [float(r) for r in rewards]
+        mean_r = float(np.mean(rewards))
+        b = mean_r if self.baseline is None else self.baseline
+        loss = torch.zeros(())
+        for t, r in zip(tokens, rewards):
+            _, logp, ent = self.controller._steps(t)
+            loss = loss - self.scale * (r - b) * logp - self.entropy * ent
+        loss = loss / len(tokens)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.baseline = mean_r if self.baseline is None else self.decay * self.baseline + (1 - self.decay) * mean_r
+        self.updates += 1
+
+
+def make_strategy(name: str, vocab: Sequence[int], seed: int = 0, **kw) -> Strategy:
+    if name == "reinforce":
+        return Reinforce(vocab, seed, **kw)
+    if name == "random":
+        return RandomSearch(vocab, seed)
+    if name == "evolution":
+        return RegularizedEvolution(vocab, seed, **kw)
+    raise ValueError(f"unknown strategy {name!r} (reinforce, random, evolution)")
