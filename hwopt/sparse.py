@@ -339,3 +339,13 @@ def adjust_dropout(before, after):
         d.attrs["p"] = float(before[n.name].attrs["p"] * math.sqrt(c_r / c_o))
         out.replace(d)
     return after if out is None else out
+
+
+def finish(before, after, *, adjust_dropout_rate: bool, remove_dead: bool, log=None, who: str = ""):
+    """The common end of an unstructured-pruning pass: the dropout rule, then dead-unit removal."""
+    g = adjust_dropout(before, after) if adjust_dropout_rate else after
+    if remove_dead:
+        g, removed = remove_dead_units(g)
+        if removed and log is not None:
+            log.info("%s removed dead units: %s", who, removed)
+    return g

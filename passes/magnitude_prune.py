@@ -167,13 +167,8 @@ class MagnitudePrune(Pass):
                 acc = ctx.evaluate(lower(g)) if ctx.evaluate is not None else float("nan")
                 log.info("magnitude-prune round %d/%d: sparsity %.3f, accuracy %.4f", i, self.iterations,
                          sp.sparsity(g, list(plan.fractions)), acc)
-        if self.adjust_dropout:
-            g = sp.adjust_dropout(graph, g)
-        if self.remove_dead:
-            g, removed = sp.remove_dead_units(g)
-            if removed:
-                log.info("magnitude-prune removed dead units: %s", removed)
-        return g
+        return sp.finish(graph, g, adjust_dropout_rate=self.adjust_dropout, remove_dead=self.remove_dead,
+                         log=log, who="magnitude-prune")
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         return self.apply(graph, ctx, self.plan(graph, ctx))

@@ -175,10 +175,5 @@ class OptimalBrainDamage(Pass):
             g = sp.retrain(g, ctx, self.retrain_epochs, self.l2)
             if ctx.progress:
                 log.info("obd round %d/%d: sparsity %.3f", i, self.iterations, sp.sparsity(g, names))
-        if self.adjust_dropout:
-            g = sp.adjust_dropout(graph, g)
-        if self.remove_dead:
-            g, removed = sp.remove_dead_units(g)
-            if removed:
-                log.info("obd removed dead units: %s", removed)
-        return g
+        return sp.finish(graph, g, adjust_dropout_rate=self.adjust_dropout, remove_dead=self.remove_dead,
+                         log=log, who="obd")
