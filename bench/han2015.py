@@ -55,6 +55,8 @@ def sparsity_for(graph, names, target_nonzero: float) -> float:
 
 def run_model(name, cfg, args, xtest, ytest, out):
     lr, epochs, iters, retrain = cfg[name]
+    iters = args.iterations or iters
+    retrain = args.retrain_epochs or retrain
     tr = data.Trainer(*data.mnist("train", cfg["train"]), *data.mnist("val", cfg["val"]), lr=lr, seed=args.seed)
     tester = data.Trainer(xtest[:1], ytest[:1], xtest, ytest)
     torch.manual_seed(args.seed)
@@ -66,7 +68,6 @@ def run_model(name, cfg, args, xtest, ytest, out):
     err0 = 1 - tester.evaluate(hwopt.lower(g))
     s0 = g.stats()
     print(f"\n[{name}] baseline: {epochs} epochs in {t_train:.0f}s, test error {100 * err0:.2f} %")
-    # Surviving weights already sit near a good minimum: retrain them at a reduced learning rate.
     retrain_lr = lr * args.retrain_lr_scale
     ctx = hwopt.PassContext(train=lambda m, *, epochs=1.0, penalty=None: tr.train(m, epochs=epochs, penalty=penalty, lr=retrain_lr),
                             evaluate=tr.evaluate, seed=args.seed,
@@ -108,7 +109,6 @@ def obd_vs_magnitude(res, cfg, args):
     from hwopt.passes.magnitude_prune import Plan
     g, tr, tester = res["g"], res["tr"], res["tester"]
     iters, ep = cfg["obd"]
-    # Surviving weights already sit near a good minimum: retrain them at a reduced learning rate.
     retrain_lr = tr.lr * args.retrain_lr_scale
     ctx = hwopt.PassContext(train=lambda m, *, epochs=1.0, penalty=None: tr.train(m, epochs=epochs, penalty=penalty, lr=retrain_lr),
                             evaluate=tr.evaluate, seed=args.seed,
@@ -149,8 +149,10 @@ def main(argv=None):
     ap.add_argument("--models", default="lenet_300_100,lenet5")
     ap.add_argument("--no-obd", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--retrain-lr-scale", type=float, default=0.1,
-                    help="retraining learning rate as a fraction of the training one (default 0.1)")
+    ap.add_argument("--retrain-lr-scale", type=float, default=1.0,
+                    help="retraining learning rate as a fraction of the training one")
+    ap.add_argument("--iterations", type=int, help="prune -> retrain rounds (default: per mode and model)")
+    ap.add_argument("--retrain-epochs", type=float, help="epochs per retraining round (default: per mode and model)")
     ap.add_argument("--out", default="/tmp/hwopt_han2015", help="where the sensitivity PNGs go")
     args = ap.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
