@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -18,3 +20,12 @@ def test_raspberry_pi4_example(tmp_path):
                         "--resolution", "64"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "pi4" / "report.md").exists() and (tmp_path / "pi4" / "mobilenet_v2-pi4.onnx").exists()
+
+
+@pytest.mark.slow  # TVM compiles and RPC timing: ~40 s on a quiet machine
+def test_new_target_and_rpc_calibration_example(tmp_path):
+    out = tmp_path / "my-board.toml"
+    r = subprocess.run([sys.executable, str(EXAMPLES / "new_target_and_calibrate.py"), "--local", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[calibration.tvm-default]" in out.read_text() and "on RPC 127.0.0.1" in r.stdout
