@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ from .errors import BudgetError, HwoptError
 from .frontend import lift
 from .ir import Graph
 from .lower import lower
-from .passmanager import PassContext, PassManager, StatsInstrument, atomic_write
+from .fileio import atomic_output, atomic_write
+from .passmanager import PassContext, PassManager, StatsInstrument
 
 RESOURCES = ("latency_ms", "peak_sram_bytes", "flash_bytes", "energy_mj", "macs")
 EXPORT_FORMATS = ("torch", "onnx", "tvm")
@@ -200,14 +200,8 @@ def _cells(line: str) -> list[str]:
 
 
 def _atomic_file(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _plots(result: Result, d: Path) -> list[Path]:

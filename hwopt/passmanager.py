@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 import types
 import typing
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 from .errors import PassError
+from .fileio import atomic_write  # noqa: F401 - passes import it from here
 from .ir import Graph
 
 PASSES: dict[str, type["Pass"]] = {}
@@ -228,21 +228,6 @@ class DumpIR(Instrument):
     def after(self, p, before, after, ctx, record):
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / f"{len(ctx.records):02d}-{p.name}.txt", after.summary() + "\n")
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 TrainFn = Callable[..., None]  # train(module, *, epochs=1.0, penalty=None) trains the module in place

@@ -15,9 +15,9 @@ pruned graph itself. This module imports the core only (never a pass).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable, Hashable, Iterable, Sequence
 
+from .fileio import atomic_output
 from .ir import Graph
 
 Curve = list[tuple[float, float]]
@@ -148,15 +148,6 @@ def plot_sensitivity(results: dict[Hashable, Curve], path: str | os.PathLike, ti
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".sens.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -85,7 +85,6 @@ import tarfile
 import tempfile
 import time
 import types
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -95,6 +94,7 @@ import tvm_ffi
 from tvm import relax
 
 from .errors import HwoptError
+from .fileio import atomic_output, atomic_write
 
 __all__ = [
     "CompileError",
@@ -488,11 +488,7 @@ def _read_manifest(db_dir: str) -> dict:
 
 
 def _write_manifest(db_dir: str, data: dict) -> None:
-    path = os.path.join(db_dir, TUNING_MANIFEST)
-    fd, tmp = tempfile.mkstemp(dir=db_dir, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(db_dir, TUNING_MANIFEST), json.dumps(data, indent=1, sort_keys=True))
 
 
 def _tune(
@@ -739,30 +735,25 @@ class CompiledModel:
         os.makedirs(d, exist_ok=True)
         base = os.path.basename(path)
         suffix = ".tar" if base.endswith(".tar") else os.path.splitext(base)[1] or ".so"
-        # a fresh name (not mkstemp's 0600 file), so the writer creates it with normal modes
-        tmp = os.path.join(d, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
         try:
-            if self.bare_metal:
-                self._export_bare_metal(tmp)
-            elif self.target.kind.name == "c" and suffix == ".tar":
-                self.executable.export_library(tmp)  # tar fcompile: C sources
-            else:
-                if cc is None:
-                    cc = _cross_cc(self.target)
-                if cc is not None and shutil.which(cc) is None:
-                    raise CompileError("export-lib", self.target, f"compiler {cc!r} not found")
-                kwargs = {"cc": cc} if cc else {}
-                if self.target.kind.name == "c":
-                    kwargs["options"] = ["-O2"]
-                self.executable.export_library(tmp, **kwargs)
-            os.replace(tmp, path)
+            with atomic_output(path, suffix=suffix) as tmp:
+                if self.bare_metal:
+                    self._export_bare_metal(tmp)
+                elif self.target.kind.name == "c" and suffix == ".tar":
+                    self.executable.export_library(tmp)  # tar fcompile: C sources
+                else:
+                    if cc is None:
+                        cc = _cross_cc(self.target)
+                    if cc is not None and shutil.which(cc) is None:
+                        raise CompileError("export-lib", self.target, f"compiler {cc!r} not found")
+                    kwargs = {"cc": cc} if cc else {}
+                    if self.target.kind.name == "c":
+                        kwargs["options"] = ["-O2"]
+                    self.executable.export_library(tmp, **kwargs)
         except CompileError:
             raise
         except Exception as exc:
             raise CompileError("export-lib", self.target, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     def _export_bare_metal(self, tar_path: str) -> None:

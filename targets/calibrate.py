@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hwopt.errors import TargetError
+from hwopt.fileio import atomic_write
 
 from . import cost as _cost
 from .schema import KINDS
@@ -348,16 +349,9 @@ def measure_all(workloads: list[Workload], runner, cache_path: str | os.PathLike
                 print(f"hwopt calibrate: skipped {w.key}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
                 continue
             if cp:
-                _atomic_write(cp, json.dumps(cache, indent=0, sort_keys=True))
+                atomic_write(cp, json.dumps(cache, indent=0, sort_keys=True))
         out.append((w, float(cache[k])))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from hwopt.errors import TargetError
+from hwopt.fileio import atomic_write
 
 from .schema import CAL_META, KIND_FIELDS, KINDS
 
@@ -58,19 +58,7 @@ def write_calibration(path: str | os.PathLike, cal: dict) -> None:
     path = Path(path)
     text = replace_calibration_text(path.read_text(), cal)
     parse_target(text, str(path))  # validate before touching the file
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, text)
 
 
 def update_runtime(path: str | os.PathLike, runtime: str, table: dict, make_default: bool = False) -> None:
