@@ -92,24 +92,27 @@ def choose_pipeline(graph: Graph, target, budget: dict, *, train=None, evaluate=
 
 def _flash_sparsity(graph: Graph, target, flash_budget: float) -> float:
     """The global magnitude sparsity whose sparse storage meets the flash budget (bisection on masks)."""
-    def masked(s: float) -> Graph:
-        weights = [n for n in graph if n.op in ("conv2d", "linear")]
-        allw = torch.cat([n.params["weight"].abs().flatten() for n in weights])
-        k = int(s * allw.numel())
-        thr = allw.kthvalue(k).values if k > 0 else torch.tensor(-1.0)
+    weights = [n for n in graph if n.op in ("conv2d", "linear")]
+    magnitudes = torch.cat([n.params["weight"].abs().flatten() for n in weights])
+
+    def flash_at(s: float) -> int:
+        k = int(s * magnitudes.numel())
+        thr = magnitudes.kthvalue(k).values if k > 0 else torch.tensor(-1.0)
         g = graph.copy()
         for n in weights:
             m = g[n.name].copy()
             m.params["weight_mask"] = (n.params["weight"].abs() > thr).to(n.params["weight"].dtype)
             g.replace(m)
-        return g
+        return target.cost(g).flash_bytes
+
     lo, hi = 0.0, 0.995
-    if target.cost(masked(hi)).flash_bytes > flash_budget:
-        raise BudgetError(f"flash budget {flash_budget:,.0f} B is below what 99.5 % sparsity reaches "
-                          f"({target.cost(masked(hi)).flash_bytes:,} B)", {"flash_bytes": target.cost(masked(hi)).flash_bytes})
+    floor = flash_at(hi)
+    if floor > flash_budget:
+        raise BudgetError(f"flash budget {flash_budget:,.0f} B is below what 99.5 % sparsity reaches ({floor:,} B)",
+                          {"flash_bytes": floor})
     for _ in range(20):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if target.cost(masked(mid)).flash_bytes <= flash_budget else (mid, hi)
+        lo, hi = (lo, mid) if flash_at(mid) <= flash_budget else (mid, hi)
     return hi
 
 
