@@ -5,7 +5,7 @@ its module path and parameters), costs ~15 ms on ResNet-50 where torch.export co
 no decomposition back from aten ops. Its limit is data-dependent Python control flow in `forward`;
 such a model fails with an error that says so, never with a silent fallback. Every op is mapped by
 the tables below (rules as data); anything else raises UnsupportedOpError naming the op and the module
-path. The user's model is only read: parameters are cloned into the graph.
+path. The user's model is only read: parameters are copied into the graph (copy-on-write: `ir.snapshot`).
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from torch import nn
 
 from . import nn as hnn
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .ir import Graph, TensorSpec, _pair
+from .ir import Graph, TensorSpec, _pair, snapshot
 
 
 def _p(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().clone()
+    return None if t is None else snapshot(t)
 
 
 def _params(**kw) -> dict[str, torch.Tensor]:

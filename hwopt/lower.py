@@ -16,7 +16,7 @@ from torch import nn
 
 from . import nn as hnn
 from .errors import IRError
-from .ir import Graph, Node
+from .ir import Graph, Node, snapshot
 
 
 def _set(m: nn.Module, **tensors) -> nn.Module:
@@ -26,9 +26,9 @@ def _set(m: nn.Module, **tensors) -> nn.Module:
                 continue
             cur = getattr(m, k)
             if isinstance(cur, nn.Parameter):
-                setattr(m, k, nn.Parameter(t.detach().clone(), requires_grad=cur.requires_grad))
+                setattr(m, k, nn.Parameter(snapshot(t), requires_grad=cur.requires_grad))
             else:
-                setattr(m, k, t.detach().clone())
+                setattr(m, k, snapshot(t))
     return m
 
 
@@ -47,30 +47,81 @@ def _empty(cls, *args, **kwargs) -> nn.Module:
     return m
 
 
+# Constructing a layer through nn.Module.__init__ and __setattr__ costs ~0.3 ms, more than all the rest of
+# lowering it (MobileNetV2 has 100+ layers). So a layer is assembled directly: its plain attributes (the
+# ones its constructor derives from the arguments, written out below) and its tensors go into a fresh
+# instance whose bookkeeping containers copy the layout of a real one. The first layer of each class is
+# built the slow way and the assembled layout is checked against it; a torch whose constructor sets
+# anything else (another version) keeps the slow path for that class.
+_LAYOUT: dict[type, dict | None] = {}
+_MISSING = object()
+
+
+def _assemble(cls: type, attrs: dict, params: dict, buffers: dict, slow) -> nn.Module:
+    layout = _LAYOUT.get(cls, _MISSING)
+    if layout is _MISSING:
+        real = slow()
+        own = {k: v for k, v in real.__dict__.items() if k not in attrs}
+        same = (set(real.__dict__) - set(own) == set(attrs) and all(real.__dict__[k] == v for k, v in attrs.items())
+                and set(real._parameters) == set(params) and set(real._buffers) == set(buffers)
+                and not real._modules and set(own) == set(nn.Module().__dict__))
+        _LAYOUT[cls] = own if same else None
+        return real
+    if layout is None:
+        return slow()
+    m = cls.__new__(cls)
+    d = m.__dict__
+    for k, v in layout.items():
+        d[k] = type(v)() if isinstance(v, (dict, set)) else v
+    d.update(attrs)
+    with torch.no_grad():
+        m._parameters.update((k, None if t is None else nn.Parameter(snapshot(t))) for k, t in params.items())
+        m._buffers.update((k, snapshot(t)) for k, t in buffers.items())
+    return m
+
+
 def _conv_module(n: Node, bake: bool) -> nn.Module:
     a, p = n.attrs, n.params
     masked = "weight_mask" in p and not bake
     cls = hnn.MaskedConv2d if masked else nn.Conv2d
-    m = _empty(cls, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
-               a["groups"], bias="bias" in p)
     w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
-    return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    params = {"weight": w, "bias": p.get("bias")}  # torch registers an absent bias as None
+    buffers = {"weight_mask": p["weight_mask"]} if masked else {}
+    attrs = dict(in_channels=a["in_channels"], out_channels=a["out_channels"], kernel_size=a["kernel_size"],
+                 stride=a["stride"], padding=a["padding"], dilation=a["dilation"], transposed=False,
+                 output_padding=(0, 0), groups=a["groups"], padding_mode="zeros",
+                 _reversed_padding_repeated_twice=tuple(x for q in reversed(a["padding"]) for x in (q, q)))
+    slow = lambda: _set(_empty(cls, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"],  # noqa: E731
+                               a["padding"], a["dilation"], a["groups"], bias="bias" in p),
+                        weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    return _assemble(cls, attrs, params, buffers, slow)
 
 
 def _linear_module(n: Node, bake: bool) -> nn.Module:
     a, p = n.attrs, n.params
     masked = "weight_mask" in p and not bake
-    m = _empty(hnn.MaskedLinear if masked else nn.Linear, a["in_features"], a["out_features"], bias="bias" in p)
+    cls = hnn.MaskedLinear if masked else nn.Linear
     w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
-    return _set(m, weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    params = {"weight": w, "bias": p.get("bias")}
+    buffers = {"weight_mask": p["weight_mask"]} if masked else {}
+    slow = lambda: _set(_empty(cls, a["in_features"], a["out_features"], bias="bias" in p),  # noqa: E731
+                        weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    return _assemble(cls, dict(in_features=a["in_features"], out_features=a["out_features"]), params, buffers, slow)
 
 
 def _bn_module(n: Node, rank: int) -> nn.Module:
     a, p = n.attrs, n.params
     cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
-    m = _empty(cls, a["num_features"], eps=a["eps"], momentum=a["momentum"], affine="weight" in p)
-    return _set(m, **{k: p.get(k) for k in ("weight", "bias", "running_mean", "running_var")},
-                num_batches_tracked=torch.tensor(0, dtype=torch.long))
+    affine = "weight" in p
+    params = {"weight": p.get("weight"), "bias": p.get("bias")}
+    buffers = {"running_mean": p["running_mean"], "running_var": p["running_var"],
+               "num_batches_tracked": torch.zeros((), dtype=torch.long)}
+    attrs = dict(num_features=a["num_features"], eps=a["eps"], momentum=a["momentum"], affine=affine,
+                 track_running_stats=True)
+    slow = lambda: _set(_empty(cls, a["num_features"], eps=a["eps"], momentum=a["momentum"], affine=affine),  # noqa: E731
+                        **{k: p.get(k) for k in ("weight", "bias", "running_mean", "running_var")},
+                        num_batches_tracked=torch.zeros((), dtype=torch.long))
+    return _assemble(cls, attrs, params, buffers, slow)
 
 
 MODULES = {
@@ -188,7 +239,7 @@ def read_back(graph: Graph, module: nn.Module) -> Graph:
             t = getattr(m, k, None)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(old.shape):
                 raise IRError(f"lowered module has no {k!r} of shape {tuple(old.shape)}", name)
-            params[k] = t.detach().clone()
+            params[k] = snapshot(t)
         if "weight_mask" in node.params:
             params["weight_mask"] = node.params["weight_mask"]
             params["weight"] = params["weight"] * params["weight_mask"]

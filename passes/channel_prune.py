@@ -73,12 +73,16 @@ __all__ = ["ChannelPrune", "unit_importance", "eligible_groups", "kept_levels", 
 
 
 def _row_col(w: torch.Tensor, criterion: str, want_cols: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Σ|w| (l1) or Σw² (l2) per output row and per input column (abs/square once, two reductions:
-    measured faster than reducing the kernel first or torch.linalg.vector_norm)."""
+    """Σ|w| (l1) or Σw² (l2) per output row and per input column (abs/square once; columns reduce over
+    the rows first, a contiguous sum of slices, then the small kernel: measured ~2x faster on ResNet-50
+    than one strided reduction over (0, 2, 3), and faster than torch.linalg.vector_norm)."""
     w = w.detach().float()
     m = w.abs() if criterion == "l1" else w * w
     rows = m.sum(dim=tuple(range(1, m.dim()))).double().numpy()
-    cols = m.sum(dim=(0, *range(2, m.dim()))).double().numpy() if want_cols else None
+    cols = None
+    if want_cols:
+        c = m.sum(dim=0)
+        cols = (c.sum(dim=tuple(range(1, c.dim()))) if c.dim() > 1 else c).double().numpy()
     return rows, cols
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 import hwopt
 from hwopt import models
+from hwopt.lower import read_back
 from hwopt.testing import assert_close_outputs, fingerprint
 from hwopt.testing.strategies import modules
 
@@ -26,6 +27,35 @@ def test_reference_models_round_trip_exactly(name):
     g2 = hwopt.lift(hwopt.lower(g), x)
     assert [n.op for n in g] == [n.op for n in g2]
     assert g.stats()["params"] == g2.stats()["params"] == sum(p.numel() for p in m.parameters())
+
+
+def test_graph_model_and_lowered_module_do_not_share_writes():
+    """Lift, lower and read_back copy tensors (copy-on-write): training either side never reaches the other."""
+    m = models.get("lenet5")
+    x = torch.randn(8, 1, 28, 28)
+    g = hwopt.lift(m, x)
+    fp = fingerprint(g)
+    user_before = copy.deepcopy(m.state_dict())
+    low = hwopt.lower(g)
+    for module in (m, low):  # one SGD step on the user's model, then on the lowered module
+        opt = torch.optim.SGD(module.parameters(), lr=1.0)
+        module.train()
+        module(x).square().sum().backward()
+        opt.step()
+    assert fingerprint(g) == fp, "training the user's model or the lowered module changed the graph"
+    assert not all(torch.equal(user_before[k], v) for k, v in m.state_dict().items())  # the step did change m
+    back = read_back(g, low)
+    snap = {n.name: {k: t.clone() for k, t in n.params.items()} for n in back}
+    with torch.no_grad():
+        for p in low.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(back[n].params[k], t) for n, ps in snap.items() for k, t in ps.items()), \
+        "read_back aliases the module it read"
+    # lowered modules of one graph are independent
+    a, b = hwopt.lower(g), hwopt.lower(g)
+    with torch.no_grad():
+        next(a.parameters()).mul_(0)
+    assert next(b.parameters()).abs().sum() > 0
 
 
 def test_resnet50_round_trip_at_224():
