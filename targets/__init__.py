@@ -161,6 +161,12 @@ class Target:
         return self.bandwidth_gbs * 1e9
 
     @property
+    def cache_bytes(self) -> tuple[float, float]:
+        """(per-core L2, last-level cache) in bytes: the thresholds of the spill_l2 / spill_llc terms."""
+        l2 = self.l2_kib * 1024
+        return l2, max(l2, self.l3_kib * 1024)
+
+    @property
     def runtimes(self) -> list[str]:
         return sorted(k for k in self.calibration if k != "default")
 
@@ -220,8 +226,10 @@ class Target:
         f = _cost.features(g)
         ab = DTYPE_BYTES[self.deploy_dtype]
         nbytes = (f.act_elems + f.weight_elems) * ab
-        sec = _cost.node_seconds(f.kind, f.work, nbytes, self.coefficients, self.peak_macs_per_s,
-                                 self.bandwidth_bytes_s, f.grouped)
+        c = self.coefficients
+        terms = _cost.term_matrix(f, ab, *self.cache_bytes) if c.terms is not None else None
+        sec = _cost.node_seconds(f.kind, f.work, nbytes, c, self.peak_macs_per_s,
+                                 self.bandwidth_bytes_s, f.grouped, terms, f.ambiguous)
         ms = sec * 1e3
         by_kind = {k: float(ms[f.kind == i].sum()) for i, k in enumerate(KINDS)}
         peak_elems, _ = _cost.peak_sram_elems(g)

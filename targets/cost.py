@@ -1,11 +1,26 @@
-"""The cost model: latency (roofline per op kind, fitted coefficients), flash, peak SRAM, energy.
+"""The cost model: latency (per-node model per op kind, fitted coefficients), flash, peak SRAM, energy.
 
-Pure Python + numpy over the IR. Per-graph features (op kind, work, bytes per node; liveness; weight
-storage) are computed once per graph state and dtype and kept in the graph's analysis cache
-(`Graph.cached`), so a pass that asks for the cost of the same graph again pays only the per-target
-arithmetic (vectorized over nodes).
+Pure Python + numpy over the IR. Per-graph features (op kind, work, bytes, monomials per node;
+liveness; weight storage) are computed once per graph state and dtype and kept in the graph's
+analysis cache (`Graph.cached`), so a pass that asks for the cost of the same graph again pays only
+the per-target arithmetic (vectorized over nodes).
 
-Latency of one node of kind k (seconds):
+Latency is the sum over the nodes of a per-node time whose form each calibration table picks:
+
+form "terms" (what `hwopt calibrate` fits; host torch-eager / tvm-*): for a node of kind k,
+
+    t = sum_j c[k, j] * m_j(node),   c[k, j] >= 0
+
+over the monomials TERMS (schema.py; computed in `_term_row`): one, work, out (output elements),
+in (input elements), weights, work_per_cin (= cout·k²·HW_out: per-output-tap cost that does not
+shrink with the reduction length, e.g. cin=3 stems), work_per_cout (= (cin/g)·k²·HW_out: cost of
+narrow outputs), spill_l2 / spill_llc (activation elements of nodes whose working set exceeds the
+target's per-core L2 / last-level cache; `term_matrix`). It is a fitted efficiency surface: work / eff(shape) with
+1/eff = a + b/cin + c/cout + d/(cin·cout·k²) + ..., i.e. efficiency that rises with channel counts,
+reduction length and map size and saturates, plus per-call overhead and traffic. Fitted by
+non-negative least squares on relative error (calibrate.fit_terms).
+
+form "roofline" (pixel-1, Cortex-A/M tables fit to published figures, 3 coefficients per kind):
 
     t = overhead_k + (tc^p + tm^p)^(1/p)
     tc = work / (clock * cores * peak_macs_per_cycle[dtype] * compute_eff_k)
@@ -13,10 +28,15 @@ Latency of one node of kind k (seconds):
 
 `work` is MACs for conv/linear, elementwise operations for the rest (see `OP_WORK`), `bytes` the
 activations read and written plus the weights at the deploy dtype. p (soft_max_p) is fitted: large p
-is the classic roofline max, p = 1 the sum. Every term is non-decreasing in every channel count and
-the op kind of a node does not change when channels are removed (grouped convs are costed as the
-slower of conv and depthwise, so a grouped conv that is pruned down to depthwise never gets slower),
-hence removing channels never raises the predicted latency.
+is the classic roofline max, p = 1 the sum.
+
+Monotone by construction: in both forms every term is non-decreasing in every channel count with
+non-negative coefficients (the schema rejects negative ones), and the op kind of a node does not
+change when channels are removed, except at two boundaries that are costed so it cannot help: a
+grouped conv costs the slower of its kind and depthwise (pruned down to depthwise it never gets
+slower), and a conv with groups == in_channels == 1 (what a depthwise conv pruned to one channel
+becomes) costs the faster of its kind and depthwise. Hence removing channels never raises the
+predicted latency.
 """
 from __future__ import annotations
 
@@ -29,7 +49,7 @@ import numpy as np
 from hwopt.sparse import sparse_weight_bytes
 from hwopt.ir import OPS, Graph, Node, _pair
 
-from .schema import KINDS
+from .schema import KINDS, TERMS
 
 DTYPE_BYTES = {"float32": 4, "int8": 1}
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
@@ -64,9 +84,14 @@ class Features:
     weight_elems: np.ndarray  # weight + bias elements (dense)
     macs: int
     params: int
+    terms: np.ndarray | None = None  # (nodes x TERMS) monomials of the "terms" latency form
+    ambiguous: np.ndarray | None = None  # bool: conv with groups == in_channels == 1 (conv or depthwise)
 
 
 def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
+    """(kind index, grouped). A grouped conv (1 < groups < in_channels) is costed as the slower of conv
+    and depthwise; a conv with groups == in_channels == 1 (a depthwise conv pruned to one channel, or
+    a one-input-channel conv) is costed as the faster of its own kind and depthwise (see node_seconds)."""
     op = n.op
     if op in VIEW_OPS:
         return VIEW, False
@@ -120,10 +145,48 @@ def _work(g: Graph, n: Node, ins) -> float:
     return float(out)  # data movement: one op per element
 
 
+def _term_row(n: Node, ins, k: int, work: float, act_in: float, weights: float) -> list[float]:
+    """The TERMS monomials of one node; each is a product of sizes with non-negative exponents, so each
+    is non-decreasing in every channel count.
+    one: 1 (per-call overhead) | work: MACs / elementwise ops | out: output elements |
+    in: input elements read | weights: weight + bias elements |
+    work_per_cin: work / (input channels per group) = cout·k²·HW_out for conv, out_features for
+    dense (per-output-tap cost that does not shrink with the reduction length: cin=3 stems) |
+    work_per_cout: work / cout = (cin/g)·k²·HW_out for conv, in_features for dense (cost of
+    padding cout up to the vector width: narrow layers).
+    The last two TERMS (spill_l2, spill_llc) depend on the target's caches: see `term_matrix`."""
+    if k == VIEW:
+        return [0.0] * N_GRAPH_TERMS
+    out = float(n.spec.numel)
+    wpi = wpo = 0.0
+    if n.op == "conv2d":
+        a = n.attrs
+        ci = a["in_channels"] // a["groups"]
+        wpi = work / max(ci, 1)
+        wpo = work / max(a["out_channels"], 1)
+    elif n.op == "linear":
+        wpi, wpo = float(n.attrs["out_features"]), float(n.attrs["in_features"])
+    return [1.0, work, out, act_in, weights, wpi, wpo]
+
+
+N_GRAPH_TERMS = 7  # TERMS computed from the graph alone; the cache terms are appended per target
+
+
+def term_matrix(f: Features, dtype_bytes: int, l2_bytes: float, llc_bytes: float) -> np.ndarray:
+    """(nodes x TERMS): the graph's monomials plus spill_l2 / spill_llc, the activation elements
+    (read + written) of nodes whose working set (activations + weights at the deploy dtype) exceeds
+    the per-core L2 / the last-level cache: traffic that goes one level further out. Each is a
+    non-decreasing step times a non-decreasing size, so still non-decreasing in every channel count.
+    A cache of size 0 counts every node as spilling."""
+    ws = (f.act_elems + f.weight_elems) * dtype_bytes
+    act = np.where(f.kind >= 0, f.act_elems, 0.0)
+    return np.column_stack([f.terms, act * (ws > l2_bytes), act * (ws > llc_bytes)])
+
+
 def features(g: Graph) -> Features:
     def compute() -> Features:
         fused = _fused_nodes(g)
-        names, kind, grouped, work, act, wel = [], [], [], [], [], []
+        names, kind, grouped, work, act, wel, rows, amb = [], [], [], [], [], [], [], []
         macs = params = 0
         for n in g:
             k, grp = _kind(g, n, fused)
@@ -131,6 +194,7 @@ def features(g: Graph) -> Features:
             names.append(n.name)
             kind.append(k)
             grouped.append(grp)
+            amb.append(n.op == "conv2d" and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
             w = _work(g, n, ins) if k != VIEW else 0.0
             work.append(w)
             if n.op in ("conv2d", "linear"):
@@ -148,8 +212,10 @@ def features(g: Graph) -> Features:
             else:
                 act.append(float(n.spec.numel + sum(s.numel for s in ins)))
             wel.append(float(we + (2 * n.spec.channels if n.op == "batch_norm" else 0)))
+            rows.append(_term_row(n, ins, k, w, float(sum(s.numel for s in ins)), wel[-1]))
         return Features(names, np.array(kind), np.array(grouped, bool), np.array(work), np.array(act),
-                        np.array(wel), macs, params)
+                        np.array(wel), macs, params, np.array(rows, float).reshape(len(rows), N_GRAPH_TERMS),
+                        np.array(amb, bool))
 
     return g.cached("hwopt.targets.features", compute)
 
@@ -264,14 +330,26 @@ def flash(g: Graph, dtype: str) -> dict:
 
 @dataclass(frozen=True)
 class Coefficients:
-    """Arrays over KINDS of one calibration runtime, plus the roofline exponent."""
+    """One calibration runtime's latency model. form "roofline": arrays over KINDS plus the roofline
+    exponent; form "terms": `terms`, a (KINDS x TERMS) array of non-negative seconds per unit of each
+    monomial (the roofline arrays are then unused)."""
     compute_eff: np.ndarray
     memory_eff: np.ndarray
     overhead_us: np.ndarray
     p: float
+    terms: np.ndarray | None = None
+
+    @property
+    def form(self) -> str:
+        return "roofline" if self.terms is None else "terms"
 
     @classmethod
     def from_table(cls, table: dict) -> "Coefficients":
+        if table.get("form", "roofline") == "terms":
+            t = table["terms"]
+            z = np.zeros(len(KINDS))
+            return cls(z + 1.0, z + 1.0, z, 1.0,
+                       np.array([[float(t[x].get(m, 0.0)) * 1e-6 for m in TERMS] for x in KINDS]))
         k = table["kinds"]
         return cls(np.array([float(k[x]["compute_eff"]) for x in KINDS]),
                    np.array([float(k[x]["memory_eff"]) for x in KINDS]),
@@ -280,12 +358,25 @@ class Coefficients:
 
 
 def node_seconds(kind: np.ndarray, work: np.ndarray, nbytes: np.ndarray, c: Coefficients,
-                 peak_macs_s: float, bw_bytes_s: float, grouped: np.ndarray | None = None) -> np.ndarray:
-    """Vectorized per-node latency in seconds (VIEW nodes cost 0)."""
+                 peak_macs_s: float, bw_bytes_s: float, grouped: np.ndarray | None = None,
+                 terms: np.ndarray | None = None, ambiguous: np.ndarray | None = None) -> np.ndarray:
+    """Vectorized per-node latency in seconds (VIEW nodes cost 0). `terms` (nodes x TERMS) is needed
+    for the "terms" form. Grouped convs cost max(own kind, depthwise); convs with groups ==
+    in_channels == 1 cost min(own kind, depthwise), so a depthwise conv pruned to one channel (which
+    the IR then calls a plain conv) is never slower than with two."""
     real = kind >= 0
     k = np.where(real, kind, 0)
 
-    def t(kk):
+    if c.terms is not None:
+        if terms is None:
+            raise ValueError("the terms latency form needs the per-node TERMS matrix (features(g).terms)")
+
+        def t(kk):
+            return np.einsum("ij,ij->i", terms, c.terms[kk])
+    else:
+        t = None
+
+    def t_roof(kk):
         tc = work / (peak_macs_s * c.compute_eff[kk])
         tm = nbytes / (bw_bytes_s * c.memory_eff[kk])
         p = c.p
@@ -294,9 +385,16 @@ def node_seconds(kind: np.ndarray, work: np.ndarray, nbytes: np.ndarray, c: Coef
             body = np.where(m > 0, m * ((tc / np.where(m > 0, m, 1)) ** p + (tm / np.where(m > 0, m, 1)) ** p) ** (1 / p), 0.0)
         return c.overhead_us[kk] * 1e-6 + body
 
+    if t is None:
+        t = t_roof
     sec = t(k)
+    dw = None
     if grouped is not None and grouped.any():
-        sec = np.where(grouped, np.maximum(sec, t(np.full_like(k, KIND_INDEX["depthwise"]))), sec)
+        dw = t(np.full_like(k, KIND_INDEX["depthwise"]))
+        sec = np.where(grouped, np.maximum(sec, dw), sec)
+    if ambiguous is not None and ambiguous.any():
+        dw = t(np.full_like(k, KIND_INDEX["depthwise"])) if dw is None else dw
+        sec = np.where(ambiguous, np.minimum(sec, dw), sec)
     return np.where(real, sec, 0.0)
 
 

@@ -16,6 +16,10 @@ from hwopt.errors import TargetError
 DTYPES = ("float32", "int8")
 # Op kinds the cost model tells apart (see cost.py); every calibration table gives coefficients for each.
 KINDS = ("conv", "pointwise", "depthwise", "dense", "elementwise", "fused", "pooling", "data")
+# Monomials of the "terms" latency form (see cost.py `_term_row`); every one is non-decreasing in
+# every channel count, so non-negative coefficients keep the cost monotone.
+TERMS = ("one", "work", "out", "in", "weights", "work_per_cin", "work_per_cout", "spill_l2", "spill_llc")
+FORMS = ("roofline", "terms")
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,15 @@ CAL_META = {
     "date": F((str,), doc="ISO date of the fit"),
     "method": F((str,), doc="fit method (e.g. least squares in log space over N samples)"),
     "schedules": F((str,), doc="which code the timings came from (TVM default schedules / MetaSchedule-tuned / torch eager / TFLite ...)"),
+    "form": F((str,), required=False, choices=FORMS,
+              doc='latency model form: "roofline" (default; needs soft_max_p and kinds) or "terms" (needs terms)'),
+    "threads": F((int,), positive=True, required=False, doc="threads the timed runtime used (torch eager)"),
     "samples": F((int,), nonneg=True, doc="number of timings fit"),
     "fit_error": F(NUM, nonneg=True, required=False, doc="median |relative error| on the fit data"),
     "loo_error": F(NUM, nonneg=True, required=False, doc="leave-one-out median |relative error|, where computed"),
     "soft_max_p": F(NUM, positive=True, doc="roofline combination exponent: t = (tc^p + tm^p)^(1/p); large = max"),
 }
+ROOFLINE_ONLY = ("soft_max_p",)
 KIND_FIELDS = {
     "compute_eff": F(NUM, positive=True, doc="fraction of peak MACs/s the kind reaches"),
     "memory_eff": F(NUM, positive=True, doc="fraction of bandwidth_gbs the kind reaches"),
@@ -167,28 +175,25 @@ def _validate_calibration(cal: Any, path: str | None) -> None:
         pre = f"calibration.{rt}"
         if not isinstance(table, dict):
             raise TargetError(f"expected a table, got {type(table).__name__}", pre, path)
-        allowed = set(CAL_META) | {"kinds"}
+        allowed = set(CAL_META) | {"kinds", "terms"}
         for k in table:
             if k not in allowed:
                 raise TargetError(f"unknown key (known here: {sorted(allowed)})", f"{pre}.{k}", path)
+        if "form" in table:
+            check_field(CAL_META["form"], table["form"], f"{pre}.form", path)
+        form = table.get("form", "roofline")
         for k, spec in CAL_META.items():
             if k not in table:
-                if spec.required:
+                if spec.required and not (form == "terms" and k in ROOFLINE_ONLY):
                     raise TargetError("missing required field", f"{pre}.{k}", path)
                 continue
             check_field(spec, table[k], f"{pre}.{k}", path)
-        kinds = table.get("kinds")
-        if not isinstance(kinds, dict):
-            raise TargetError("missing required table of per-kind coefficients", f"{pre}.kinds", path)
-        for k in kinds:
-            if k not in KINDS:
-                raise TargetError(f"unknown op kind (known: {list(KINDS)})", f"{pre}.kinds.{k}", path)
-        for kind in KINDS:
-            if kind not in kinds:
-                raise TargetError("missing required table", f"{pre}.kinds.{kind}", path)
-            entry = kinds[kind]
-            if not isinstance(entry, dict):
-                raise TargetError(f"expected a table, got {type(entry).__name__}", f"{pre}.kinds.{kind}", path)
+        if form == "terms":
+            _validate_terms(table, pre, path)
+            continue
+        if "terms" in table:
+            raise TargetError('a "terms" table needs form = "terms"', f"{pre}.terms", path)
+        for kind, entry in _per_kind(table, "kinds", "missing required table of per-kind coefficients", pre, path):
             for k in entry:
                 if k not in KIND_FIELDS:
                     raise TargetError(f"unknown key (known here: {sorted(KIND_FIELDS)})", f"{pre}.kinds.{kind}.{k}", path)
@@ -196,6 +201,36 @@ def _validate_calibration(cal: Any, path: str | None) -> None:
                 if k not in entry:
                     raise TargetError("missing required field", f"{pre}.kinds.{kind}.{k}", path)
                 check_field(spec, entry[k], f"{pre}.kinds.{kind}.{k}", path)
+
+
+def _per_kind(table: dict, key: str, missing: str, pre: str, path: str | None):
+    """(kind, entry) for every op kind of the table `key`, which must name exactly the known kinds."""
+    tables = table.get(key)
+    if not isinstance(tables, dict):
+        raise TargetError(missing, f"{pre}.{key}", path)
+    for k in tables:
+        if k not in KINDS:
+            raise TargetError(f"unknown op kind (known: {list(KINDS)})", f"{pre}.{key}.{k}", path)
+    for kind in KINDS:
+        if kind not in tables:
+            raise TargetError("missing required table", f"{pre}.{key}.{kind}", path)
+        entry = tables[kind]
+        if not isinstance(entry, dict):
+            raise TargetError(f"expected a table, got {type(entry).__name__}", f"{pre}.{key}.{kind}", path)
+        yield kind, entry
+
+
+def _validate_terms(table: dict, pre: str, path: str | None) -> None:
+    if "kinds" in table:
+        raise TargetError('form "terms" takes a terms table, not kinds', f"{pre}.kinds", path)
+    for kind, entry in _per_kind(table, "terms", 'missing required table of per-kind term coefficients (form = "terms")',
+                                 pre, path):
+        for k in entry:
+            if k not in TERMS:
+                raise TargetError(f"unknown term (known: {list(TERMS)})", f"{pre}.terms.{kind}.{k}", path)
+        for k in TERMS:  # absent terms are 0; present ones are >= 0 µs per unit (monotone cost)
+            if k in entry:
+                check_field(F(NUM, nonneg=True), entry[k], f"{pre}.terms.{kind}.{k}", path)
 
 
 def validate(doc: dict, path: str | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from hwopt.errors import TargetError
 from hwopt.fileio import atomic_write
 
-from .schema import CAL_META, KIND_FIELDS, KINDS
+from .schema import CAL_META, KIND_FIELDS, KINDS, TERMS
 
 
 def _val(v) -> str:
@@ -36,8 +36,16 @@ def format_calibration(cal: dict) -> str:
         for k in CAL_META:
             if k in table:
                 lines.append(f"{k} = {_val(table[k])}")
-        lines.append(f"[calibration.{rt}.kinds]")
         w = max(len(k) for k in KINDS)
+        if table.get("form") == "terms":
+            # µs per unit of each monomial; zero terms are left out (absent = 0)
+            lines.append(f"[calibration.{rt}.terms]")
+            for kind in KINDS:
+                e = table["terms"][kind]
+                inner = ", ".join(f"{k} = {_val(float(e[k]))}" for k in TERMS if k in e and float(e[k]) != 0.0)
+                lines.append(f"{kind:<{w}} = {{ {inner} }}")
+            continue
+        lines.append(f"[calibration.{rt}.kinds]")
         for kind in KINDS:
             e = table["kinds"][kind]
             inner = ", ".join(f"{k} = {_val(float(e[k]))}" for k in KIND_FIELDS)

@@ -93,11 +93,56 @@ def test_removing_channels_never_raises_cost(net, data):
         assert c2.macs <= c1.macs
 
 
+def _random_terms_target(seed: int):
+    """host with a "terms" table of random non-negative coefficients (some exactly 0)."""
+    from hwopt.targets.schema import KINDS, TERMS
+    rng = np.random.default_rng(seed)
+    scale = {"one": 10.0, "work": 1e-4, "out": 1e-3, "in": 1e-3, "weights": 1e-3, "work_per_cin": 1e-3,
+             "work_per_cout": 1e-3, "spill_l2": 1e-3, "spill_llc": 1e-3}
+    table = {k: v for k, v in T.load_target("host").calibration["torch-eager"].items() if k not in ("terms", "kinds")}
+    table["form"] = "terms"
+    table["terms"] = {k: {m: float(scale[m] * rng.exponential() * (rng.random() < 0.7)) for m in TERMS} for k in KINDS}
+    t = T.load_target("host").with_coefficients(table, runtime="random-terms")
+    if seed % 2:  # small caches, so that the spill steps are crossed by these small nets too
+        import copy
+
+        from hwopt.targets import _build
+        from hwopt.targets.schema import validate
+        doc = copy.deepcopy(t.doc)
+        doc["memory"].update(l2_kib=4, l3_kib=16)
+        validate(doc)
+        t = _build(doc, None, "random-terms")
+    return t
+
+
+@SETTINGS
+@given(nets, st.data(), st.integers(0, 2 ** 31))
+def test_terms_form_is_monotone_for_any_nonnegative_coefficients(net, data, seed):
+    """Monotone by construction, not by the fitted numbers: any non-negative "terms" table."""
+    stages, res, bn = net
+    i = data.draw(st.integers(0, len(stages) - 1))
+    kind, w, k, s = stages[i]
+    w2 = data.draw(st.integers(1, w - 1)) if w > 1 else w
+    smaller = list(stages)
+    smaller[i] = (kind, w2, k, s)
+    t = _random_terms_target(seed)
+    g1, g2 = make_net(stages, res, bn), make_net(smaller, res, bn, head=data.draw(st.integers(1, 10)))
+    assert t.cost(g2).latency_ms <= t.cost(g1).latency_ms * (1 + 1e-12)
+
+
+def test_depthwise_pruned_to_one_channel_is_not_slower():
+    """groups == in_channels == 1 is what the IR calls a plain conv: costed as min(conv, depthwise)."""
+    def g(c):
+        return hwopt.lift(nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c)).eval(), torch.randn(1, c, 16, 16))
+    for t in TARGETS + [_random_terms_target(s) for s in range(5)]:
+        assert t.cost(g(1)).latency_ms <= t.cost(g(2)).latency_ms, t
+
+
 def test_grouped_conv_pruned_to_depthwise_is_not_slower():
     def g(cin, groups):
         return hwopt.lift(nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=groups)).eval(), torch.randn(1, cin, 16, 16))
     grouped, depthwise = g(64, 32), g(32, 32)  # 2 channels per group -> 1 per group
-    for t in TARGETS:
+    for t in TARGETS + [_random_terms_target(s) for s in range(5)]:
         assert t.cost(depthwise).latency_ms <= t.cost(grouped).latency_ms
 
 

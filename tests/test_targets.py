@@ -11,7 +11,7 @@ import pytest
 import hwopt
 import hwopt.targets as T
 from hwopt.errors import TargetError
-from hwopt.targets.schema import CAL_META, KIND_FIELDS, KINDS, SCHEMA, F
+from hwopt.targets.schema import CAL_META, KIND_FIELDS, KINDS, SCHEMA, TERMS, F
 from hwopt.targets.tomlio import format_calibration, replace_calibration_text, update_runtime
 
 NAMES = ["cortex-a53", "cortex-a72", "cortex-a76", "cortex-m4", "cortex-m7", "host", "pixel-1"]
@@ -253,6 +253,64 @@ def test_calibration_bad_values():
     doc = _base_doc()
     doc["calibration"][RT]["sauce"] = "x"
     assert _err(doc).field == f"calibration.{RT}.sauce"
+
+
+def _terms_doc() -> dict:
+    """cortex-m7 with a second runtime in the "terms" form."""
+    doc = _base_doc()
+    t = {k: v for k, v in doc["calibration"][RT].items() if k not in ("kinds", "soft_max_p")}
+    t["form"] = "terms"
+    t["threads"] = 1
+    t["terms"] = {k: {"one": 2.0, "work": 1e-4, "out": 3e-4} for k in KINDS}
+    doc["calibration"]["lin"] = t
+    return doc
+
+
+def test_terms_form_loads_and_costs():
+    doc = _terms_doc()
+    t = T.parse_target(_dumps(doc), "ok.toml", runtime="lin")
+    assert t.coefficients.form == "terms" and t.calibration_info["threads"] == 1
+    import torch
+    from torch import nn
+    g = hwopt.lift(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8))
+    c = t.cost(g)
+    # conv: 2 µs + 1e-4 µs * MACs + 3e-4 µs * outputs; relu (fused into the conv): 2 µs + 1e-4 * 288 + 3e-4 * 288
+    macs, out = 8 * 3 * 9 * 36, 8 * 36
+    expect = (2 + 1e-4 * macs + 3e-4 * out) + (2 + 1e-4 * out + 3e-4 * out)
+    assert c.latency_ms == pytest.approx(expect * 1e-3, rel=1e-9)
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda t: t.pop("terms"), "terms"),
+    (lambda t: t["terms"].pop("pooling"), "terms.pooling"),
+    (lambda t: t["terms"]["conv"].update(work=-1e-4), "terms.conv.work"),
+    (lambda t: t["terms"]["conv"].update(work="fast"), "terms.conv.work"),
+    (lambda t: t["terms"]["conv"].update(flops=1.0), "terms.conv.flops"),
+    (lambda t: t["terms"].update(winograd={}), "terms.winograd"),
+    (lambda t: t["terms"].update(conv=3.0), "terms.conv"),
+    (lambda t: t.update(form="spline"), "form"),
+    (lambda t: t.update(threads=0), "threads"),
+    (lambda t: t.update(kinds={}), "kinds"),
+], ids=["no-terms", "no-kind", "negative", "mistyped", "unknown-term", "unknown-kind", "not-a-table", "bad-form",
+        "zero-threads", "kinds-with-terms"])
+def test_terms_form_bad_fields_are_named(mutate, field):
+    doc = _terms_doc()
+    mutate(doc["calibration"]["lin"])
+    assert _err(doc).field == f"calibration.lin.{field}"
+
+
+def test_roofline_table_rejects_terms():
+    doc = _base_doc()
+    doc["calibration"][RT]["terms"] = {k: {"one": 1.0} for k in KINDS}
+    assert _err(doc).field == f"calibration.{RT}.terms"
+
+
+def test_terms_table_writes_back(tmp_path):
+    doc = _terms_doc()
+    text = replace_calibration_text("x = 1\n", doc["calibration"])
+    back = tomllib.loads(text)["calibration"]
+    assert back["lin"]["terms"] == doc["calibration"]["lin"]["terms"] and back["lin"]["form"] == "terms"
+    assert set(TERMS) >= set(back["lin"]["terms"]["conv"])
 
 
 def test_invalid_toml():
