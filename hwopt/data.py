@@ -61,8 +61,13 @@ class Trainer:
     seed: int = 0
     eval_batch: int = 1000
 
-    def train(self, module: nn.Module, *, epochs: float = 1.0, penalty=None, lr: float | None = None) -> None:
-        gen = torch.Generator().manual_seed(self.seed)
+    def train(self, module: nn.Module, *, epochs: float = 1.0, penalty=None, lr: float | None = None,
+              seed: int | None = None, loss=None) -> None:
+        """Train `module` in place: SGD + momentum, cosine schedule from `lr` (default self.lr) to 0 over
+        the run. `seed` (default self.seed) seeds the minibatch order: pass a different one per call
+        for a fresh order (e.g. iterative retraining). `loss(logits, y, x) -> tensor` replaces the
+        cross entropy (e.g. knowledge distillation); `penalty(module)` is added to either."""
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=lr or self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         n = len(self.x_train)
@@ -75,11 +80,13 @@ class Trainer:
                 perm, pos = torch.randperm(n, generator=gen), 0
             idx = perm[pos:pos + self.batch_size]
             pos += self.batch_size
-            loss = nn.functional.cross_entropy(module(self.x_train[idx]), self.y_train[idx])
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            out = module(xb)
+            obj = nn.functional.cross_entropy(out, yb) if loss is None else loss(out, yb, xb)
             if penalty is not None:
-                loss = loss + penalty(module)
+                obj = obj + penalty(module)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            obj.backward()
             opt.step()
             sched.step()
         module.eval()

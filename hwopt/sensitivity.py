@@ -8,6 +8,7 @@ than fully connected ones. The same scan serves structured pruning (keys are the
     plot_sensitivity(results, "sens.png")                                    # the paper's Figure 2
     per_layer = fractions_for_drop(results, max_drop=0.01)                   # {key: fraction}
     per_layer = allocate_sparsity(results, sizes, target=0.92)               # hit an overall sparsity
+    per_layer = allocate_sparsity_min_drop(results, sizes, target=0.92)      # ... at least summed loss
 
 `evaluate` is the PassContext's callback: a torch module -> accuracy in [0, 1]; the scan lowers each
 pruned graph itself. This module imports the core only (never a pass).
@@ -127,6 +128,68 @@ def allocate_sparsity(results: dict[Hashable, Curve], sizes: dict[Hashable, int]
         scale = target / over
         fr = {k: v * scale for k, v in fr.items()}
     return fr
+
+
+def _hull_segments(curve: Curve, size: int, cap: float) -> list[tuple[float, float]]:
+    """The lower convex hull of a curve as (weights pruned, accuracy lost) segments [(Δn, Δdrop)], in
+    order of rising slope. The loss is clamped at 0 and made non-decreasing (noise above the baseline
+    is no gain); points beyond `cap` are dropped."""
+    pts = sorted(curve)
+    base = pts[0][1]
+    xy, worst = [(0.0, 0.0)], 0.0
+    for f, a in pts[1:]:
+        if f > cap + 1e-12:
+            break
+        worst = max(worst, base - a, 0.0)
+        xy.append((f * size, worst))
+    hull: list[tuple[float, float]] = []
+    for p in xy:  # monotone chain, lower hull
+        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                                  - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
+            hull.pop()
+        hull.append(p)
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(hull, hull[1:]) if b[0] > a[0]]
+
+
+def allocate_sparsity_min_drop(results: dict[Hashable, Curve], sizes: dict[Hashable, int], target: float,
+                               cap: float | None = None) -> dict[Hashable, float]:
+    """Per-key fractions reaching `target` overall (size-weighted) sparsity with the least *summed*
+    accuracy loss, reading each key's loss off its own curve (first-order: losses of separately pruned
+    layers add). Unlike `allocate_sparsity` (the same loss δ for every key), a weight pruned from a
+    small layer costs as much accuracy as its curve says for *its* share of that layer, so small
+    layers (a classifier's last layer: 1k of 267k weights) are spared and large robust ones pruned
+    more — the equal-marginal-cost (Lagrangian) solution: curves are replaced by their lower convex
+    hulls in (weights pruned, loss), and hull segments of all keys are taken cheapest-per-weight first
+    until the target is reached (the last one interpolated). Falls back to `allocate_sparsity`'s
+    spreading rule if even every key at `cap` falls short.
+    """
+    keys = list(results)
+    total = sum(sizes[k] for k in keys)
+    if total == 0 or target <= 0:
+        return {k: 0.0 for k in keys}
+    cap = cap if cap is not None else max(f for c in results.values() for f, _ in c)
+    segs = []
+    for order, k in enumerate(keys):
+        for j, (dn, dd) in enumerate(_hull_segments(results[k], sizes[k], cap)):
+            segs.append((dd / dn, order, j, k, dn))
+    segs.sort()
+    need = target * total
+    pruned = {k: 0.0 for k in keys}
+    for _, _, _, k, dn in segs:
+        if need <= 0:
+            break
+        take = min(dn, need)
+        pruned[k] += take
+        need -= take
+    fr = {k: min(1.0, pruned[k] / sizes[k]) if sizes[k] else 0.0 for k in keys}
+    if need > 1e-9 * total:
+        room = {k: (1.0 - fr[k]) * sizes[k] for k in keys}
+        r = sum(room.values())
+        return {k: min(0.9999, fr[k] + (1 - fr[k]) * need / r) if r else fr[k] for k in keys}
+    return fr
+
+
+ALLOCATIONS = {"equal-drop": allocate_sparsity, "min-drop": allocate_sparsity_min_drop}
 
 
 def plot_sensitivity(results: dict[Hashable, Curve], path: str | os.PathLike, title: str = "Pruning sensitivity",

@@ -136,7 +136,8 @@ def test_pass_never_mutates_input_and_verifies(trained_mlp, mlp_trainer):
 
 
 def test_pipeline_text_round_trip_and_validation():
-    pm = hwopt.PassManager.parse("magnitude-prune{sparsity=0.9,iterations=2,l2=0.0001,protect=[5]},"
+    pm = hwopt.PassManager.parse("magnitude-prune{sparsity=0.9,iterations=2,l2=0.0001,protect=[5],"
+                                 "final_retrain_epochs=3.0,allocation=min-drop},"
                                  "obd{sparsity=0.8,hessian=hutchinson}")
     assert hwopt.PassManager.parse(str(pm)) == pm
     with pytest.raises(hwopt.PassError, match="sparsity"):
@@ -212,6 +213,56 @@ def test_sensitivity_helpers():
     res = {"a": curve, "b": [(0.0, 0.9), (0.5, 0.9), (0.8, 0.9), (0.9, 0.9)]}
     fr = sens.allocate_sparsity(res, {"a": 100, "b": 100}, 0.8)
     assert fr["b"] >= fr["a"] and (fr["a"] + fr["b"]) / 2 == pytest.approx(0.8, abs=1e-6)
+
+
+def test_min_drop_allocation_spares_small_layers():
+    # the same curve for a large and a small layer: equal-drop prunes both alike, min-drop (least summed
+    # loss) spares the small one, whose weights are cheap to keep; both reach the target exactly
+    curve = [(0.0, 0.98), (0.5, 0.979), (0.8, 0.97), (0.9, 0.95), (0.95, 0.9), (0.99, 0.5)]
+    res, sizes = {"big": curve, "small": list(curve)}, {"big": 10_000, "small": 500}
+    eq = sens.allocate_sparsity(res, sizes, 0.85)
+    md = sens.allocate_sparsity_min_drop(res, sizes, 0.85)
+    assert eq["big"] == pytest.approx(eq["small"])
+    assert md["small"] < md["big"]
+    for fr in (eq, md):
+        assert sum(fr[k] * sizes[k] for k in fr) / 10_500 == pytest.approx(0.85, abs=1e-6)
+    assert sens.ALLOCATIONS["min-drop"] is sens.allocate_sparsity_min_drop
+    # monotone in the target, and a noisy curve (accuracy above the baseline) counts as no loss
+    prev = {k: 0.0 for k in res}
+    for t in (0.3, 0.6, 0.8, 0.9, 0.95):
+        fr = sens.allocate_sparsity_min_drop(res, sizes, t)
+        assert all(fr[k] >= prev[k] - 1e-9 for k in fr)
+        prev = fr
+    noisy = {"a": [(0.0, 0.9), (0.5, 0.91), (0.9, 0.8)], "b": [(0.0, 0.9), (0.5, 0.85), (0.9, 0.8)]}
+    fr = sens.allocate_sparsity_min_drop(noisy, {"a": 100, "b": 100}, 0.25)
+    assert fr == pytest.approx({"a": 0.5, "b": 0.0})
+    # short of the target even at the cap: spread like allocate_sparsity
+    fr = sens.allocate_sparsity_min_drop(noisy, {"a": 100, "b": 100}, 0.95)
+    assert (fr["a"] + fr["b"]) / 2 == pytest.approx(0.95, abs=1e-6)
+
+
+def test_final_round_retrains_longer_with_fresh_batches():
+    g = _graph(models.lenet_300_100)
+    calls = []
+    ctx = hwopt.PassContext(train=lambda m, *, epochs=1.0, penalty=None: calls.append(epochs))
+    MagnitudePrune(quality=1.0, iterations=3, retrain_epochs=0.5, final_retrain_epochs=2.0).run(g, ctx)
+    assert calls == [0.5, 0.5, 2.0]
+    calls.clear()
+    MagnitudePrune(quality=1.0, iterations=2, retrain_epochs=0.5).run(g, ctx)
+    assert calls == [0.5, 0.5]
+    with pytest.raises(hwopt.PassError, match="final_retrain_epochs"):
+        MagnitudePrune(final_retrain_epochs=-1.0)
+    with pytest.raises(hwopt.PassError, match="allocation"):
+        MagnitudePrune(allocation="greedy")
+    # Trainer.train: seed=None is the trainer's own seed (the default behaviour); another seed, another order
+    tr = data.mnist_trainer(512, "val", 100, lr=0.05)
+    outs = []
+    for seed in (None, 0, 1):
+        torch.manual_seed(0)
+        m = models.lenet_300_100()
+        tr.train(m, epochs=0.5, seed=seed)
+        outs.append(m[1].weight.detach().clone())
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 
 # --- sparse storage ---------------------------------------------------------------------------------
