@@ -53,7 +53,7 @@ What the targets get (checked with TVM 0.27.0.post1)
 
 Schedules: untuned builds use TVM's default lowering (unscheduled loop nests, ~40x slower than
 tuned for convolutions). With ``tune_trials > 0`` each fused TIR function is tuned with
-MetaSchedule into a JSON database under ``work_dir/<target-slug>/``; tasks that already have
+MetaSchedule into a JSON database under ``work_dir/<target-slug>/canonical-blocks/``; tasks that already have
 ``tune_trials`` trials recorded (``hwopt_tuning.json`` bookkeeping, or as many records in the
 database) are not tuned again. ``CompiledModel.schedules`` says, per fused function, whether the
 tuned or the default schedule was used; ``.tuned`` is True when at least one tuned schedule was
@@ -79,6 +79,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import tarfile
@@ -111,6 +112,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TUNING_MANIFEST = "hwopt_tuning.json"
+# Records tuned before block names were made canonical do not replay on canonical functions: a new layout
+# gets a new directory under the target's.
+DATABASE_LAYOUT = "canonical-blocks"
 
 
 class CompileError(HwoptError, RuntimeError):
@@ -361,6 +365,43 @@ def _fuse_passes(target: tvm.target.Target) -> list:
 def _prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(_fuse_passes(target))(mod)
+
+
+_SBLOCK_NAME = re.compile(r'T\.sblock\("([^"]+)"\)')
+
+
+def _canonical_block_names(mod: tvm.IRModule) -> tvm.IRModule:
+    """Every PrimFunc's blocks renamed b0, b1, ... in program order ("root" kept).
+
+    MetaSchedule finds a workload in its database by structural equality, which ignores block names,
+    but replays the stored trace by block name, and LegalizeOps names some blocks after Relax variables
+    (a mean's reduction block is "lv32_red"). So a record tuned in one model matched the same workload
+    in another and then failed to replay (ScheduleError). TVM 0.27 exposes no TIR mutator to Python,
+    hence the round trip through TVMScript, checked structurally equal (~70 ms per function)."""
+    import tvm.script
+
+    out = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            out[gv] = func
+            continue
+        names: dict[str, str] = {}
+
+        def rename(m: re.Match) -> str:
+            old = m.group(1)
+            if old == "root":
+                return m.group(0)
+            return f'T.sblock("{names.setdefault(old, f"b{len(names)}")}")'
+
+        text = func.script()
+        renamed = _SBLOCK_NAME.sub(rename, text)
+        if renamed == text:
+            out[gv] = func
+            continue
+        new = tvm.script.from_source(renamed)
+        tvm.ir.assert_structural_equal(func, new)
+        out[gv] = new.with_attrs(dict(func.attrs)) if func.attrs is not None else new
+    return tvm.IRModule(out, attrs=mod.attrs)
 
 
 def _lower_pipeline(target: tvm.target.Target):
@@ -950,9 +991,15 @@ def compile_module(
             db = database
     elif work_dir is not None or tune_trials > 0:
         root = os.fspath(work_dir) if work_dir is not None else _default_work_dir()
-        db_dir = os.path.join(root, _target_slug(tgt))
+        db_dir = os.path.join(root, _target_slug(tgt), DATABASE_LAYOUT)
         if tune_trials > 0 or os.path.isdir(db_dir):
             db = _open_database(db_dir)
+
+    if db is not None:
+        try:
+            prepared = _canonical_block_names(prepared)
+        except Exception as exc:
+            raise CompileError("build", tgt, f"canonical block names: {type(exc).__name__}: {exc}") from exc
 
     new_trials = 0
     if tune_trials > 0:

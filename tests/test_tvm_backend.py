@@ -126,6 +126,7 @@ def test_export_load_roundtrip(net, host_model, tmp_path):
     np.testing.assert_allclose(loaded.run(x), ref, atol=1e-4, rtol=1e-4)
     # the plain TVM way works too
     import tvm
+    import tvm_ffi
     from tvm import relax
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
@@ -295,3 +296,56 @@ def test_tuning_reuses_database(tmp_path, request):
     # without tune_trials, an existing database is still applied
     third = tb.compile_module(conv, (x,), "host", work_dir=tmp_path)
     assert third.tuned and third.tuning_trials == 0
+
+
+class _PoolHead(nn.Module):
+    """`depth` convs, then a global mean: the mean's TIR reduction block is named after a Relax variable,
+    which differs with `depth` while the workload is the same."""
+
+    def __init__(self, depth: int):
+        super().__init__()
+        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.body(x).mean(dim=(2, 3))
+
+
+def _block_names(func) -> list[str]:
+    return tb._SBLOCK_NAME.findall(func.script())
+
+
+def test_canonical_block_names_make_equal_workloads_name_blocks_alike():
+    import tvm
+    import tvm_ffi
+
+    x = torch.randn(1, 8, 16, 16)
+    target = tb.tvm_target("host")
+    prepared = [tb._prepare(tb.to_relax(_PoolHead(d).eval(), (x,), target=target), target) for d in (1, 3)]
+    canonical = [tb._canonical_block_names(p) for p in prepared]
+    funcs = [[f for f in p.functions.values() if isinstance(f, tvm.tirx.PrimFunc)] for p in canonical]
+    pairs = [(a, b) for a in funcs[0] for b in funcs[1] if tvm_ffi.structural_equal(a, b)]
+    assert pairs, "the two models share no workload"
+    for a, b in pairs:
+        assert _block_names(a) == _block_names(b)
+        assert all(n == "root" or n.startswith("b") for n in _block_names(a))
+    for before, after in zip(prepared, canonical):  # renaming changes nothing else
+        assert set(gv.name_hint for gv in before.functions) == set(gv.name_hint for gv in after.functions)
+        for gv, f in before.functions.items():
+            if isinstance(f, tvm.tirx.PrimFunc):
+                tvm.ir.assert_structural_equal(f, after[gv.name_hint])
+
+
+@pytest.mark.slow
+def test_database_tuned_on_one_model_replays_on_another(tmp_path, request):
+    # the mean workload is shared: records tuned on the first model must replay on the second
+    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("HWOPT_RUN_SLOW"):
+        pytest.skip("tunes for minutes: run with -m slow")
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 16, 16)
+    first = tb.compile_module(_PoolHead(1).eval(), (x,), "host", tune_trials=2, work_dir=tmp_path)
+    assert first.tuned
+    m2 = _PoolHead(3).eval()
+    second = tb.compile_module(m2, (x,), "host", work_dir=tmp_path)  # applies the database, no tuning
+    assert second.tuned and second.tuning_trials == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(second.run(x), m2(x).numpy(), atol=1e-4, rtol=1e-4)
