@@ -451,8 +451,7 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1
         m.attrs, m.params = a, p
         new.replace(m)
-    new.infer_shapes()
-    new.verify()
+    new.verify(infer_shapes=True)
     expected = sorted(n if gid not in grow else groups[gid].size + grow[gid] for gid, n in
                       ((g.id, g.size) for g in groups if g.prunable))
     got = sorted(g.size for g in channel_groups(new) if g.prunable)
