@@ -1,8 +1,7 @@
 """How well does the host cost model predict real latency? Random architectures, never calibrated on.
 
     OMP_WAIT_POLICY=PASSIVE python bench/cost_fidelity.py [--n 40] [--smoke] [--small] [--tune TRIALS]
-                                                           [--no-tvm] [--no-torch] [--passes 3] [--budget-min M]
-                                                           [--tuning-db shared|per-arch] [-v]
+                                                           [--no-tvm] [--no-torch] [--passes 3] [--budget-min M] [-v]
 
 Draws `--n` random CNNs (hwopt.targets.calibrate.random_cnn: varied depth, widths, kernels 3/5/7,
 strides, input resolution, plain / MBConv / MBConv-SE / residual blocks) with a seed the calibration
@@ -10,15 +9,14 @@ does not use (calibration draws its random nets from the streams [calibrate.NET_
 draws all of its architectures from one stream seeded --seed), lifts each, predicts its latency with
 `hwopt.targets.load_target("host")` (calibration runtime "tvm-default", or "tvm-tuned" with --tune)
 and times it (1) compiled with TVM through hwopt.tvm_backend, the deploy path (default schedules
-unless --tune: then MetaSchedule with the shared per-target tuning database of the backend), and
-(2) in torch eager (runtime "torch-eager"), with the thread count recorded in that calibration table
-and the same clock (one thread: the thread's CPU time), all architectures timed --passes times round
-robin keeping each one's minimum, as calibration does. Prints, per runtime, the share of
-architectures predicted within ±10 % and ±20 %, the median |error|, the Spearman rank correlation,
-and the script's own runtime. Tuning costs ~30 s per fused operator here even at 4 trials, so
---budget-min stops the TVM side after that many minutes and reports over the architectures timed.
---tuning-db per-arch tunes each architecture into a fresh database instead of the shared one (the
-shared one breaks on structurally equal tasks with other block names: targets/README.md).
+unless --tune: then MetaSchedule with the backend's shared per-target tuning database; every
+architecture is tuned first, then all are built and timed), and (2) in torch eager (runtime
+"torch-eager"), with the thread count recorded in that calibration table and the same clock (one
+thread: the thread's CPU time). Both runtimes time all architectures --passes times round robin,
+keeping each one's minimum, as calibration does. Prints, per runtime, the share of architectures
+predicted within ±10 % and ±20 %, the median |error|, the Spearman rank correlation, and the
+script's own runtime. --budget-min stops tuning new architectures after that many minutes and
+reports over the architectures tuned.
 
 OMP_WAIT_POLICY must be set before Python starts for torch's OpenMP pool to honour it on this
 2-core machine; the script sets it with os.environ.setdefault before importing torch as a fallback.
@@ -64,15 +62,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tvm", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--passes", type=int, default=3,
-                    help="torch eager: time all architectures this many times round robin, keep each one's minimum "
+                    help="time all architectures this many times round robin, keep each one's minimum "
                          "(as calibration does; load on a shared machine comes in bursts)")
     ap.add_argument("--budget-min", type=float, default=0,
-                    help="TVM: stop starting new architectures after this many minutes (tuning is slow) and report "
-                         "the figures over those timed, saying how many (0: no limit)")
-    ap.add_argument("--tuning-db", choices=("shared", "per-arch"), default="shared",
-                    help="shared: the deploy path's shared tuning database (default); per-arch: a fresh database per "
-                         "architecture under a temp dir (works around tasks that are structurally equal but named "
-                         "differently, whose records do not replay on each other: see the report in the README)")
+                    help="TVM with --tune: stop tuning new architectures after this many minutes and report the "
+                         "figures over those tuned, saying how many (0: no limit)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per architecture")
     a = ap.parse_args(argv)
     t_start = time.time()
@@ -103,21 +97,27 @@ def main(argv=None) -> int:
     for name, target, runner in runtimes:
         t0 = time.time()
         pred = [target.cost(g).latency_ms for g in graphs]
-        meas = [np.inf] * n
-        passes = a.passes if name == "torch-eager" else 1
+        meas: list = [np.inf] * n
         stopped = None
-        for _ in range(max(1, passes)):
+        if hasattr(runner, "prepare") and a.tune:
+            for i, (m, x, desc) in enumerate(archs):
+                if a.budget_min and time.time() - t0 > 60 * a.budget_min:
+                    stopped = i
+                    meas[i:] = [None] * (n - i)
+                    break
+                if a.verbose:
+                    print(f"  [{name}] tuning {i + 1}/{n} {desc} ({time.time() - t0:.0f} s)", flush=True)
+                try:
+                    runner.prepare(m, x)
+                except Exception as e:  # report, do not hide: a failed tuning is a finding
+                    print(f"  [{name}] FAILED to tune {desc}: {type(e).__name__}: {str(e)[:160]}")
+                    meas[i] = None
+            t_tune = time.time() - t0
+            print(f"  [{name}] tuned {n if stopped is None else stopped} architectures in {t_tune:.0f} s")
+        for _ in range(max(1, a.passes)):
             for i, (m, x, desc) in enumerate(archs):
                 if meas[i] is None:
                     continue
-                if name != "torch-eager" and a.budget_min and time.time() - t0 > 60 * a.budget_min:
-                    stopped = i
-                    break
-                if a.verbose and name != "torch-eager":
-                    print(f"  [{name}] {i + 1}/{n} {desc} ({time.time() - t0:.0f} s)", flush=True)
-                if name != "torch-eager" and a.tune and a.tuning_db == "per-arch":
-                    import tempfile
-                    runner.work_dir = tempfile.mkdtemp(prefix=f"hwopt-fidelity-arch{i}-")
                 try:
                     meas[i] = min(meas[i], runner.measure(m, x))
                 except Exception as e:  # report, do not hide: a failed compile is a finding
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                     meas[i] = None
         ok = [i for i in range(n) if meas[i] is not None and np.isfinite(meas[i])]
         if stopped is not None:
-            print(f"  [{name}] time budget of {a.budget_min:g} min reached: {len(ok)} of {n} architectures timed")
+            print(f"  [{name}] tuning budget of {a.budget_min:g} min reached: {len(ok)} of {n} architectures timed")
         if a.verbose:
             for i in ok:
                 print(f"  [{name}] measured {meas[i]:9.3f} ms  predicted {pred[i]:9.3f} ms  ({pred[i] / meas[i] - 1:+6.1%})  {archs[i][2]}")
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         sched = runner.schedules if hasattr(runner, "schedules") else ""
         print(f"{name:<12} n={f['n']:<3} within ±10%: {f['within10']:5.1%}  within ±20%: {f['within20']:5.1%}  "
               f"median |err| {f['median_err']:5.1%}  Spearman {f['spearman']:.3f}  ({time.time() - t0:.0f} s; "
-              f"{passes} pass(es); {sched})")
+              f"{a.passes} pass(es); {sched})")
     print(f"total runtime {time.time() - t_start:.0f} s")
     return 0
 

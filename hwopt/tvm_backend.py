@@ -71,6 +71,7 @@ workers) with a 120 s timeout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -500,6 +501,92 @@ _ms_build = _ms_worker_ns["ms_build"]
 _ms_export_shared = _ms_worker_ns["ms_export_shared"]
 
 
+def _persistent_builder(max_workers: int, timeout_sec: float, f_build, f_export, recycle_after: int = 64):
+    """A MetaSchedule builder that keeps its worker pool between batches.
+
+    ``LocalBuilder`` starts a fresh process pool for every batch (a guard against a slow leak in
+    long-lived workers). With a few trials per task each batch is one task's handful of candidates, so
+    the ~2 s pool start-up was a third of the tuning time here; this pool is recycled every
+    ``recycle_after`` batches instead."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PersistentPoolBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self._pool = None
+            self._batches = 0
+
+        def _get_pool(self):
+            if self._pool is None or self._batches >= recycle_after:
+                if self._pool is not None:
+                    self._pool.shutdown()
+                self._pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec)
+                self._batches = 0
+            self._batches += 1
+            return self._pool
+
+        def build(self, build_inputs):
+            pool = self._get_pool()
+            work = [
+                (f_build, f_export, b.mod, b.target, local_builder._serialize_params(b.params))
+                for b in build_inputs
+            ]
+            results = []
+            for r in pool.map_with_error_catching(lambda x: local_builder._worker_func(*x), work):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"hwopt builder: timeout after {timeout_sec} s"))
+                    self._batches = recycle_after  # a killed worker: start clean next batch
+                else:
+                    results.append(BuilderResult(None, f"hwopt builder: exception\n{r.value}"))
+            return results
+
+        def close(self):
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    return PersistentPoolBuilder()
+
+
+@contextlib.contextmanager
+def _foreign_log_handlers_detached():
+    """MetaSchedule rebuilds its logging with ``logging.config.dictConfig``, naming the handlers
+    already on its logger; a handler someone else attached (pytest's capture handlers, a user's
+    unnamed handler) has no name and crashes it ('NoneType' has no attribute 'format'). Detach
+    those while it configures, put them back after."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    foreign = [h for h in ms_logger.handlers if not (h.get_name() or "").startswith("tvm.")]
+    for h in foreign:
+        ms_logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in foreign:
+            ms_logger.addHandler(h)
+
+
+def _search_strategy(trials: int):
+    """Evolutionary search sized to the trial budget.
+
+    MetaSchedule's defaults (population 512, 50 fresh samples, 4 genetic rounds, all scored by the
+    XGBoost model) are made for ~1000 trials per task; at a handful of trials the search around the
+    measured samples cost ~10 s per conv task here while building and timing cost ~3 s."""
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
+
+    population = int(min(512, max(32, 16 * trials)))
+    return EvolutionarySearch(
+        population_size=population,
+        init_min_unmeasured=int(min(50, max(8, 2 * trials))),
+        genetic_num_iters=4 if trials >= 32 else 2,
+    )
+
+
 def _workload_key(task_mod: tvm.IRModule, target: tvm.target.Target) -> str:
     return f"{tvm_ffi.structural_hash(task_mod) & 0xFFFFFFFFFFFFFFFF:016x}:{_target_slug(target)}"
 
@@ -596,31 +683,33 @@ def _tune(
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
         )
         f_export = None  # default: tar of the object, linked by the local runner
-    builder = ms.builder.LocalBuilder(
-        max_workers=_physical_cores(), timeout_sec=max(timeout_sec, 120.0),
-        f_build=_ms_build, f_export=f_export,
-    )
+    builder = _persistent_builder(_physical_cores(), max(timeout_sec, 120.0), _ms_build, f_export)
     log_dir = db_dir or tempfile.mkdtemp(prefix="hwopt_ms_logs_")
     before = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
-    for budget, group in sorted(pending.items()):
-        contexts, weights = ri.extracted_tasks_to_tune_contexts(
-            [t for t, _ in group], work_dir=log_dir, num_threads=_physical_cores()
-        )
-        if not contexts:
-            continue
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=log_dir,
-            max_trials_global=budget * len(contexts),
-            max_trials_per_task=budget,
-            num_trials_per_iter=min(64, budget),
-            builder=builder,
-            runner=runner,
-            database=db,
-        )
-        for _, key in group:
-            manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
+    try:
+        for budget, group in sorted(pending.items()):
+            with _foreign_log_handlers_detached():
+                contexts, weights = ri.extracted_tasks_to_tune_contexts(
+                    [t for t, _ in group], work_dir=log_dir, num_threads=_physical_cores(),
+                    strategy=_search_strategy(budget),
+                )
+            if not contexts:
+                continue
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=log_dir,
+                max_trials_global=budget * len(contexts),
+                max_trials_per_task=budget,
+                num_trials_per_iter=min(64, budget),
+                builder=builder,
+                runner=runner,
+                database=db,
+            )
+            for _, key in group:
+                manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
+    finally:
+        builder.close()
     if db_dir:
         _write_manifest(db_dir, manifest)
     after = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
@@ -934,38 +1023,21 @@ def _default_work_dir() -> str:
     )
 
 
-def compile_module(
+def _tuned(
     module,
-    example_inputs,
-    target: dict | str | tvm.target.Target = "host",
+    inputs: tuple,
+    tgt: tvm.target.Target,
     *,
-    tune_trials: int = 0,
-    work_dir: str | os.PathLike | None = None,
-    database: Any = None,
-    tracker: tuple[str, int, str] | None = None,
-    tune_timeout_sec: float = 60.0,
-) -> CompiledModel:
-    """Compile ``module`` (a torch ``nn.Module``, or an already-imported Relax ``IRModule``).
+    tune_trials: int,
+    work_dir,
+    database,
+    tracker,
+    tune_timeout_sec: float,
+    timings: dict,
+):
+    """Import, legalize and fuse ``module``; open the tuning database and tune what it lacks.
 
-    tune_trials: MetaSchedule trials per fused operator (0 = no tuning). Tasks that already have
-        that many trials in the database are not tuned again.
-    work_dir: root of the tuning databases; the JSON database for this target lives in
-        ``work_dir/<target-slug>/``. Defaults to ``$HWOPT_TVM_TUNING_DIR`` or
-        ``~/.cache/hwopt/tvm_tuning`` when tuning. When given without tuning, existing records
-        are applied.
-    database: a MetaSchedule ``Database`` or a database directory to use as is (instead of
-        ``work_dir``).
-    tracker: ``(host, port, key)`` of an RPC tracker, needed to tune non-host targets.
-    """
-    tgt = tvm_target(target)
-    timings: dict[str, float] = {}
-    inputs = _as_tuple(example_inputs)
-    input_info = []
-    for x in inputs:
-        shape = tuple(int(s) for s in x.shape)
-        dtype = str(x.dtype).replace("torch.", "")
-        input_info.append((shape, dtype))
-
+    Returns ``(prepared module, database or None, database dir or None, new trials)``."""
     t0 = time.perf_counter()
     if isinstance(module, tvm.IRModule):
         mod = module
@@ -980,7 +1052,6 @@ def compile_module(
     except Exception as exc:
         raise CompileError("build", tgt, f"legalize/fuse: {type(exc).__name__}: {exc}") from exc
 
-    # ---- database
     db = None
     db_dir = None
     if database is not None:
@@ -1011,6 +1082,68 @@ def compile_module(
         except Exception as exc:
             raise CompileError("tune", tgt, f"{type(exc).__name__}: {exc}") from exc
         timings["tune_s"] = time.perf_counter() - t0
+    return prepared, db, db_dir, new_trials
+
+
+def _input_info(inputs: tuple) -> list[tuple[tuple[int, ...], str]]:
+    return [(tuple(int(s) for s in x.shape), str(x.dtype).replace("torch.", "")) for x in inputs]
+
+
+def tune_module(
+    module,
+    example_inputs,
+    target: dict | str | tvm.target.Target = "host",
+    *,
+    tune_trials: int,
+    work_dir: str | os.PathLike | None = None,
+    database: Any = None,
+    tracker: tuple[str, int, str] | None = None,
+    tune_timeout_sec: float = 60.0,
+) -> int:
+    """Tune ``module``'s fused operators into the shared database without building it.
+
+    Lets a caller tune many models first (where load on the machine does not matter) and time them
+    afterwards. Arguments as for :func:`compile_module`; returns the number of new trials."""
+    if tune_trials <= 0:
+        raise ValueError(f"tune_module: tune_trials must be positive, got {tune_trials}")
+    tgt = tvm_target(target)
+    _, _, _, new_trials = _tuned(
+        module, _as_tuple(example_inputs), tgt, tune_trials=tune_trials, work_dir=work_dir,
+        database=database, tracker=tracker, tune_timeout_sec=tune_timeout_sec, timings={},
+    )
+    return new_trials
+
+
+def compile_module(
+    module,
+    example_inputs,
+    target: dict | str | tvm.target.Target = "host",
+    *,
+    tune_trials: int = 0,
+    work_dir: str | os.PathLike | None = None,
+    database: Any = None,
+    tracker: tuple[str, int, str] | None = None,
+    tune_timeout_sec: float = 60.0,
+) -> CompiledModel:
+    """Compile ``module`` (a torch ``nn.Module``, or an already-imported Relax ``IRModule``).
+
+    tune_trials: MetaSchedule trials per fused operator (0 = no tuning). Tasks that already have
+        that many trials in the database are not tuned again.
+    work_dir: root of the tuning databases; the JSON database for this target lives in
+        ``work_dir/<target-slug>/``. Defaults to ``$HWOPT_TVM_TUNING_DIR`` or
+        ``~/.cache/hwopt/tvm_tuning`` when tuning. When given without tuning, existing records
+        are applied.
+    database: a MetaSchedule ``Database`` or a database directory to use as is (instead of
+        ``work_dir``).
+    tracker: ``(host, port, key)`` of an RPC tracker, needed to tune non-host targets.
+    """
+    tgt = tvm_target(target)
+    timings: dict[str, float] = {}
+    inputs = _as_tuple(example_inputs)
+    prepared, db, db_dir, new_trials = _tuned(
+        module, inputs, tgt, tune_trials=tune_trials, work_dir=work_dir, database=database,
+        tracker=tracker, tune_timeout_sec=tune_timeout_sec, timings=timings,
+    )
 
     # ---- build
     t0 = time.perf_counter()
@@ -1039,6 +1172,6 @@ def compile_module(
         schedules=schedules,
         tuning_trials=new_trials,
         database_dir=db_dir,
-        input_info=input_info,
+        input_info=_input_info(inputs),
         timings=timings,
     )

@@ -14,6 +14,7 @@
    hwopt.tvm_backend for the target's TVM target, default schedules or MetaSchedule-tuned with --tune
    into the shared tuning database, run on this machine or over TVM RPC / an RPC tracker) or torch
    eager on this machine (one thread by default, timed by the thread's CPU time; see TorchRunner).
+   With --tune every workload is tuned first (`TVMRunner.prepare`), then all are built and timed.
    `--passes N` times the whole grid N times round robin and keeps each workload's minimum.
 3. The coefficients are fit and written back atomically into the target file's
    [calibration.<runtime>] table with the fit error and a cross-validated (5-fold, or leave-one-out
@@ -493,6 +494,16 @@ class TVMRunner:
             return ms.relax_integration.compile_relax(db, mod, target, None)
         return relax.build(mod, target=target)
 
+    def prepare(self, module, example) -> None:
+        """Tune `module` into the shared database (no timing): with --tune, calibration tunes every
+        workload first and times them all afterwards, so tuning can share the machine and the
+        timing passes run back to back."""
+        backend = _backend()
+        if self.tune_trials and backend is not None:
+            tracker = (self.tracker[0], int(self.tracker[1]), self.key) if self.tracker else None
+            backend.tune_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
+                                work_dir=self.work_dir, tracker=tracker)
+
     def _remote(self):
         if self._session is None:
             backend = _backend()
@@ -574,6 +585,22 @@ def measure_all(workloads: list[Workload], runner, cache_path: str | os.PathLike
     except ImportError:  # pragma: no cover
         tqdm = None
     failed: set = set()
+
+    def skip(w, e):
+        if on_error == "raise":
+            raise e
+        print(f"hwopt calibrate: skipped {w.key}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        failed.add(w)
+
+    if hasattr(runner, "prepare"):
+        todo = [w for w in workloads if f"{ident}|{w.key}" not in cache]
+        it = tqdm(todo, desc=f"prepare {runner.runtime}", unit="wl", disable=not progress or not todo,
+                  file=sys.stderr) if tqdm is not None else todo
+        for w in it:
+            try:
+                runner.prepare(*w.build())
+            except Exception as e:
+                skip(w, e)
     for pas in range(max(1, passes)):
         it = workloads
         if tqdm is not None:
@@ -591,10 +618,7 @@ def measure_all(workloads: list[Workload], runner, cache_path: str | os.PathLike
                 m, x = w.build()
                 ms = runner.measure(m, x)
             except Exception as e:  # a workload the runtime cannot build is reported, not fatal
-                if on_error == "raise":
-                    raise
-                print(f"hwopt calibrate: skipped {w.key}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
-                failed.add(w)
+                skip(w, e)
                 continue
             cache[k] = min(ms, cache.get(k, math.inf))
             if pas > 0:
