@@ -80,32 +80,34 @@ def _assemble(cls: type, attrs: dict, params: dict, buffers: dict, slow) -> nn.M
     return m
 
 
-def _conv_module(n: Node, bake: bool) -> nn.Module:
-    a, p = n.attrs, n.params
+def _weighted_layer(n: Node, bake: bool, masked_cls: type, plain_cls: type):
+    """(class, weight, params, buffers, the slow path's keyword arguments) of a conv or linear layer:
+    a mask stays a buffer of the masked class, or is multiplied into the weight when baking."""
+    p = n.params
     masked = "weight_mask" in p and not bake
-    cls = hnn.MaskedConv2d if masked else nn.Conv2d
     w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
     params = {"weight": w, "bias": p.get("bias")}  # torch registers an absent bias as None
     buffers = {"weight_mask": p["weight_mask"]} if masked else {}
+    slow_kw = dict(weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    return (masked_cls if masked else plain_cls), params, buffers, slow_kw
+
+
+def _conv_module(n: Node, bake: bool) -> nn.Module:
+    a, has_bias = n.attrs, "bias" in n.params
+    cls, params, buffers, slow_kw = _weighted_layer(n, bake, hnn.MaskedConv2d, nn.Conv2d)
     attrs = dict(in_channels=a["in_channels"], out_channels=a["out_channels"], kernel_size=a["kernel_size"],
                  stride=a["stride"], padding=a["padding"], dilation=a["dilation"], transposed=False,
                  output_padding=(0, 0), groups=a["groups"], padding_mode="zeros",
                  _reversed_padding_repeated_twice=tuple(x for q in reversed(a["padding"]) for x in (q, q)))
     slow = lambda: _set(_empty(cls, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"],  # noqa: E731
-                               a["padding"], a["dilation"], a["groups"], bias="bias" in p),
-                        weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+                               a["padding"], a["dilation"], a["groups"], bias=has_bias), **slow_kw)
     return _assemble(cls, attrs, params, buffers, slow)
 
 
 def _linear_module(n: Node, bake: bool) -> nn.Module:
-    a, p = n.attrs, n.params
-    masked = "weight_mask" in p and not bake
-    cls = hnn.MaskedLinear if masked else nn.Linear
-    w = p["weight"] * p["weight_mask"] if bake and "weight_mask" in p else p["weight"]
-    params = {"weight": w, "bias": p.get("bias")}
-    buffers = {"weight_mask": p["weight_mask"]} if masked else {}
-    slow = lambda: _set(_empty(cls, a["in_features"], a["out_features"], bias="bias" in p),  # noqa: E731
-                        weight=w, bias=p.get("bias"), weight_mask=p["weight_mask"] if masked else None)
+    a, has_bias = n.attrs, "bias" in n.params
+    cls, params, buffers, slow_kw = _weighted_layer(n, bake, hnn.MaskedLinear, nn.Linear)
+    slow = lambda: _set(_empty(cls, a["in_features"], a["out_features"], bias=has_bias), **slow_kw)  # noqa: E731
     return _assemble(cls, dict(in_features=a["in_features"], out_features=a["out_features"]), params, buffers, slow)
 
 
