@@ -85,7 +85,10 @@ def main(argv=None) -> int:
         if rt not in host.calibration:
             print(f"host.toml has no [calibration.{rt}]: run hwopt calibrate --target host" + (f" --tune {a.tune}" if a.tune else ""))
             return 2
-        runtimes.append((rt, load_target("host", runtime=rt), TVMRunner(host.tvm_target, tune_trials=a.tune)))
+        tvm_model = load_target("host", runtime=rt)
+        # time TVM with the thread count the calibration was fit to, if it recorded one
+        runtimes.append((rt, tvm_model, TVMRunner(host.tvm_target, tune_trials=a.tune,
+                                                  threads=tvm_model.calibration_info.get("threads"))))
     if not a.no_torch:
         te = load_target("host", runtime="torch-eager")
         # time torch with the thread count the calibration was fit to (recorded in the table)

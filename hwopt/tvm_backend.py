@@ -65,8 +65,13 @@ so only one process should tune into a directory at a time. Tuning a board throu
 Tuning speed notes: ``import tvm.s_tir.tensor_intrin`` takes ~30 s (mostly CUDA/ROCm/Hexagon
 intrinsics); MetaSchedule's ``TuneContext`` and the default ``LocalBuilder`` build function import
 it. We import only the CPU (x86, arm_cpu) intrinsic modules (set ``HWOPT_TVM_FULL_TENSOR_INTRIN=1``
-to import everything) and give ``LocalBuilder`` our own build function (no such import in the
-workers) with a 120 s timeout.
+to import everything) and give the builder our own build function (no such import in the workers)
+with a 120 s timeout. ``LocalBuilder`` also starts a new process pool for every batch and the
+default evolutionary search (population 512, 4 genetic rounds) is sized for ~1000 trials per task; at
+a few trials per task both dominated (~12 s per conv task here). hwopt keeps the builder's pool
+alive (``_persistent_builder``) and sizes the search to the budget (``_search_strategy``): ~2 s per
+task. ``tune_module`` tunes without building, so a caller can tune many models first and time
+them later, when the machine is quiet.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     hwopt calibrate --target T [--runtime tvm|torch] [--rpc HOST:PORT | --tracker HOST:PORT --key K]
                     [--tune TRIALS] [--size tiny|small|full|large] [--form auto|terms|roofline]
-                    [--threads N] [--passes N] [--blocks N] [--cache PATH] [--out PATH] [--dry-run]
+                    [--threads N] [--passes N] [--blocks N] [--nets N] [--cache PATH] [--out PATH] [--dry-run]
 
 1. Workloads: a grid of micro-benchmarks (each op kind over shapes: conv k=3/5/7 with and without
    BN+activation, pointwise, depthwise, dense, standalone elementwise, pooling, concat; "large" adds
@@ -459,8 +459,18 @@ class TVMRunner:
     machine or over TVM RPC (`rpc=(host, port)` or `tracker=(host, port)` + `key`)."""
 
     def __init__(self, target_dict: dict, rpc: tuple | None = None, tracker: tuple | None = None, key: str | None = None,
-                 tune_trials: int = 0, work_dir: str | None = None):
+                 tune_trials: int = 0, work_dir: str | None = None, threads: int | None = None):
+        """threads: TVM runtime threads on this machine (None: TVM's default, one per physical core).
+        Set through TVM_NUM_THREADS, which MetaSchedule's measuring subprocesses inherit too, and the
+        runtime's thread pool of this process."""
         self.target_dict, self.rpc, self.tracker, self.key = dict(target_dict), rpc, tracker, key
+        self.threads = int(threads) if threads else None
+        if self.threads:
+            if self.rpc or self.tracker:
+                raise ValueError("TVMRunner: threads applies to this machine, not to an RPC device")
+            import tvm
+            os.environ["TVM_NUM_THREADS"] = str(self.threads)
+            tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
         self.tune_trials = int(tune_trials)
         self.work_dir = work_dir
         self.runtime = "tvm-tuned" if self.tune_trials else "tvm-default"
@@ -470,7 +480,8 @@ class TVMRunner:
 
     def ident(self) -> str:
         import tvm
-        return f"tvm-{tvm.__version__}-{json.dumps(self.target_dict, sort_keys=True)}-tune{self.tune_trials}"
+        return (f"tvm-{tvm.__version__}-{json.dumps(self.target_dict, sort_keys=True)}-tune{self.tune_trials}"
+                + (f"-threads{self.threads}" if self.threads else ""))
 
     def build(self, module, example):
         """Compile with hwopt.tvm_backend when it is there (the deploy path), else the same flow inline."""
@@ -879,10 +890,11 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
               key: str | None = None, tune: int = 0, out: str | os.PathLike | None = None, size: str = "full",
               write: bool = True, progress: bool = True, cache: str | os.PathLike | None = None,
               models: bool = True, cv: bool = True, workloads: list[Workload] | None = None,
-              fit_kw: dict | None = None, form: str = "auto", threads: int | None = 1, passes: int = 1) -> dict:
+              fit_kw: dict | None = None, form: str = "auto", threads: int | None = None, passes: int = 1) -> dict:
     """Measure, fit and (if `write`) write the coefficients into `out` (default: the target's file).
     form: latency model form to fit: "terms", "roofline", or "auto" (both, keep the one with the lower
-    cross-validated error); threads: torch eager intra-op threads.
+    cross-validated error); threads: torch eager intra-op threads (None: 1; 0: torch's default), or
+    TVM runtime threads on this machine (None or 0: one per physical core).
     Returns a report: the table, fit and cross-validated errors, sample counts, the measurements."""
     from . import load_target
     from .tomlio import update_runtime
@@ -890,11 +902,11 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
     t = load_target(target)
     out = Path(out or t.path)
     if runtime == "torch":
-        runner = TorchRunner(threads)
+        runner = TorchRunner(1 if threads is None else (threads or None))
     elif runtime == "tvm":
         # tuned: the deploy path's shared per-target tuning database (hwopt.tvm_backend's default,
         # $HWOPT_TVM_TUNING_DIR or ~/.cache/hwopt/tvm_tuning), so deploy builds reuse the schedules
-        runner = TVMRunner(t.tvm_target, rpc=rpc, tracker=tracker, key=key, tune_trials=tune)
+        runner = TVMRunner(t.tvm_target, rpc=rpc, tracker=tracker, key=key, tune_trials=tune, threads=threads or None)
     else:
         raise TargetError(f"unknown runtime {runtime!r} (known: {list(RUNTIMES)})", "runtime")
     if workloads is None:
@@ -936,6 +948,8 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
     }
     if isinstance(runner, TorchRunner):
         meta["threads"] = runner._threads()
+    elif runner.threads:
+        meta["threads"] = runner.threads
     if cv_err is not None:
         meta["loo_error"] = round(float(np.median(cv_err)), 4)
     table = coefficients_table(c, meta)
@@ -982,12 +996,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="size of the micro-benchmark grid (default: large for torch, full for tvm)")
     ap.add_argument("--form", choices=("auto", "terms", "roofline"), default="auto",
                     help="latency model form to fit (auto: both, keep the lower cross-validated error)")
-    ap.add_argument("--threads", type=int, default=1, help="torch eager intra-op threads (default 1; 0: torch's default)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads to time with: torch eager intra-op threads (default 1; 0: torch's default), or TVM "
+                         "runtime threads on this machine (default: one per physical core); recorded in the table")
     ap.add_argument("--passes", type=int, default=None,
                     help="time the grid this many times round robin, keeping minima (default: 3 for torch, 1 for tvm)")
     ap.add_argument("--no-models", action="store_true", help="micro-benchmarks only (no whole models)")
     ap.add_argument("--out", help="target file to write the coefficients into (default: the target's own file)")
     ap.add_argument("--cache", help="measurement cache file (default: <out>.measurements.json)")
+    ap.add_argument("--nets", type=int, default=0, metavar="N",
+                    help="add the first N random CNNs of the calibration's own stream (NET_SEED; the large grid has 200)")
     ap.add_argument("--blocks", type=int, default=0, metavar="N",
                     help="add the first N random blocks (at most 16x16 maps) of the large grid (e.g. for a small tuned grid)")
     ap.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
@@ -996,14 +1014,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--tracker needs --key")
     if a.runtime == "torch" and (a.rpc or a.tracker):
         ap.error("--runtime torch times this machine only")
+    if a.runtime == "tvm" and a.threads and (a.rpc or a.tracker):
+        ap.error("--threads sets TVM's threads on this machine; an RPC device runs with its own")
     size = a.size or ("large" if a.runtime == "torch" else "full")
     workloads = None
-    if a.blocks:
+    if a.blocks or a.nets:
         workloads = (micro_grid(size) + [w for w in wide_grid() if w.kind == "block" and w.p["hw"] <= 16][:a.blocks]
                      + (model_workloads(size) if not a.no_models else []))
+        workloads += [w for w in net_workloads(a.nets) if w not in workloads]
     rep = calibrate(a.target, a.runtime, rpc=_hostport(a.rpc, "--rpc"), tracker=_hostport(a.tracker, "--tracker"),
                     key=a.key, tune=a.tune, out=a.out, size=size, cache=a.cache, workloads=workloads,
-                    write=not a.dry_run, models=not a.no_models, form=a.form, threads=a.threads or None,
+                    write=not a.dry_run, models=not a.no_models, form=a.form, threads=a.threads,
                     passes=a.passes or (3 if a.runtime == "torch" else 1))
     fe, ce = rep["fit_error"], rep["cv_error"]
     print(f"{rep['runtime']}: {len(fe)} timings in {rep['seconds']:.0f} s; fit median |err| {np.median(fe):.1%}, "
