@@ -116,6 +116,10 @@ def test_cli_rejects_bad_arguments():
         C.main(["--target", "host", "--tracker", "127.0.0.1:9190"])  # needs --key
     with pytest.raises(SystemExit):
         C.main(["--target", "host", "--rpc", "nohostport"])
+    with pytest.raises(SystemExit):  # TVM threads are set on this machine, not on a device
+        C.main(["--target", "host", "--rpc", "127.0.0.1:9090", "--threads", "2"])
+    with pytest.raises(ValueError, match="threads"):
+        C.TVMRunner({"kind": "llvm"}, rpc=("127.0.0.1", 9090), threads=2)
 
 
 # --------------------------------------------------------------------------------------------------
