@@ -1,7 +1,8 @@
 """How well does the host cost model predict real latency? Random architectures, never calibrated on.
 
     OMP_WAIT_POLICY=PASSIVE python bench/cost_fidelity.py [--n 40] [--smoke] [--small] [--tune TRIALS]
-                                                           [--no-tvm] [--no-torch] [--passes 3] [--budget-min M] [-v]
+                                                           [--no-tvm] [--no-torch] [--passes 3] [--budget-min M]
+                                                           [--tune-only] [-v]
 
 Draws `--n` random CNNs (hwopt.targets.calibrate.random_cnn: varied depth, widths, kernels 3/5/7,
 strides, input resolution, plain / MBConv / MBConv-SE / residual blocks) with a seed the calibration
@@ -67,8 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-min", type=float, default=0,
                     help="TVM with --tune: stop tuning new architectures after this many minutes and report the "
                          "figures over those tuned, saying how many (0: no limit)")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="with --tune: tune every architecture into the shared database and stop (time later, on a "
+                         "quiet machine, with the same command without --tune-only)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per architecture")
     a = ap.parse_args(argv)
+    if a.tune_only and (not a.tune or a.no_tvm):
+        ap.error("--tune-only needs --tune TRIALS (and TVM)")
     t_start = time.time()
 
     import hwopt
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
         # time TVM with the thread count the calibration was fit to, if it recorded one
         runtimes.append((rt, tvm_model, TVMRunner(host.tvm_target, tune_trials=a.tune,
                                                   threads=tvm_model.calibration_info.get("threads"))))
-    if not a.no_torch:
+    if not a.no_torch and not a.tune_only:
         te = load_target("host", runtime="torch-eager")
         # time torch with the thread count the calibration was fit to (recorded in the table)
         runtimes.append(("torch-eager", te, TorchRunner(te.calibration_info.get("threads"))))
@@ -117,6 +123,8 @@ def main(argv=None) -> int:
                     meas[i] = None
             t_tune = time.time() - t0
             print(f"  [{name}] tuned {n if stopped is None else stopped} architectures in {t_tune:.0f} s")
+            if a.tune_only:
+                continue
         for _ in range(max(1, a.passes)):
             for i, (m, x, desc) in enumerate(archs):
                 if meas[i] is None:

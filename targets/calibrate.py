@@ -2,7 +2,8 @@
 
     hwopt calibrate --target T [--runtime tvm|torch] [--rpc HOST:PORT | --tracker HOST:PORT --key K]
                     [--tune TRIALS] [--size tiny|small|full|large] [--form auto|terms|roofline]
-                    [--threads N] [--passes N] [--blocks N] [--nets N] [--cache PATH] [--out PATH] [--dry-run]
+                    [--threads N] [--passes N] [--blocks N] [--nets N] [--tune-only] [--cache PATH]
+                    [--out PATH] [--dry-run]
 
 1. Workloads: a grid of micro-benchmarks (each op kind over shapes: conv k=3/5/7 with and without
    BN+activation, pointwise, depthwise, dense, standalone elementwise, pooling, concat; "large" adds
@@ -579,10 +580,12 @@ def _backend():
 
 
 def measure_all(workloads: list[Workload], runner, cache_path: str | os.PathLike | None, progress: bool = True,
-                on_error: str = "skip", passes: int = 1) -> list[tuple[Workload, float]]:
+                on_error: str = "skip", passes: int = 1, tune_only: bool = False) -> list[tuple[Workload, float]]:
     """Time every workload (cached ones are not timed again). passes > 1: then time the whole list
     again passes - 1 times, round robin, keeping each workload's minimum: load from other processes
-    on a shared machine comes in bursts of seconds, and a later pass catches a quieter moment."""
+    on a shared machine comes in bursts of seconds, and a later pass catches a quieter moment.
+    A runner with a `prepare` step (tuning) prepares every untimed workload first; tune_only: stop
+    there and time nothing (returns [])."""
     cache: dict[str, float] = {}
     cp = Path(cache_path) if cache_path else None
     if cp and cp.exists():
@@ -612,6 +615,8 @@ def measure_all(workloads: list[Workload], runner, cache_path: str | os.PathLike
                 runner.prepare(*w.build())
             except Exception as e:
                 skip(w, e)
+    if tune_only:
+        return []
     for pas in range(max(1, passes)):
         it = workloads
         if tqdm is not None:
@@ -890,11 +895,13 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
               key: str | None = None, tune: int = 0, out: str | os.PathLike | None = None, size: str = "full",
               write: bool = True, progress: bool = True, cache: str | os.PathLike | None = None,
               models: bool = True, cv: bool = True, workloads: list[Workload] | None = None,
-              fit_kw: dict | None = None, form: str = "auto", threads: int | None = None, passes: int = 1) -> dict:
+              fit_kw: dict | None = None, form: str = "auto", threads: int | None = None, passes: int = 1,
+              tune_only: bool = False) -> dict:
     """Measure, fit and (if `write`) write the coefficients into `out` (default: the target's file).
     form: latency model form to fit: "terms", "roofline", or "auto" (both, keep the one with the lower
     cross-validated error); threads: torch eager intra-op threads (None: 1; 0: torch's default), or
-    TVM runtime threads on this machine (None or 0: one per physical core).
+    TVM runtime threads on this machine (None or 0: one per physical core); tune_only: tune every
+    workload into the shared database, time and fit nothing (time them later, e.g. on a quiet machine).
     Returns a report: the table, fit and cross-validated errors, sample counts, the measurements."""
     from . import load_target
     from .tomlio import update_runtime
@@ -913,6 +920,11 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
         workloads = micro_grid(size) + (model_workloads(size) if models else [])
     cache_path = Path(cache) if cache else out.with_name(out.stem + ".measurements.json")
     t0 = time.time()
+    if tune_only:
+        if not tune or not hasattr(runner, "prepare"):
+            raise TargetError("tune_only needs TVM with tune > 0", "tune")
+        measure_all(workloads, runner, cache_path, progress, tune_only=True)
+        return {"runtime": runner.runtime, "tune_only": True, "workloads": len(workloads), "seconds": time.time() - t0}
     meas = measure_all(workloads, runner, cache_path, progress, passes=passes)
     if len(meas) < 4:
         raise TargetError(f"only {len(meas)} workloads could be measured; cannot fit", f"calibration.{runner.runtime}", str(out))
@@ -1004,6 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-models", action="store_true", help="micro-benchmarks only (no whole models)")
     ap.add_argument("--out", help="target file to write the coefficients into (default: the target's own file)")
     ap.add_argument("--cache", help="measurement cache file (default: <out>.measurements.json)")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="with --tune: tune every workload into the shared database and stop (no timing, no fit); "
+                         "the same command without it then times and fits")
     ap.add_argument("--nets", type=int, default=0, metavar="N",
                     help="add the first N random CNNs of the calibration's own stream (NET_SEED; the large grid has 200)")
     ap.add_argument("--blocks", type=int, default=0, metavar="N",
@@ -1014,6 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--tracker needs --key")
     if a.runtime == "torch" and (a.rpc or a.tracker):
         ap.error("--runtime torch times this machine only")
+    if a.tune_only and not (a.runtime == "tvm" and a.tune):
+        ap.error("--tune-only needs --runtime tvm and --tune TRIALS")
     if a.runtime == "tvm" and a.threads and (a.rpc or a.tracker):
         ap.error("--threads sets TVM's threads on this machine; an RPC device runs with its own")
     size = a.size or ("large" if a.runtime == "torch" else "full")
@@ -1025,7 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
     rep = calibrate(a.target, a.runtime, rpc=_hostport(a.rpc, "--rpc"), tracker=_hostport(a.tracker, "--tracker"),
                     key=a.key, tune=a.tune, out=a.out, size=size, cache=a.cache, workloads=workloads,
                     write=not a.dry_run, models=not a.no_models, form=a.form, threads=a.threads,
-                    passes=a.passes or (3 if a.runtime == "torch" else 1))
+                    passes=a.passes or (3 if a.runtime == "torch" else 1), tune_only=a.tune_only)
+    if a.tune_only:
+        print(f"{rep['runtime']}: {rep['workloads']} workloads tuned (or already tuned) in {rep['seconds']:.0f} s; "
+              "run the same command without --tune-only to time them and fit")
+        return 0
     fe, ce = rep["fit_error"], rep["cv_error"]
     print(f"{rep['runtime']}: {len(fe)} timings in {rep['seconds']:.0f} s; fit median |err| {np.median(fe):.1%}, "
           f"within 10%: {np.mean(fe <= 0.1):.0%}, 20%: {np.mean(fe <= 0.2):.0%}"

@@ -118,6 +118,8 @@ def test_cli_rejects_bad_arguments():
         C.main(["--target", "host", "--rpc", "nohostport"])
     with pytest.raises(SystemExit):  # TVM threads are set on this machine, not on a device
         C.main(["--target", "host", "--rpc", "127.0.0.1:9090", "--threads", "2"])
+    with pytest.raises(SystemExit):  # nothing to tune
+        C.main(["--target", "host", "--runtime", "torch", "--tune-only"])
     with pytest.raises(ValueError, match="threads"):
         C.TVMRunner({"kind": "llvm"}, rpc=("127.0.0.1", 9090), threads=2)
 
