@@ -596,11 +596,43 @@ def _workload_key(task_mod: tvm.IRModule, target: tvm.target.Target) -> str:
     return f"{tvm_ffi.structural_hash(task_mod) & 0xFFFFFFFFFFFFFFFF:016x}:{_target_slug(target)}"
 
 
+_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+_open_databases: dict[str, tuple[tuple, Any]] = {}
+
+
+def _database_signature(db_dir: str) -> tuple:
+    sig = []
+    for name in _DATABASE_FILES:
+        try:
+            st = os.stat(os.path.join(db_dir, name))
+            sig.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
 def _open_database(db_dir: str):
+    """The JSON database of ``db_dir``, opened once per process while its files are unchanged.
+
+    JSONDatabase parses every workload when it opens (a few thousand tuned workloads: a 50 MB file,
+    ~20 s), and every compile with a database opened it again. Records this process adds go through
+    the cached object (see ``_remember_database``); a change by another process reopens it."""
     from tvm.s_tir import meta_schedule as ms
 
+    db_dir = os.path.abspath(db_dir)
+    sig = _database_signature(db_dir)
+    hit = _open_databases.get(db_dir)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     os.makedirs(db_dir, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=db_dir, module_equality="structural")
+    db = ms.database.JSONDatabase(work_dir=db_dir, module_equality="structural")
+    _open_databases[db_dir] = (_database_signature(db_dir), db)
+    return db
+
+
+def _remember_database(db_dir: str, db) -> None:
+    """After this process wrote records through ``db``: its files changed, the object is current."""
+    _open_databases[os.path.abspath(db_dir)] = (_database_signature(os.path.abspath(db_dir)), db)
 
 
 def _n_records(db, task_mod: tvm.IRModule) -> int:
@@ -715,6 +747,8 @@ def _tune(
                 manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
     finally:
         builder.close()
+        if db_dir:
+            _remember_database(db_dir, db)
     if db_dir:
         _write_manifest(db_dir, manifest)
     after = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
