@@ -357,3 +357,11 @@ def test_tune_module_then_compile_applies_the_database(tmp_path):
             np.testing.assert_allclose(built.run(x), m(x).numpy(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="tune_trials"):
         tb.tune_module(models[0], (x,), "host", tune_trials=0, work_dir=tmp_path)
+
+
+def test_database_is_opened_once_until_its_files_change(tmp_path):
+    db = tb._open_database(str(tmp_path))
+    assert tb._open_database(str(tmp_path)) is db  # parsing a large database once per process
+    st = os.stat(tmp_path / "database_workload.json")  # another process wrote to it
+    os.utime(tmp_path / "database_workload.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert tb._open_database(str(tmp_path)) is not db
