@@ -9,6 +9,7 @@ decay, an optional extra loss term `penalty(module) -> tensor` — MorphNet's re
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import pickle
@@ -62,20 +63,46 @@ class Trainer:
     eval_batch: int = 1000
 
     def train(self, module: nn.Module, *, epochs: float = 1.0, penalty=None, lr: float | None = None,
-              seed: int | None = None, loss=None) -> None:
+              seed: int | None = None, loss=None, cycles: int = 1, keep_best: bool = False,
+              eval_every: float | None = None) -> None:
         """Train `module` in place: SGD + momentum, cosine schedule from `lr` (default self.lr) to 0 over
         the run. `seed` (default self.seed) seeds the minibatch order: pass a different one per call
         for a fresh order (e.g. iterative retraining). `loss(logits, y, x) -> tensor` replaces the
-        cross entropy (e.g. knowledge distillation); `penalty(module)` is added to either."""
+        cross entropy (e.g. knowledge distillation); `penalty(module)` is added to either.
+
+        `cycles` > 1 splits the run into that many equal cosine cycles, each restarting at `lr` (SGDR,
+        Loshchilov & Hutter 2017), so that every cycle ends at lr 0, at a settled snapshot.
+        `keep_best`: evaluate on the *eval* split at the end of every cycle (and every `eval_every`
+        epochs if given) and load the best-scoring state back at the end, ties to the later one
+        ("retrain to convergence", the stopping point chosen on held-out data, not on the last step).
+        """
+        if cycles < 1:
+            raise ValueError(f"cycles must be >= 1, got {cycles}")
+        if eval_every is not None and eval_every <= 0:
+            raise ValueError(f"eval_every must be > 0 epochs, got {eval_every}")
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         params = [p for p in module.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr or self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        base_lr = lr or self.lr
+        opt = torch.optim.SGD(params, lr=base_lr, momentum=self.momentum, weight_decay=self.weight_decay)
         n = len(self.x_train)
         steps = max(1, int(round(epochs * n / self.batch_size)))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        cycles = min(cycles, steps)
+        ends = [round(steps * c / cycles) for c in range(1, cycles + 1)]  # the last cycle absorbs rounding
+        checks: set[int] = set()
+        if keep_best:
+            checks = set(ends)
+            if eval_every is not None:
+                every = max(1, int(round(eval_every * n / self.batch_size)))
+                checks |= set(range(every, steps + 1, every))
+        best, best_state = -1.0, None
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ends[0])
         module.train()
         perm, pos = torch.randperm(n, generator=gen), 0
-        for _ in range(steps):
+        for step in range(steps):
+            if step in ends[:-1]:  # warm restart: a fresh cosine over the next cycle
+                for grp in opt.param_groups:
+                    grp["lr"] = base_lr
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ends[ends.index(step) + 1] - step)
             if pos + self.batch_size > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
             idx = perm[pos:pos + self.batch_size]
@@ -89,6 +116,13 @@ class Trainer:
             obj.backward()
             opt.step()
             sched.step()
+            if step + 1 in checks:
+                acc = self.evaluate(module)
+                if acc >= best:
+                    best, best_state = acc, copy.deepcopy(module.state_dict())
+                module.train()
+        if best_state is not None:
+            module.load_state_dict(best_state)
         module.eval()
 
     @torch.no_grad()

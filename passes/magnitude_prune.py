@@ -20,8 +20,10 @@ How the per-layer amounts are chosen (never hand-set):
 Then `iterations` rounds of prune → retrain: round i prunes each layer to 1 − (1 − f)^(i/iterations)
 (the same share of the survivors each round), by magnitude of the current (retrained) weights; masks
 only shrink. Retraining goes through ctx.train for `retrain_epochs` per round (the last round for
-`final_retrain_epochs` if set: "retrain to convergence" after the final pruning step) with an L2 penalty of
-strength `l2` on the surviving weights (sec. 3.1: L2 retrains better than L1). Dropout feeding a pruned
+`final_retrain_epochs` if set: "retrain to convergence" after the final pruning step; `final_cycles`,
+`final_keep_best`, `final_eval_every` turn it into cosine cycles with warm restarts and keep the checkpoint
+that scores best on the held-out split ctx.train evaluates on, see `hwopt.data.Trainer.train`) with an L2
+penalty of strength `l2` on the surviving weights (sec. 3.1: L2 retrains better than L1). Dropout feeding a pruned
 layer is rescaled by the paper's rule D_r = D_o·sqrt(C_ir/C_io) (sec. 3.1, `adjust_dropout`). Last,
 neurons and channels left with no live inputs or no live outputs are removed exactly (sec. 3.3,
 `hwopt.sparse.remove_dead_units`: e.g. hidden units of LeNet-300-100).
@@ -45,6 +47,8 @@ for flash; its latency figure for a masked graph is that of the dense graph.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -96,6 +100,9 @@ class MagnitudePrune(Pass):
     iterations: int = 3                       # prune → retrain rounds
     retrain_epochs: float = 1.0               # epochs of ctx.train per round (0: no retraining)
     final_retrain_epochs: Optional[float] = None  # the last round's epochs (default: retrain_epochs)
+    final_cycles: int = 1                     # the last round as this many cosine cycles (warm restarts)
+    final_keep_best: bool = False             # the last round keeps its best checkpoint on ctx's eval split
+    final_eval_every: Optional[float] = None  # ... evaluated also every this many epochs, not just at cycle ends
     l2: float = 0.0                           # L2 penalty strength while retraining
     adjust_dropout: bool = True               # D_r = D_o·sqrt(C_ir/C_io)
     remove_dead: bool = True                  # remove neurons with no live inputs or outputs
@@ -125,6 +132,12 @@ class MagnitudePrune(Pass):
         if self.final_retrain_epochs is not None and self.final_retrain_epochs < 0:
             raise PassError(f"option 'final_retrain_epochs' of pass 'magnitude-prune' must be >= 0, "
                             f"got {self.final_retrain_epochs}")
+        if self.final_cycles < 1:
+            raise PassError(f"option 'final_cycles' of pass 'magnitude-prune' must be >= 1, got {self.final_cycles}")
+        if self.final_eval_every is not None and self.final_eval_every <= 0:
+            raise PassError(f"option 'final_eval_every' of pass 'magnitude-prune' must be > 0, got {self.final_eval_every}")
+        if self.final_eval_every is not None and not self.final_keep_best:
+            raise PassError("option 'final_eval_every' of pass 'magnitude-prune' needs final_keep_best=true")
         if self.l2 < 0:
             raise PassError(f"option 'l2' of pass 'magnitude-prune' must be >= 0, got {self.l2}")
         if not self.scan_fractions or any(not 0.0 < f < 1.0 for f in self.scan_fractions):
@@ -171,6 +184,18 @@ class MagnitudePrune(Pass):
             return self.final_retrain_epochs
         return self.retrain_epochs
 
+    def final_train_options(self) -> dict:
+        """Keyword arguments for ctx.train in the last round (`hwopt.data.Trainer.train` takes them); only
+        the non-default ones, so a ctx.train that knows nothing of them still works without them."""
+        kw = {}
+        if self.final_cycles > 1:
+            kw["cycles"] = self.final_cycles
+        if self.final_keep_best:
+            kw["keep_best"] = True
+            if self.final_eval_every is not None:
+                kw["eval_every"] = self.final_eval_every
+        return kw
+
     def apply(self, graph: Graph, ctx: PassContext, plan: Plan) -> Graph:
         if not plan.fractions or all(f <= 0 for f in plan.fractions.values()):
             return graph
@@ -181,7 +206,10 @@ class MagnitudePrune(Pass):
         for i in range(1, self.iterations + 1):
             step = {k: 1.0 - (1.0 - f) ** (i / self.iterations) for k, f in plan.fractions.items()}
             g = sp.with_masks(g, magnitude_masks(g, step))
-            g = sp.retrain(g, ctx, self.round_epochs(i), self.l2)
+            rctx = ctx
+            if i == self.iterations and self.final_train_options():
+                rctx = dataclasses.replace(ctx, train=functools.partial(ctx.train, **self.final_train_options()))
+            g = sp.retrain(g, rctx, self.round_epochs(i), self.l2)
             if ctx.progress:
                 acc = ctx.evaluate(lower(g)) if ctx.evaluate is not None else float("nan")
                 log.info("magnitude-prune round %d/%d: sparsity %.3f, accuracy %.4f", i, self.iterations,

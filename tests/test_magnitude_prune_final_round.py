@@ -1,0 +1,116 @@
+"""magnitude-prune's last retraining round (cosine cycles, best checkpoint on held-out data) and the
+Trainer.train options behind it. Small subsets, few steps; behaviour only, never timings."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hwopt
+from hwopt import data, models
+from hwopt.passes.magnitude_prune import MagnitudePrune
+
+X1 = torch.zeros(1, 1, 28, 28)
+
+
+def _trainer(**kw):
+    return data.mnist_trainer(512, "val", 200, flat=False, **kw)
+
+
+def _lrs_seen(tr, **kw):
+    """The learning rate of every step of a Trainer.train run."""
+    seen = []
+    step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    torch.manual_seed(0)
+    m = models.lenet_300_100()
+    torch.optim.SGD.step = spy
+    try:
+        tr.train(m, **kw)
+    finally:
+        torch.optim.SGD.step = step
+    return seen
+
+
+def test_default_schedule_unchanged_and_cycles_restart():
+    tr = _trainer(lr=0.1, batch_size=64)  # 512 / 64 = 8 steps per epoch
+    one = _lrs_seen(tr, epochs=2.0)
+    assert len(one) == 16 and one[0] == pytest.approx(0.1) and one == sorted(one, reverse=True)
+    three = _lrs_seen(tr, epochs=3.0, cycles=3)
+    assert len(three) == 24
+    for c in range(3):  # every cycle restarts at lr and decays
+        cyc = three[8 * c:8 * (c + 1)]
+        assert cyc[0] == pytest.approx(0.1) and cyc == sorted(cyc, reverse=True) and cyc[-1] < 0.01
+    with pytest.raises(ValueError, match="cycles"):
+        tr.train(models.lenet_300_100(), epochs=1.0, cycles=0)
+
+
+def test_keep_best_loads_the_best_checkpoint_on_eval():
+    tr = _trainer(lr=0.05, batch_size=64)
+    scores = iter([0.5, 0.9, 0.7, 0.6])  # the 2nd checkpoint is best: its weights must come back
+    states = []
+    orig = tr.evaluate
+
+    def fake(m):
+        states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return next(scores)
+    tr.evaluate = fake
+    torch.manual_seed(0)
+    m = models.lenet_300_100()
+    tr.train(m, epochs=2.0, cycles=2, keep_best=True, eval_every=0.5)  # checks every 4 steps, 16 steps
+    tr.evaluate = orig
+    assert len(states) == 4
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, states[1][k])
+    # without keep_best nothing is evaluated and the last state stays
+    calls = []
+    tr.evaluate = lambda m: calls.append(1) or 1.0
+    tr.train(models.lenet_300_100(), epochs=1.0, eval_every=0.25)
+    tr.evaluate = orig
+    assert calls == []
+
+
+def test_keep_best_is_never_worse_on_eval_than_the_last_step():
+    tr = _trainer(lr=0.2, batch_size=64)
+    torch.manual_seed(1)
+    a, b = models.lenet_300_100(), models.lenet_300_100()
+    b.load_state_dict(a.state_dict())
+    tr.train(a, epochs=2.0, cycles=2, seed=3)
+    tr.train(b, epochs=2.0, cycles=2, seed=3, keep_best=True, eval_every=0.25)
+    assert tr.evaluate(b) >= tr.evaluate(a)
+
+
+def test_pass_sends_final_options_to_the_last_round_only():
+    torch.manual_seed(0)
+    g = hwopt.lift(models.lenet_300_100().eval(), X1)
+    calls = []
+    ctx = hwopt.PassContext(train=lambda m, **kw: calls.append(kw), evaluate=lambda m: 0.5)
+    MagnitudePrune(quality=1.0, iterations=3, retrain_epochs=0.5, final_retrain_epochs=2.0, final_cycles=2,
+                   final_keep_best=True, final_eval_every=0.5).run(g, ctx)
+    assert [c["epochs"] for c in calls] == [0.5, 0.5, 2.0]
+    assert all(set(c) == {"epochs", "penalty"} for c in calls[:2])
+    assert calls[2]["cycles"] == 2 and calls[2]["keep_best"] is True and calls[2]["eval_every"] == 0.5
+    calls.clear()  # defaults: ctx.train sees only the two keywords every callback takes
+    MagnitudePrune(quality=1.0, iterations=2, retrain_epochs=0.5).run(g, ctx)
+    assert all(set(c) == {"epochs", "penalty"} for c in calls)
+    p = hwopt.PassManager.parse("magnitude-prune{quality=1.0,final_cycles=3,final_keep_best=true,final_eval_every=1}")
+    assert p.passes[0].final_train_options() == {"cycles": 3, "keep_best": True, "eval_every": 1.0}
+    with pytest.raises(hwopt.PassError, match="final_cycles"):
+        MagnitudePrune(final_cycles=0)
+    with pytest.raises(hwopt.PassError, match="final_keep_best"):
+        MagnitudePrune(final_eval_every=1.0)
+
+
+def test_pass_with_trainer_keeps_best_on_real_data():
+    tr = _trainer(lr=0.1, batch_size=64)
+    torch.manual_seed(0)
+    m = models.lenet_300_100()
+    tr.train(m, epochs=1.0)
+    g = hwopt.lift(m, X1)
+    ctx = hwopt.PassContext(train=tr.train, evaluate=tr.evaluate)
+    out = MagnitudePrune(sparsity=0.8, iterations=2, retrain_epochs=0.5, final_retrain_epochs=1.0, final_cycles=2,
+                         final_keep_best=True, final_eval_every=0.25).run(g, ctx)
+    assert 0.75 < hwopt.sparse.sparsity(out) < 0.85
+    assert tr.evaluate(hwopt.lower(out)) > 0.5
