@@ -13,6 +13,9 @@ Public API
 ``to_relax(module, example_inputs)`` -> ``tvm.IRModule``
 ``compile_module(module, example_inputs, target, *, tune_trials=0, work_dir=None,
 database=None, tracker=None)`` -> ``CompiledModel``
+``tune_module(module, example_inputs, target, *, tune_trials, ...)`` -> new trials (tunes, no build)
+``database_dir(target, work_dir=None)`` -> the target's tuning-database directory (``database=`` of
+``compile_module``: build with its records, no tuning check)
 ``CompiledModel.run(*inputs, remote=None)`` / ``.benchmark(*inputs, repeat, number,
 min_repeat_ms, remote=None)`` / ``.export(path, cc=None)``
 ``load_exported(path)`` -> ``CompiledModel`` (host libraries only)
@@ -108,10 +111,12 @@ __all__ = [
     "CompiledModel",
     "RemoteSession",
     "compile_module",
+    "database_dir",
     "host_cpu",
     "load_exported",
     "remote_session",
     "to_relax",
+    "tune_module",
     "tvm_target",
 ]
 
@@ -1062,6 +1067,14 @@ def _default_work_dir() -> str:
     )
 
 
+def database_dir(target: dict | str | tvm.target.Target = "host", work_dir: str | os.PathLike | None = None) -> str:
+    """The directory of ``target``'s shared tuning database under ``work_dir`` (default: as for
+    :func:`compile_module`). Pass it as ``database=`` to build with the records already there and
+    without the tuning check (re-extracting the tasks and comparing them with the manifest)."""
+    root = os.fspath(work_dir) if work_dir is not None else _default_work_dir()
+    return os.path.join(root, _target_slug(tvm_target(target)), DATABASE_LAYOUT)
+
+
 def _tuned(
     module,
     inputs: tuple,
@@ -1100,8 +1113,7 @@ def _tuned(
         else:
             db = database
     elif work_dir is not None or tune_trials > 0:
-        root = os.fspath(work_dir) if work_dir is not None else _default_work_dir()
-        db_dir = os.path.join(root, _target_slug(tgt), DATABASE_LAYOUT)
+        db_dir = database_dir(tgt, work_dir)
         if tune_trials > 0 or os.path.isdir(db_dir):
             db = _open_database(db_dir)
 

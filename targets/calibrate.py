@@ -2,8 +2,8 @@
 
     hwopt calibrate --target T [--runtime tvm|torch] [--rpc HOST:PORT | --tracker HOST:PORT --key K]
                     [--tune TRIALS] [--size tiny|small|full|large] [--form auto|terms|roofline]
-                    [--threads N] [--passes N] [--blocks N] [--nets N] [--tune-only] [--cache PATH]
-                    [--out PATH] [--dry-run]
+                    [--threads N] [--passes N] [--blocks N] [--nets N] [--small-nets N] [--tune-only]
+                    [--cache PATH] [--out PATH] [--dry-run]
 
 1. Workloads: a grid of micro-benchmarks (each op kind over shapes: conv k=3/5/7 with and without
    BN+activation, pointwise, depthwise, dense, standalone elementwise, pooling, concat; "large" adds
@@ -478,6 +478,7 @@ class TVMRunner:
         self.schedules = (f"TVM 0.27 Relax, MetaSchedule-tuned ({self.tune_trials} trials per workload)" if self.tune_trials
                           else "TVM 0.27 Relax default schedules (LegalizeOps TIR, no tuning: single-threaded loop nests)")
         self._session = None
+        self._database = None  # the tuning database directory, once prepare() has tuned into it
 
     def ident(self) -> str:
         import tvm
@@ -489,6 +490,11 @@ class TVMRunner:
         backend = _backend()
         if backend is not None:
             tracker = (self.tracker[0], int(self.tracker[1]), self.key) if (self.tracker and self.tune_trials) else None
+            if self._database is not None:
+                # tuned by prepare(): build with the records as they are. With tune_trials the backend
+                # would re-extract the tasks and check each against the manifest, ~5 s per model, on
+                # every timing pass.
+                return backend.compile_module(module, (example,), self.target_dict, database=self._database)
             return backend.compile_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
                                           work_dir=self.work_dir, tracker=tracker)
         import torch
@@ -515,6 +521,7 @@ class TVMRunner:
             tracker = (self.tracker[0], int(self.tracker[1]), self.key) if self.tracker else None
             backend.tune_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
                                 work_dir=self.work_dir, tracker=tracker)
+            self._database = backend.database_dir(self.target_dict, self.work_dir)
 
     def _remote(self):
         if self._session is None:
@@ -1021,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the same command without it then times and fits")
     ap.add_argument("--nets", type=int, default=0, metavar="N",
                     help="add the first N random CNNs of the calibration's own stream (NET_SEED; the large grid has 200)")
+    ap.add_argument("--small-nets", type=int, default=0, metavar="N",
+                    help="add the first N small random CNNs (32x32 input, widths <= 48) of the calibration's own stream "
+                         "(NET_SEED; the large grid has 40): the regime of small deployable nets")
     ap.add_argument("--blocks", type=int, default=0, metavar="N",
                     help="add the first N random blocks (at most 16x16 maps) of the large grid (e.g. for a small tuned grid)")
     ap.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
@@ -1035,10 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--threads sets TVM's threads on this machine; an RPC device runs with its own")
     size = a.size or ("large" if a.runtime == "torch" else "full")
     workloads = None
-    if a.blocks or a.nets:
+    if a.blocks or a.nets or a.small_nets:
         workloads = (micro_grid(size) + [w for w in wide_grid() if w.kind == "block" and w.p["hw"] <= 16][:a.blocks]
                      + (model_workloads(size) if not a.no_models else []))
-        workloads += [w for w in net_workloads(a.nets) if w not in workloads]
+        workloads += [w for w in net_workloads(a.nets) + net_workloads(a.small_nets, small=True) if w not in workloads]
     rep = calibrate(a.target, a.runtime, rpc=_hostport(a.rpc, "--rpc"), tracker=_hostport(a.tracker, "--tracker"),
                     key=a.key, tune=a.tune, out=a.out, size=size, cache=a.cache, workloads=workloads,
                     write=not a.dry_run, models=not a.no_models, form=a.form, threads=a.threads,

@@ -359,6 +359,28 @@ def test_tune_module_then_compile_applies_the_database(tmp_path):
         tb.tune_module(models[0], (x,), "host", tune_trials=0, work_dir=tmp_path)
 
 
+def test_calibration_runner_times_a_prepared_model_without_the_tuning_check(tmp_path, monkeypatch):
+    # calibrate/cost_fidelity: prepare() tunes every model, then each timing pass builds from the
+    # database as it is (re-checking the tasks against the manifest cost ~5 s per model and pass)
+    from hwopt.targets.calibrate import TVMRunner
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 16, 16)
+    m = _PoolHead(1).eval()
+    runner = TVMRunner(tb._host_spec(), tune_trials=2, work_dir=str(tmp_path))
+    runner.prepare(m, x)
+    assert runner._database == tb.database_dir(tb._host_spec(), tmp_path)
+    assert os.path.isfile(os.path.join(runner._database, "database_workload.json"))
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("a prepared model was tuned (or checked) again")
+
+    monkeypatch.setattr(tb, "_tune", no_tuning)
+    built = runner.build(m, x)
+    assert built.tuned and set(built.schedules.values()) == {"tuned"} and built.tuning_trials == 0
+    assert runner.measure(m, x) > 0
+
+
 def test_database_is_opened_once_until_its_files_change(tmp_path):
     db = tb._open_database(str(tmp_path))
     assert tb._open_database(str(tmp_path)) is db  # parsing a large database once per process
