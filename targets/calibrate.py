@@ -23,7 +23,7 @@
    weighted over isolated kernels, see SAMPLE_WEIGHTS) or "roofline" (`fit_coefficients`: per kind
    compute/memory efficiency and overhead and the roofline exponent, least squares on log latency);
    by default ("auto") both are fit and the one with the lower held-out error is written (terms for
-   the host's 612 torch timings, roofline for its 94 TVM-default and 98 tuned ones). See cost.py.
+   the host's 612 torch timings, roofline for its 94 TVM-default and 118 tuned ones). See cost.py.
 
 Measurements are cached in `<out>.measurements.json` keyed by runtime, TVM target and workload, so an
 interrupted run resumes where it stopped.

@@ -1,0 +1,101 @@
+"""How reproducible is a MetaSchedule-tuned latency? The ceiling of any cost model of "tuned" latency.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/tuning_noise.py [--archs 5] [--repeats 3] [--tune 8] [--passes 2]
+                                                         [--work-dir DIR [--tune-only]]
+
+Takes the first `--archs` architectures of bench/cost_fidelity.py's stream (same generator, same seed,
+`--small`), tunes each `--repeats` times from scratch, every time into a fresh, empty database (MetaSchedule
+draws a new random seed per tuning run), builds and times each result on this machine with the thread count
+of the host's tvm-tuned calibration table, all timings round robin `--passes` times, keeping each one's
+minimum. Prints per architecture the latencies of the repeats and their spread (max/min), and over all
+architectures how well one tuning run's latency predicts another's of the same architecture, and how
+well the mean of the other runs does (median |error|, share within ±10 % / ±20 %). A cost model that
+knew each architecture's expected tuned latency exactly would score about the second against a single
+tuning run: a ceiling for bench/cost_fidelity.py's figures at the same trial count.
+--work-dir keeps the databases (default: a temporary directory); a repeated run with the same one
+tunes nothing again, so `--tune-only` can tune while the machine is busy and the timing wait for a
+quiet one.
+Its own runtime at the end.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tune", type=int, default=8, help="MetaSchedule trials per task")
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=20240611, help="architecture stream (cost_fidelity's default)")
+    ap.add_argument("--work-dir", help="keep the per-run databases here (reused by a later run)")
+    ap.add_argument("--tune-only", action="store_true", help="tune every run and stop (needs --work-dir)")
+    a = ap.parse_args(argv)
+    if a.archs < 1 or a.repeats < 2 or a.tune < 1:
+        ap.error("--archs >= 1, --repeats >= 2 and --tune >= 1 are needed")
+    if a.tune_only and not a.work_dir:
+        ap.error("--tune-only needs --work-dir (where the databases are kept for the timing run)")
+    t_start = time.time()
+
+    from hwopt import tvm_backend as tb
+    from hwopt.targets import load_target
+    from hwopt.targets.calibrate import TVMRunner, random_cnn
+
+    host = load_target("host")
+    threads = load_target("host", runtime="tvm-tuned").calibration_info.get("threads") \
+        if "tvm-tuned" in host.calibration else None
+    if threads:  # as the calibration and cost_fidelity time
+        TVMRunner(host.tvm_target, threads=threads)
+    rng = np.random.default_rng(a.seed)
+    archs = [random_cnn(rng, small=True) for _ in range(a.archs)]
+    print(f"tuning_noise: {a.archs} architectures x {a.repeats} independent tuning runs at {a.tune} trials/task, "
+          f"host {host.tvm_target.get('mcpu')}, TVM threads {threads or 'default'}", flush=True)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="hwopt_tuning_noise_") as tmp:
+        root = a.work_dir or tmp
+        for i, (m, x, desc) in enumerate(archs):
+            for r in range(a.repeats):
+                t0 = time.time()
+                work_dir = os.path.join(root, f"seed{a.seed}-arch{i}-run{r}")
+                if a.tune_only:
+                    n = tb.tune_module(m, (x,), host.tvm_target, tune_trials=a.tune, work_dir=work_dir)
+                else:
+                    cm = tb.compile_module(m, (x,), host.tvm_target, tune_trials=a.tune, work_dir=work_dir)
+                    built[i, r], n = cm, cm.tuning_trials
+                print(f"  arch {i} run {r}: {n} new trials in {time.time() - t0:.0f} s", flush=True)
+        if a.tune_only:
+            print(f"tuned into {root}; total runtime {time.time() - t_start:.0f} s")
+            return 0
+        meas = {k: np.inf for k in built}
+        for _ in range(max(1, a.passes)):
+            for (i, r), cm in built.items():
+                x = archs[i][1].numpy()
+                meas[i, r] = min(meas[i, r], float(cm.benchmark(x, repeat=7, number=1, min_repeat_ms=20)["min_ms"]))
+    pair, loo = [], []
+    for i, (_, _, desc) in enumerate(archs):
+        lat = np.array([meas[i, r] for r in range(a.repeats)])
+        for r in range(a.repeats):
+            others = np.delete(lat, r)
+            pair.extend(np.abs(lat[r] / others - 1))
+            loo.append(abs(lat[r] / others.mean() - 1))
+        print(f"  arch {i}: {' '.join(f'{v:8.3f}' for v in lat)} ms  max/min {lat.max() / lat.min():.2f}  {desc}")
+    for name, d in (("one run predicting another", np.array(pair)),
+                    ("mean of the other runs predicting a run", np.array(loo))):
+        print(f"{name:<40}: median |err| {np.median(d):5.1%}, within ±10 % {np.mean(d <= 0.10):5.1%}, "
+              f"within ±20 % {np.mean(d <= 0.20):5.1%}  ({len(d)} comparisons, {a.tune} trials/task)")
+    print(f"total runtime {time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
