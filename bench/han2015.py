@@ -190,7 +190,7 @@ def run_model(name, cfg, args, xtest, ytest, out):
     print(f"\n[{name}] baseline: {epochs} epochs in {t_train:.0f}s, test error {100 * err0:.2f} %")
     retrain_lr = lr * args.retrain_lr_scale
     batches = [(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)]
-    variants = [("Han", None)] + ([("Han+KD", distillation(teacher))] if args.kd else [])
+    variants = [("Han", None)] + ([("Han+KD", distillation(teacher, alpha=args.kd_alpha))] if args.kd else [])
     plans = {}  # the sensitivity scan of each stage's input is the same for both variants at stage 1
     for label, loss in variants:
         ctx = hwopt.PassContext(train=retrainer(tr, retrain_lr, args.seed, loss), evaluate=tr.evaluate,
@@ -336,6 +336,8 @@ def main(argv=None):
                     help="how the sensitivity scan turns the sparsity target into per-layer fractions")
     ap.add_argument("--no-kd", dest="kd", action="store_false",
                     help="skip the extra 'Han+KD' rows (retraining distilled from the unpruned net)")
+    ap.add_argument("--kd-alpha", type=float, default=KD_ALPHA,
+                    help="Han+KD: weight of the soft (teacher) targets in the retraining loss, the rest on the labels")
     ap.add_argument("--out", default="/tmp/hwopt_han2015", help="where the sensitivity PNGs go")
     ap.add_argument("--save", metavar="JSON", help="write the result rows (all seeds) to this file")
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
@@ -351,6 +353,8 @@ def main(argv=None):
             ap.error(f"--summarize: the files mix test split sizes {sorted(ntest)}")
         seed_summary(rows, ntest.pop())
         return
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        ap.error(f"--kd-alpha must be within [0, 1], got {args.kd_alpha}")
     if args.final_eval_every is not None and args.final_eval_every <= 0:
         args.final_eval_every = None
     name = "smoke" if args.smoke else "quick" if args.quick else "full"

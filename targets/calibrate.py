@@ -540,9 +540,13 @@ class TVMRunner:
         return self._session
 
     def measure(self, module, example) -> float:
+        return self.time_built(self.build(module, example), example)
+
+    def time_built(self, ex, example) -> float:
+        """Time what `build` returned (a caller timing one model several times builds it once: LLVM
+        code generation takes seconds per model, timing it tens of milliseconds)."""
         import tvm
         from tvm import relax
-        ex = self.build(module, example)
         remote = self._remote() if (self.rpc or self.tracker) else None
         if hasattr(ex, "benchmark"):  # hwopt.tvm_backend.CompiledModel
             r = ex.benchmark(example.numpy(), repeat=7, number=1, min_repeat_ms=20, remote=remote)
