@@ -88,7 +88,8 @@ More seeds at 12x (2026-11-24; seeds 3-5 new, the same commands with --seed(s); 
     distillation (5 seeds, mean -1.4 images) and not with the paper's plain protocol (+1.6); LeNet-300-100
     is ~3 images (0.03 pt) short on the 6-seed mean with the default or the 8-round schedule, and
     further with a longer last round or a stronger retraining L2 (and distillation was worse on it:
-    +6 / +10 on seeds 0 / 1). These variants were compared on the test split: a selection, reported
+    +6 / +10 on seeds 0 / 1; with --kd-alpha 0.5, +14 / +12 on seeds 0 / 3, stopped there, while the
+    Han rows of the same runs reproduced +2 / +6 exactly). These variants were compared on the test split: a selection, reported
     in full here. Per-seed noise (±10 images) is larger than every difference between
     protocols measured here; the LeNet-300-100 shortfall is smaller than one seed's noise but shows on
     the mean of 6.
