@@ -23,6 +23,10 @@ Measured (2026-11-24, host, quiet machine; `--n 40 --small --tune 8 --passes 2 -
 architectures tuned beforehand with `--tune-only`, ~65-90 s each idle, ~3 min at load 5):
     tvm-tuned    n=40  within ±10 % 22.5 %  within ±20 % 47.5 %  median |err| 22.0 %  Spearman 0.943
     torch-eager  n=40  within ±10 % 65.0 %  within ±20 % 90.0 %  median |err|  8.0 %  Spearman 0.948
+Re-run with each architecture built once for both passes (`--no-torch`, 756 s, of which 304 s
+re-checking the 40 against the database and 449 s building and timing; the TVM part took 1241 s
+when every pass rebuilt): 20.0 % / 45.0 %, median 21.6 %, Spearman 0.943 (timing noise moves an
+architecture or two across the ±10 % line).
 (tvm-tuned table: 118 timings incl. 20 small random nets of the calibration's own stream; with the
 earlier table of 98 timings and no small nets, 32 of these architectures: 15.6 % / 34.4 %, median
 31.2 %, mostly over-predicted.) What limits the tuned figure is the measured latency itself: at 8
