@@ -1047,6 +1047,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--tune-only needs --runtime tvm and --tune TRIALS")
     if a.runtime == "tvm" and a.threads and (a.rpc or a.tracker):
         ap.error("--threads sets TVM's threads on this machine; an RPC device runs with its own")
+    for opt in ("nets", "small_nets", "blocks"):
+        if getattr(a, opt) < 0:
+            ap.error(f"--{opt.replace('_', '-')} must be >= 0, got {getattr(a, opt)}")
     size = a.size or ("large" if a.runtime == "torch" else "full")
     workloads = None
     if a.blocks or a.nets or a.small_nets:

@@ -120,6 +120,9 @@ def test_cli_rejects_bad_arguments():
         C.main(["--target", "host", "--rpc", "127.0.0.1:9090", "--threads", "2"])
     with pytest.raises(SystemExit):  # nothing to tune
         C.main(["--target", "host", "--runtime", "torch", "--tune-only"])
+    for opt in ("--nets", "--small-nets", "--blocks"):
+        with pytest.raises(SystemExit):
+            C.main(["--target", "host", "--dry-run", opt, "-1"])
     with pytest.raises(ValueError, match="threads"):
         C.TVMRunner({"kind": "llvm"}, rpc=("127.0.0.1", 9090), threads=2)
 
