@@ -89,10 +89,10 @@ More seeds at 12x (2026-11-24; seeds 3-5 new, the same commands with --seed(s); 
     is ~3 images (0.03 pt) short on the 6-seed mean with the default or the 8-round schedule, and
     further with a longer last round or a stronger retraining L2 (and distillation was worse on it:
     +6 / +10 on seeds 0 / 1; with --kd-alpha 0.5, +14 / +12 on seeds 0 / 3, stopped there, while the
-    Han rows of the same runs reproduced +2 / +6 exactly). These variants were compared on the test split: a selection, reported
-    in full here. Per-seed noise (±10 images) is larger than every difference between
-    protocols measured here; the LeNet-300-100 shortfall is smaller than one seed's noise but shows on
-    the mean of 6.
+    Han rows of the same runs reproduced +2 / +6 exactly). These variants were compared on the test
+    split: a selection, reported in full here. Per-seed noise (±10 images) is larger than every
+    difference between protocols measured here; the LeNet-300-100 shortfall is smaller than one seed's
+    noise but shows on the mean of 6.
 OBD vs magnitude, test error % after 2x2 retraining epochs, 80 / 90 / 95 % sparsity: LeNet-300-100
 magnitude 1.53 / 1.62 / 1.65, OBD 1.51 / 1.66 / 2.17; LeNet-5 magnitude 0.97 / 0.98 / 1.08, OBD
 1.03 / 1.04 / 1.38 (one-shot, no retraining, OBD is far worse: 10.6 % vs 3.8 % at 90 % on LeNet-300-100).

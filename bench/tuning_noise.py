@@ -56,13 +56,13 @@ def main(argv=None) -> int:
 
     from hwopt import tvm_backend as tb
     from hwopt.targets import load_target
-    from hwopt.targets.calibrate import TVMRunner, random_cnn
+    from hwopt.targets.calibrate import random_cnn, set_tvm_threads
 
     host = load_target("host")
     threads = load_target("host", runtime="tvm-tuned").calibration_info.get("threads") \
         if "tvm-tuned" in host.calibration else None
     if threads:  # as the calibration and cost_fidelity time
-        TVMRunner(host.tvm_target, threads=threads)
+        set_tvm_threads(threads)
     rng = np.random.default_rng(a.seed)
     archs = [random_cnn(rng, small=True) for _ in range(a.archs)]
     print(f"tuning_noise: {a.archs} architectures x {a.repeats} independent tuning runs at {a.tune} trials/task, "

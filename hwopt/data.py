@@ -88,6 +88,7 @@ class Trainer:
         steps = max(1, int(round(epochs * n / self.batch_size)))
         cycles = min(cycles, steps)
         ends = [round(steps * c / cycles) for c in range(1, cycles + 1)]  # the last cycle absorbs rounding
+        restarts = {start: end - start for start, end in zip(ends[:-1], ends[1:])}  # step -> next cycle's length
         checks: set[int] = set()
         if keep_best:
             checks = set(ends)
@@ -99,10 +100,10 @@ class Trainer:
         module.train()
         perm, pos = torch.randperm(n, generator=gen), 0
         for step in range(steps):
-            if step in ends[:-1]:  # warm restart: a fresh cosine over the next cycle
+            if step in restarts:  # warm restart: a fresh cosine over the next cycle
                 for grp in opt.param_groups:
                     grp["lr"] = base_lr
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ends[ends.index(step) + 1] - step)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, restarts[step])
             if pos + self.batch_size > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
             idx = perm[pos:pos + self.batch_size]

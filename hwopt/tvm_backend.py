@@ -631,13 +631,15 @@ def _open_database(db_dir: str):
         return hit[1]
     os.makedirs(db_dir, exist_ok=True)
     db = ms.database.JSONDatabase(work_dir=db_dir, module_equality="structural")
-    _open_databases[db_dir] = (_database_signature(db_dir), db)
+    _remember_database(db_dir, db)  # opening may create the files: sign them after
     return db
 
 
 def _remember_database(db_dir: str, db) -> None:
-    """After this process wrote records through ``db``: its files changed, the object is current."""
-    _open_databases[os.path.abspath(db_dir)] = (_database_signature(os.path.abspath(db_dir)), db)
+    """``db`` is current for ``db_dir``'s files as they are now (after opening it, or after this process
+    wrote records through it)."""
+    db_dir = os.path.abspath(db_dir)
+    _open_databases[db_dir] = (_database_signature(db_dir), db)
 
 
 def _n_records(db, task_mod: tvm.IRModule) -> int:

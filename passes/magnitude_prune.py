@@ -202,13 +202,14 @@ class MagnitudePrune(Pass):
         if max(self.round_epochs(i) for i in range(1, self.iterations + 1)) > 0 and ctx.train is None:
             raise PassError("pass 'magnitude-prune' needs train in the PassContext to retrain "
                             "(or set retrain_epochs=0)")
+        final = self.final_train_options()
+        final_ctx = (dataclasses.replace(ctx, train=functools.partial(ctx.train, **final))
+                     if final and ctx.train is not None else ctx)
         g = graph
         for i in range(1, self.iterations + 1):
             step = {k: 1.0 - (1.0 - f) ** (i / self.iterations) for k, f in plan.fractions.items()}
             g = sp.with_masks(g, magnitude_masks(g, step))
-            rctx = ctx
-            if i == self.iterations and self.final_train_options():
-                rctx = dataclasses.replace(ctx, train=functools.partial(ctx.train, **self.final_train_options()))
+            rctx = final_ctx if i == self.iterations else ctx
             g = sp.retrain(g, rctx, self.round_epochs(i), self.l2)
             if ctx.progress:
                 acc = ctx.evaluate(lower(g)) if ctx.evaluate is not None else float("nan")

@@ -454,6 +454,14 @@ class TorchRunner:
         return float(np.min(times) * 1e3)  # the minimum: robust to other load on the machine
 
 
+def set_tvm_threads(threads: int) -> None:
+    """TVM runtime threads on this machine: TVM_NUM_THREADS (inherited by MetaSchedule's measuring
+    subprocesses) and the thread pool of this process."""
+    import tvm
+    os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+
+
 class TVMRunner:
     """TVM Relax: torch.export -> from_exported_program -> relax.build (default schedules, or
     MetaSchedule-tuned with `tune_trials`) for `target_dict`; timed by the VM's time_evaluator on this
@@ -469,9 +477,7 @@ class TVMRunner:
         if self.threads:
             if self.rpc or self.tracker:
                 raise ValueError("TVMRunner: threads applies to this machine, not to an RPC device")
-            import tvm
-            os.environ["TVM_NUM_THREADS"] = str(self.threads)
-            tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
+            set_tvm_threads(self.threads)
         self.tune_trials = int(tune_trials)
         self.work_dir = work_dir
         self.runtime = "tvm-tuned" if self.tune_trials else "tvm-default"
@@ -489,12 +495,12 @@ class TVMRunner:
         """Compile with hwopt.tvm_backend when it is there (the deploy path), else the same flow inline."""
         backend = _backend()
         if backend is not None:
-            tracker = (self.tracker[0], int(self.tracker[1]), self.key) if (self.tracker and self.tune_trials) else None
             if self._database is not None:
                 # tuned by prepare(): build with the records as they are. With tune_trials the backend
                 # would re-extract the tasks and check each against the manifest, ~5 s per model, on
                 # every timing pass.
                 return backend.compile_module(module, (example,), self.target_dict, database=self._database)
+            tracker = (self.tracker[0], int(self.tracker[1]), self.key) if (self.tracker and self.tune_trials) else None
             return backend.compile_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
                                           work_dir=self.work_dir, tracker=tracker)
         import torch
