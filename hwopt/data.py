@@ -64,7 +64,7 @@ class Trainer:
 
     def train(self, module: nn.Module, *, epochs: float = 1.0, penalty=None, lr: float | None = None,
               seed: int | None = None, loss=None, cycles: int = 1, keep_best: bool = False,
-              eval_every: float | None = None) -> None:
+              eval_every: float | None = None, average: bool = False) -> None:
         """Train `module` in place: SGD + momentum, cosine schedule from `lr` (default self.lr) to 0 over
         the run. `seed` (default self.seed) seeds the minibatch order: pass a different one per call
         for a fresh order (e.g. iterative retraining). `loss(logits, y, x) -> tensor` replaces the
@@ -75,9 +75,14 @@ class Trainer:
         `keep_best`: evaluate on the *eval* split at the end of every cycle (and every `eval_every`
         epochs if given) and load the best-scoring state back at the end, ties to the later one
         ("retrain to convergence", the stopping point chosen on held-out data, not on the last step).
+        `average`: end with the mean of the cycle-end weights instead of the last ones (stochastic weight
+        averaging over the SGDR snapshots, Izmailov et al. 2018; BatchNorm statistics are then recomputed
+        on training batches, as the averaged weights have none of their own).
         """
         if cycles < 1:
             raise ValueError(f"cycles must be >= 1, got {cycles}")
+        if average and keep_best:
+            raise ValueError("average and keep_best exclude each other (one ends on a mean, the other on a pick)")
         if eval_every is not None and eval_every <= 0:
             raise ValueError(f"eval_every must be > 0 epochs, got {eval_every}")
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
@@ -96,6 +101,7 @@ class Trainer:
                 every = max(1, int(round(eval_every * n / self.batch_size)))
                 checks |= set(range(every, steps + 1, every))
         best, best_state = -1.0, None
+        mean_state, snapshots = None, 0
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ends[0])
         module.train()
         perm, pos = torch.randperm(n, generator=gen), 0
@@ -117,6 +123,9 @@ class Trainer:
             obj.backward()
             opt.step()
             sched.step()
+            if average and step + 1 in ends:
+                snapshots += 1
+                mean_state = _running_mean(mean_state, module.state_dict(), snapshots)
             if step + 1 in checks:
                 acc = self.evaluate(module)
                 if acc >= best:
@@ -124,6 +133,11 @@ class Trainer:
                 module.train()
         if best_state is not None:
             module.load_state_dict(best_state)
+        if mean_state is not None and snapshots > 1:
+            module.load_state_dict(mean_state)
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+                batches = [self.x_train[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+                torch.optim.swa_utils.update_bn(batches, module)
         module.eval()
 
     @torch.no_grad()
@@ -133,6 +147,15 @@ class Trainer:
         for i in range(0, len(self.x_eval), self.eval_batch):
             correct += int((module(self.x_eval[i:i + self.eval_batch]).argmax(1) == self.y_eval[i:i + self.eval_batch]).sum())
         return correct / len(self.x_eval)
+
+
+def _running_mean(mean: dict | None, state: dict, count: int) -> dict:
+    """The mean of `count` state dicts, given that of the first count − 1 and the count-th; non-float
+    entries (counters) take the latest value."""
+    if mean is None:
+        return {k: v.detach().clone() for k, v in state.items()}
+    return {k: (mean[k] + (v.detach() - mean[k]) / count) if v.is_floating_point() else v.detach().clone()
+            for k, v in state.items()}
 
 
 def mnist_trainer(train_limit: int | None = None, eval_split: str = "val", eval_limit: int | None = None,

@@ -17,14 +17,20 @@ How the per-layer amounts are chosen (never hand-set):
 - `quality=q`: the paper's rule, threshold = q × std of the layer's weights (no scan); the resulting
   fraction per layer is measured once on the incoming weights and then treated like the above.
 
-Then `iterations` rounds of prune → retrain: round i prunes each layer to 1 − (1 − f)^(i/iterations)
-(the same share of the survivors each round), by magnitude of the current (retrained) weights; masks
-only shrink. Retraining goes through ctx.train for `retrain_epochs` per round (the last round for
-`final_retrain_epochs` if set: "retrain to convergence" after the final pruning step; `final_cycles`,
-`final_keep_best`, `final_eval_every` turn it into cosine cycles with warm restarts and keep the checkpoint
-that scores best on the held-out split ctx.train evaluates on, see `hwopt.data.Trainer.train`) with an L2
-penalty of strength `l2` on the surviving weights (sec. 3.1: L2 retrains better than L1). Dropout feeding a pruned
-layer is rescaled by the paper's rule D_r = D_o·sqrt(C_ir/C_io) (sec. 3.1, `adjust_dropout`). Last,
+Then `iterations` rounds of prune → retrain: round i prunes each layer to its round-i fraction, by
+magnitude of the current (retrained) weights; masks only shrink. `schedule="geometric"` (default):
+1 − (1 − f)^(i/iterations), the same share of the survivors each round. `schedule="cubic"` (Zhu & Gupta
+2017, "To prune, or not to prune", eq. 1): f + (f₀ − f)(1 − i/iterations)³ from the layer's incoming
+sparsity f₀: most of the pruning early, while the net has weights to spare, and a small last step, so
+the long last round starts close to where it ends.
+Retraining goes through ctx.train for `retrain_epochs` per round, the last round for
+`final_retrain_epochs` if set ("retrain to convergence" after the final pruning step). `final_cycles`
+makes the last round cosine cycles with warm restarts; `final_keep_best` (with `final_eval_every`) keeps
+the checkpoint that scores best on the held-out split ctx.train evaluates on; `final_average` ends on
+the mean of the cycle-end weights instead (stochastic weight averaging, Izmailov et al. 2018); see
+`hwopt.data.Trainer.train`. An L2 penalty of strength `l2` acts on the surviving weights (sec. 3.1: L2
+retrains better than L1). Dropout feeding a pruned layer is rescaled by the paper's rule
+D_r = D_o·sqrt(C_ir/C_io) (sec. 3.1, `adjust_dropout`). Last,
 neurons and channels left with no live inputs or no live outputs are removed exactly (sec. 3.3,
 `hwopt.sparse.remove_dead_units`: e.g. hidden units of LeNet-300-100).
 
@@ -79,6 +85,20 @@ def magnitude_masks(graph: Graph, fractions: dict[str, float]) -> dict[str, torc
             for k, f in fractions.items()}
 
 
+def geometric_fraction(start: float, final: float, t: float) -> float:
+    """Pruned fraction at progress t ∈ (0, 1]: the same share of the survivors in each round (from the dense
+    net; a layer already past the round's fraction keeps its mask, as masks only shrink)."""
+    return 1.0 - (1.0 - final) ** t
+
+
+def cubic_fraction(start: float, final: float, t: float) -> float:
+    """Zhu & Gupta 2017, eq. 1: s_t = s_f + (s_i − s_f)(1 − t)³ from the incoming sparsity s_i."""
+    return final + (start - final) * (1.0 - t) ** 3
+
+
+SCHEDULES = {"geometric": geometric_fraction, "cubic": cubic_fraction}
+
+
 @dataclass
 class Plan:
     """What a magnitude-prune run decided: per-layer final fractions, the scan behind them."""
@@ -98,11 +118,13 @@ class MagnitudePrune(Pass):
     max_accuracy_drop: float = 0.01           # per-layer budget when no sparsity / quality is given
     allocation: str = "equal-drop"            # sparsity → per layer: "equal-drop" | "min-drop" (hwopt.sensitivity)
     iterations: int = 3                       # prune → retrain rounds
+    schedule: str = "geometric"               # per-round fractions: "geometric" | "cubic" (Zhu & Gupta 2017)
     retrain_epochs: float = 1.0               # epochs of ctx.train per round (0: no retraining)
     final_retrain_epochs: Optional[float] = None  # the last round's epochs (default: retrain_epochs)
     final_cycles: int = 1                     # the last round as this many cosine cycles (warm restarts)
     final_keep_best: bool = False             # the last round keeps its best checkpoint on ctx's eval split
     final_eval_every: Optional[float] = None  # ... evaluated also every this many epochs, not just at cycle ends
+    final_average: bool = False               # the last round ends on the mean of its cycle-end weights (SWA)
     l2: float = 0.0                           # L2 penalty strength while retraining
     adjust_dropout: bool = True               # D_r = D_o·sqrt(C_ir/C_io)
     remove_dead: bool = True                  # remove neurons with no live inputs or outputs
@@ -125,6 +147,9 @@ class MagnitudePrune(Pass):
         if self.allocation not in sens.ALLOCATIONS:
             raise PassError(f"option 'allocation' of pass 'magnitude-prune' must be one of {sorted(sens.ALLOCATIONS)}, "
                             f"got {self.allocation!r}")
+        if self.schedule not in SCHEDULES:
+            raise PassError(f"option 'schedule' of pass 'magnitude-prune' must be one of {sorted(SCHEDULES)}, "
+                            f"got {self.schedule!r}")
         if self.iterations < 1:
             raise PassError(f"option 'iterations' of pass 'magnitude-prune' must be >= 1, got {self.iterations}")
         if self.retrain_epochs < 0:
@@ -138,6 +163,11 @@ class MagnitudePrune(Pass):
             raise PassError(f"option 'final_eval_every' of pass 'magnitude-prune' must be > 0, got {self.final_eval_every}")
         if self.final_eval_every is not None and not self.final_keep_best:
             raise PassError("option 'final_eval_every' of pass 'magnitude-prune' needs final_keep_best=true")
+        if self.final_average and self.final_cycles < 2:
+            raise PassError("option 'final_average' of pass 'magnitude-prune' averages the last round's cycle ends: "
+                            f"it needs final_cycles >= 2, got {self.final_cycles}")
+        if self.final_average and self.final_keep_best:
+            raise PassError("options 'final_average' and 'final_keep_best' of pass 'magnitude-prune' exclude each other")
         if self.l2 < 0:
             raise PassError(f"option 'l2' of pass 'magnitude-prune' must be >= 0, got {self.l2}")
         if not self.scan_fractions or any(not 0.0 < f < 1.0 for f in self.scan_fractions):
@@ -190,6 +220,8 @@ class MagnitudePrune(Pass):
         kw = {}
         if self.final_cycles > 1:
             kw["cycles"] = self.final_cycles
+        if self.final_average:
+            kw["average"] = True
         if self.final_keep_best:
             kw["keep_best"] = True
             if self.final_eval_every is not None:
@@ -206,8 +238,9 @@ class MagnitudePrune(Pass):
         final_ctx = (dataclasses.replace(ctx, train=functools.partial(ctx.train, **final))
                      if final and ctx.train is not None else ctx)
         g = graph
+        start = {k: 1.0 - float(sp.current_mask(graph[k]).mean()) for k in plan.fractions}
         for i in range(1, self.iterations + 1):
-            step = {k: 1.0 - (1.0 - f) ** (i / self.iterations) for k, f in plan.fractions.items()}
+            step = {k: SCHEDULES[self.schedule](start[k], f, i / self.iterations) for k, f in plan.fractions.items()}
             g = sp.with_masks(g, magnitude_masks(g, step))
             rctx = final_ctx if i == self.iterations else ctx
             g = sp.retrain(g, rctx, self.round_epochs(i), self.l2)

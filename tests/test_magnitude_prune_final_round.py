@@ -114,3 +114,72 @@ def test_pass_with_trainer_keeps_best_on_real_data():
                          final_keep_best=True, final_eval_every=0.25).run(g, ctx)
     assert 0.75 < hwopt.sparse.sparsity(out) < 0.85
     assert tr.evaluate(hwopt.lower(out)) > 0.5
+
+
+def test_average_ends_on_the_mean_of_the_cycle_end_weights():
+    # cycle 1 of a 2-cycle run is a half-length run from the same start and seed: its end is snapshot 1
+    tr = _trainer(lr=0.1, batch_size=64)
+    torch.manual_seed(0)
+    start = models.lenet_300_100().state_dict()
+    runs = {}
+    for key, kw in {"first": dict(epochs=1.0), "last": dict(epochs=2.0, cycles=2),
+                    "mean": dict(epochs=2.0, cycles=2, average=True)}.items():
+        m = models.lenet_300_100()
+        m.load_state_dict(start)
+        tr.train(m, seed=5, **kw)
+        runs[key] = m.state_dict()
+    for k, v in runs["mean"].items():
+        assert torch.allclose(v, (runs["first"][k] + runs["last"][k]) / 2, atol=1e-6), k
+    assert any(not torch.allclose(v, runs["last"][k]) for k, v in runs["mean"].items())  # not the last step
+    with pytest.raises(ValueError, match="average and keep_best"):
+        tr.train(models.lenet_300_100(), epochs=1.0, cycles=2, average=True, keep_best=True)
+
+
+def test_average_recomputes_batchnorm_statistics_on_training_data():
+    tr = _trainer(lr=0.01, batch_size=64)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    tr.train(m, epochs=2.0, cycles=2, average=True)
+    # update_bn averages the batch means equally: 512 / 64 = 8 equal batches, so the exact data mean
+    assert float(m[0].running_mean) == pytest.approx(float(tr.x_train.mean()), abs=1e-4)
+    assert float(m[0].running_var) == pytest.approx(float(tr.x_train.var()), rel=2e-2)
+
+
+def test_pass_final_average_goes_to_the_last_round_and_is_validated():
+    torch.manual_seed(0)
+    g = hwopt.lift(models.lenet_300_100().eval(), X1)
+    calls = []
+    ctx = hwopt.PassContext(train=lambda m, **kw: calls.append(kw), evaluate=lambda m: 0.5)
+    MagnitudePrune(quality=1.0, iterations=2, retrain_epochs=0.5, final_cycles=4, final_average=True).run(g, ctx)
+    assert "average" not in calls[0] and calls[1]["average"] is True and calls[1]["cycles"] == 4
+    with pytest.raises(hwopt.PassError, match="final_average.*final_cycles >= 2"):
+        MagnitudePrune(final_average=True)
+    with pytest.raises(hwopt.PassError, match="final_average.*final_keep_best"):
+        MagnitudePrune(final_average=True, final_cycles=2, final_keep_best=True)
+
+
+def test_cubic_schedule_prunes_early_and_reaches_the_target():
+    from hwopt.passes.magnitude_prune import cubic_fraction, geometric_fraction
+    f = 0.92
+    cubic = [cubic_fraction(0.0, f, i / 4) for i in range(1, 5)]
+    geo = [geometric_fraction(0.0, f, i / 4) for i in range(1, 5)]
+    assert cubic[-1] == pytest.approx(f) and geo[-1] == pytest.approx(f)
+    assert all(c > g for c, g in zip(cubic[:-1], geo[:-1]))  # ahead of geometric in every round but the last
+    assert cubic[-1] - cubic[-2] < geo[-1] - geo[-2]  # so the last step is the smaller one
+    assert cubic_fraction(0.5, f, 0.0) == pytest.approx(0.5)  # starts from the incoming sparsity
+    # the pass: every round's pruned fraction follows the schedule, the end is at the target
+    torch.manual_seed(0)
+    g = hwopt.lift(models.lenet_300_100().eval(), X1)
+    seen = []
+    ctx = hwopt.PassContext(train=lambda m, **kw: seen.append(
+        [float((l.weight == 0).float().mean()) for l in m.modules() if isinstance(l, torch.nn.Linear)]),
+        evaluate=lambda m: 0.5)
+    out = MagnitudePrune(quality=1.5, iterations=4, retrain_epochs=0.1, schedule="cubic", remove_dead=False).run(g, ctx)
+    final = [float((l.weight == 0).float().mean()) for l in hwopt.lower(out).modules() if isinstance(l, torch.nn.Linear)]
+    for layer in range(3):
+        per_round = [s[layer] for s in seen]
+        assert per_round == sorted(per_round) and per_round[-1] == pytest.approx(final[layer], abs=1e-3)
+        assert per_round[0] == pytest.approx(cubic_fraction(0.0, final[layer], 0.25), abs=2e-3)
+    with pytest.raises(hwopt.PassError, match="option 'schedule'.*'linear'"):
+        MagnitudePrune(schedule="linear")
+    assert hwopt.PassManager.parse("magnitude-prune{sparsity=0.9,schedule=cubic}").passes[0].schedule == "cubic"
