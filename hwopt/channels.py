@@ -448,6 +448,14 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
             inside = (key >= a["start"]) & (key < a["end"])
             positions = np.flatnonzero(inside)
+            wanted = len(src_out) if src_out is not None else a["end"] - a["start"]
+            if len(positions) != wanted or positions[-1] - positions[0] + 1 != wanted:
+                # e.g. a depthwise conv with channel multiplier 2 whose output a chunk cuts inside one unit: the
+                # unit's new channels sit together beside its last channel, on one side of the cut only
+                raise IRError(f"groups {sorted(grow)} cannot grow: node '{name}' slices channels "
+                              f"{a['start']}:{a['end']} of its input and should take {wanted} channels once grown, but "
+                              f"{len(positions)} of the grown input's channels fall in its range (a unit is cut by the "
+                              f"slice)")
             a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1
         m.attrs, m.params = a, p
         new.replace(m)

@@ -164,6 +164,34 @@ def test_growth_across_concat_into_grouped_conv_is_refused():
         hwopt.resize_groups(g, {gr.id: gr.size + 1})
 
 
+class _DepthwiseChunk(nn.Module):
+    """conv → depthwise conv with channel multiplier 2 → chunk(2): the cut falls between two units when the
+    conv has an even width, inside one when odd (hypothesis found the odd case: the grown slice took a wrong count)."""
+    def __init__(self, width):
+        super().__init__()
+        self.conv, self.dw = nn.Conv2d(1, width, 1), nn.Conv2d(width, 2 * width, 3, padding=1, groups=width)
+        self.tail, self.fc = nn.Conv2d(width, width, 1), nn.Linear(2 * width, 2)
+
+    def forward(self, x):
+        a, b = self.dw(self.conv(x)).chunk(2, dim=1)
+        return self.fc(torch.flatten(torch.cat([a, self.tail(b)], 1).mean((2, 3)), 1))
+
+
+def test_growth_through_a_chunk_that_cuts_a_unit_is_refused_and_one_between_units_is_exact():
+    x = torch.randn(1, 1, 6, 6)
+    g = hwopt.lift(_DepthwiseChunk(3).eval(), x)
+    sizes = {gr.id: gr.size + 1 for gr in hwopt.channel_groups(g) if gr.prunable}
+    with pytest.raises(hwopt.IRError, match=r"cannot grow: node 'getitem\w*' slices channels"):
+        hwopt.resize_groups(g, sizes)
+    g = hwopt.lift(_DepthwiseChunk(4).eval(), x)
+    groups = hwopt.channel_groups(g)
+    sizes = {gr.id: gr.size + 1 for gr in groups if gr.prunable}
+    big = hwopt.resize_groups(g, sizes)
+    grown = hwopt.channel_groups(big)
+    back = hwopt.remove_channels(big, {gid: np.arange(groups[gid].size, n) for gid, n in sizes.items()}, groups=grown)
+    assert_close_outputs(g, back, x, atol=1e-6, rtol=1e-6)
+
+
 def test_resize_shrinks_and_grows_reference_model():
     x = torch.randn(1, 3, 64, 64)
     g = hwopt.lift(models.get("mobilenet_v2"), x)
