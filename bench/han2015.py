@@ -2,7 +2,7 @@
 Optimal Brain Damage (LeCun et al. 1989) with magnitude pruning at equal sparsity.
 
     OMP_WAIT_POLICY=PASSIVE python bench/han2015.py            # full: 50k train, 10k test (~47 min, 1 thread)
-    OMP_WAIT_POLICY=PASSIVE python bench/han2015.py --quick    # shorter training (~10 min; not re-timed since the KD rows and longer last rounds)
+    OMP_WAIT_POLICY=PASSIVE python bench/han2015.py --quick    # shorter training (522 s on 2 threads, OBD and KD included)
     OMP_WAIT_POLICY=PASSIVE python bench/han2015.py --smoke    # small subsets (~1 min), for CI
     ... --seeds 0,1,2                                           # one run per seed, then a seed-mean summary
     ... --seed 2 --save s2.json; ... --summarize s01.json s2.json  # seeds run in separate processes, merged
