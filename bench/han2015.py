@@ -149,14 +149,13 @@ def selection_split(cfg):
     return x[cfg["val"]:], y[cfg["val"]:]
 
 
-def run_model(name, cfg, args, xtest, ytest, out):
+def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
     lr, epochs, iters, retrain, final = cfg[name]
     iters = args.iterations or iters
     retrain = args.retrain_epochs or retrain
     final = args.final_epochs or final
     tr = data.Trainer(*data.mnist("train", cfg["train"]), *data.mnist("val", cfg["val"]), lr=lr, seed=args.seed)
     tester = data.Trainer(xtest[:1], ytest[:1], xtest, ytest)
-    xsel, ysel = selection_split(cfg)
     selector = data.Trainer(xsel[:1], ysel[:1], xsel, ysel)
     torch.manual_seed(args.seed)
     model = models.get(name)
@@ -385,6 +384,7 @@ def main(argv=None):
                                                    if args.keep_best and args.final_eval_every else "")
           + f", average: {args.final_average}; schedule {args.schedule}, allocation {args.allocation}")
     xtest, ytest = data.mnist("test", cfg["test"])
+    xsel, ysel = selection_split(cfg)
     every = []
     for seed in seeds:
         sargs = copy.copy(args)
@@ -392,7 +392,7 @@ def main(argv=None):
         t_seed = time.perf_counter()
         results = []
         for m in args.models.split(","):
-            run_model(m, cfg, sargs, xtest, ytest, results)
+            run_model(m, cfg, sargs, xtest, ytest, xsel, ysel, results)
             sys.stdout.flush()
         print_table(results, name, len(xtest),
                     f"Han et al. 2015, Table 1 — ours (mode={name}, seed {seed}, test split {len(xtest)} images) vs the paper")

@@ -101,7 +101,7 @@ class Trainer:
                 every = max(1, int(round(eval_every * n / self.batch_size)))
                 checks |= set(range(every, steps + 1, every))
         best, best_state = -1.0, None
-        mean_state, snapshots = None, 0
+        averaged = torch.optim.swa_utils.AveragedModel(module, use_buffers=True) if average else None
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ends[0])
         module.train()
         perm, pos = torch.randperm(n, generator=gen), 0
@@ -123,9 +123,8 @@ class Trainer:
             obj.backward()
             opt.step()
             sched.step()
-            if average and step + 1 in ends:
-                snapshots += 1
-                mean_state = _running_mean(mean_state, module.state_dict(), snapshots)
+            if averaged is not None and step + 1 in ends:
+                averaged.update_parameters(module)
             if step + 1 in checks:
                 acc = self.evaluate(module)
                 if acc >= best:
@@ -133,8 +132,8 @@ class Trainer:
                 module.train()
         if best_state is not None:
             module.load_state_dict(best_state)
-        if mean_state is not None and snapshots > 1:
-            module.load_state_dict(mean_state)
+        if averaged is not None and averaged.n_averaged > 1:
+            module.load_state_dict(averaged.module.state_dict())
             if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
                 batches = [self.x_train[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
                 torch.optim.swa_utils.update_bn(batches, module)
@@ -147,15 +146,6 @@ class Trainer:
         for i in range(0, len(self.x_eval), self.eval_batch):
             correct += int((module(self.x_eval[i:i + self.eval_batch]).argmax(1) == self.y_eval[i:i + self.eval_batch]).sum())
         return correct / len(self.x_eval)
-
-
-def _running_mean(mean: dict | None, state: dict, count: int) -> dict:
-    """The mean of `count` state dicts, given that of the first count − 1 and the count-th; non-float
-    entries (counters) take the latest value."""
-    if mean is None:
-        return {k: v.detach().clone() for k, v in state.items()}
-    return {k: (mean[k] + (v.detach() - mean[k]) / count) if v.is_floating_point() else v.detach().clone()
-            for k, v in state.items()}
 
 
 def mnist_trainer(train_limit: int | None = None, eval_split: str = "val", eval_limit: int | None = None,
