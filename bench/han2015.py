@@ -65,6 +65,7 @@ import torch
 
 import hwopt
 from hwopt import data, models
+from hwopt.fileio import atomic_write
 from hwopt import sparse as sp
 from hwopt.passes.magnitude_prune import MagnitudePrune
 from hwopt.passes.obd import OptimalBrainDamage
@@ -407,8 +408,7 @@ def main(argv=None):
                 r.pop(k, None)
         every += results
     if args.save:
-        with open(args.save, "w") as fh:
-            json.dump([dict(r, ntest=len(xtest)) for r in every], fh, indent=1)
+        atomic_write(args.save, json.dumps([dict(r, ntest=len(xtest)) for r in every], indent=1))
     if len(seeds) > 1:
         seed_summary(every, len(xtest))
     print(f"\nsensitivity curves: {args.out}/sensitivity_*.png")

@@ -27,6 +27,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from hwopt.passes.nas import ProxyTrainer, Search, SearchSpace, evaluate_child, EvalSpec, pareto_plot  # noqa: E402
+from hwopt.fileio import atomic_write  # noqa: E402
 from hwopt.targets import load_target  # noqa: E402
 
 
@@ -177,8 +178,7 @@ def main(argv=None) -> dict:
               f"same architectures: {same}")
     out = dict(args=vars(a), rows=rows, summary=summary, reinforce_ahead=ahead, wall_s=wall_all,
                cpu_minutes=cpu_total / 60, ray=ray_info, confirm=confirm)
-    with open(os.path.join(a.out, "summary.json"), "w") as fh:
-        json.dump(out, fh, indent=2, default=str)
+    atomic_write(os.path.join(a.out, "summary.json"), json.dumps(out, indent=2, default=str))
     print(f"plot and summary: {a.out}/pareto.png, {a.out}/summary.json")
     return out
 

@@ -1,11 +1,19 @@
 """Describe a new device in one TOML file, check it, and calibrate its cost model over TVM RPC.
 
-    OMP_WAIT_POLICY=PASSIVE python examples/new_target_and_calibrate.py --rpc 192.168.1.50:9090
+    OMP_WAIT_POLICY=PASSIVE python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090  # board via SSH tunnel
     OMP_WAIT_POLICY=PASSIVE python examples/new_target_and_calibrate.py --local   # a loopback RPC server here
 
-On the board (a Raspberry Pi, say) run the TVM runtime's RPC server first:
-`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090`. `--local` starts one on 127.0.0.1 and calibrates the
-host-flavoured copy of the file against it: the same path a board takes, on this machine.
+TVM's RPC server is unauthenticated and unencrypted: whoever reaches its port can upload a shared library
+and run it on the board. Never bind it to 0.0.0.0 on a network you do not fully control. Bind it to the
+board's loopback and reach it through SSH, which authenticates and encrypts:
+
+    pi$      python -m tvm.exec.rpc_server --host 127.0.0.1 --port 9090
+    laptop$  ssh -N -L 9090:127.0.0.1:9090 pi@raspberrypi.local     # forwards this machine's 9090 to the board's
+    laptop$  python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090
+
+(The server's ports for uploads are the same 9090 connection, so one forwarded port is enough.) `--local`
+starts a server on 127.0.0.1 and calibrates the host-flavoured copy of the file against it: the same path a
+board takes, on this machine.
 
 The new file starts from a bundled one (every field is documented in targets/README.md); loading validates
 every field and names the bad one. Calibration compiles micro-benchmarks with TVM, times them on the RPC
@@ -46,7 +54,8 @@ def free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     where = ap.add_mutually_exclusive_group(required=True)
-    where.add_argument("--rpc", help="HOST:PORT of the board's TVM RPC server")
+    where.add_argument("--rpc", help="HOST:PORT of the board's TVM RPC server (TVM RPC is unauthenticated: use an SSH "
+                                     "tunnel to a server on the board's loopback, see above)")
     where.add_argument("--local", action="store_true", help="start a loopback RPC server and use the host")
     ap.add_argument("--out", default="my-board.toml")
     args = ap.parse_args()

@@ -1,14 +1,28 @@
-"""The `hwopt` command line. Exit codes: 0 ok, 1 hwopt error (bad model, target, budget...), 2 usage."""
+"""The `hwopt` command line.
+
+Exit codes: 0 ok; 1 a user error (a bad option, model factory, input shape, target, budget or file), reported
+as one line on stderr that names what is wrong; anything else is a bug in hwopt and shows its traceback.
+HWOPT_TRACEBACK=1 shows the traceback of user errors too (e.g. to debug a model factory).
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from .errors import HwoptError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (exit 1, like every user error) instead of usage text + exit 2."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def load_factory(spec: str):
@@ -16,31 +30,76 @@ def load_factory(spec: str):
     if ":" not in spec:
         raise HwoptError(f"expected MODULE:FACTORY (e.g. hwopt.models:resnet18), got {spec!r}")
     mod_name, attr = spec.rsplit(":", 1)
-    if mod_name.endswith(".py"):
-        path = Path(mod_name)
-        if not path.is_file():
-            raise HwoptError(f"no such file: {mod_name}")
-        s = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(s)
-        s.loader.exec_module(module)
-    else:
-        try:
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise HwoptError(f"no such file: {mod_name}")
+            s = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(s)
+            s.loader.exec_module(module)
+        else:
             module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise HwoptError(f"cannot import {mod_name!r}: {e}") from None
+    except HwoptError:
+        raise
+    except ImportError as e:
+        raise HwoptError(f"cannot import {mod_name!r}: {e}") from e
+    except Exception as e:  # the user's module failed while being imported (SyntaxError, its own errors)
+        raise HwoptError(f"importing {mod_name!r} raised {type(e).__name__}: {e}") from e
     if not hasattr(module, attr):
         raise HwoptError(f"{mod_name!r} has no attribute {attr!r}")
-    return getattr(module, attr)
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise HwoptError(f"{spec}: {attr!r} is a {type(factory).__name__}, not a callable factory")
+    return factory
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
+def build_model(spec: str):
+    """Call the MODULE:FACTORY `spec` with no arguments; the torch module it returns, or a HwoptError naming it."""
+    import torch
+    factory = load_factory(spec)
+    try:
+        model = factory()
+    except Exception as e:
+        raise HwoptError(f"model factory {spec} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise HwoptError(f"model factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def parse_shape(text: str, dims: int | None = None, flag: str = "--input-shape") -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(","))
     except ValueError:
-        raise HwoptError(f"--input-shape must be comma-separated integers like 1,3,224,224, got {text!r}") from None
+        raise HwoptError(f"{flag} must be comma-separated integers like 1,3,224,224, got {text!r}") from None
     if not shape or any(s <= 0 for s in shape):
-        raise HwoptError(f"--input-shape must be positive integers, got {text!r}")
+        raise HwoptError(f"{flag} must be positive integers, got {text!r}")
+    if dims is not None and len(shape) != dims:
+        raise HwoptError(f"{flag} must have {dims} dimensions (N,C,H,W), got {len(shape)}: {text!r}")
     return shape
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def example_input(shape: tuple[int, ...], flag: str = "--input-shape"):
+    """A random float32 tensor of `shape`, refused (before allocating) when it alone would fill a quarter of
+    this machine's memory: the model's activations need several times more."""
+    import torch
+    nbytes = 4 * math.prod(shape)
+    memory = _physical_memory_bytes()
+    text = ",".join(map(str, shape))
+    if nbytes > memory // 4:
+        raise HwoptError(f"{flag} {text}: the input alone is {nbytes / 2**30:,.1f} GiB of float32; this machine has "
+                         f"{memory / 2**30:,.1f} GiB of memory")
+    try:
+        return torch.randn(*shape)
+    except (RuntimeError, MemoryError) as e:
+        raise HwoptError(f"{flag} {text}: cannot allocate the input ({nbytes / 2**30:,.1f} GiB): {e}") from None
 
 
 def inspect_summary(graph) -> dict:
@@ -58,13 +117,10 @@ def inspect_summary(graph) -> dict:
 
 
 def cmd_inspect(args) -> int:
-    import torch
-
     from .frontend import lift
-    factory = load_factory(args.model)
-    model = factory()
+    model = build_model(args.model)
     shape = parse_shape(args.input_shape)
-    graph = lift(model.eval(), torch.randn(*shape))
+    graph = lift(model.eval(), example_input(shape))
     info = inspect_summary(graph)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -93,11 +149,13 @@ def parse_budget(text: str | None) -> dict:
     for item in text.split(","):
         if "=" not in item:
             raise HwoptError(f"--budget items must be resource=value, got {item!r}")
-        k, v = item.split("=", 1)
+        k, v = (part.strip() for part in item.split("=", 1))
+        if k in out:
+            raise HwoptError(f"--budget gives {k!r} twice ({out[k]:g} and {v}); give each resource once")
         try:
-            out[k.strip()] = float(v)
+            out[k] = float(v)
         except ValueError:
-            raise HwoptError(f"--budget {k.strip()!r} must be a number, got {v!r}") from None
+            raise HwoptError(f"--budget {k!r} must be a number, got {v!r}") from None
     return out
 
 
@@ -123,15 +181,15 @@ def cmd_targets(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    import torch
-
     from .optimizer import EXPORT_FORMATS, optimize
-    model = load_factory(args.model)()
-    x = torch.randn(*parse_shape(args.input_shape))
     formats = [f for f in (args.export or "").split(",") if f]
     for f in formats:
         if f not in EXPORT_FORMATS:
             raise HwoptError(f"--export {f!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    if formats and not args.out:
+        raise HwoptError(f"--export {args.export} needs --out DIR to write the model into")
+    model = build_model(args.model)
+    x = example_input(parse_shape(args.input_shape))
     result = optimize(model.eval(), args.target, x, budget=parse_budget(args.budget), pipeline=args.pipeline,
                       seed=args.seed, measure=args.measure)
     if args.out:
@@ -148,8 +206,30 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def check_output_dir(path: str, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be one (an existing file, a parent that is a file, no write
+    permission) before any long work starts."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise HwoptError(f"{flag} {path}: exists and is not a directory")
+    parent = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise HwoptError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HwoptError(f"{flag} {path}: {parent} is not writable")
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    from .targets import load_target
+    if args.train_limit < 1:
+        raise HwoptError(f"--train-limit must be >= 1, got {args.train_limit}")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise HwoptError(f"--eval-limit must be >= 1, got {args.eval_limit}")
+    if not args.epochs > 0 or not math.isfinite(args.epochs):
+        raise HwoptError(f"--epochs must be a positive number, got {args.epochs}")
+    load_target(args.target)  # a bad target fails now, not after training
+    check_output_dir(args.out)
     logs = []
     info = run_demo(args.target, args.out, train_limit=args.train_limit, epochs=args.epochs,
                     eval_limit=args.eval_limit, tvm_export=not args.no_tvm,
@@ -173,7 +253,7 @@ def cmd_search(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hwopt", description="Hardware-aware optimizer for PyTorch models on embedded targets")
+    p = Parser(prog="hwopt", description="Hardware-aware optimizer for PyTorch models on embedded targets")
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="lift a model and print its graph summary (ops, params, MACs, channel groups)")
     ins.add_argument("model", help="MODULE:FACTORY, e.g. hwopt.models:resnet18 or ./my_model.py:build")
@@ -220,22 +300,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASS_THROUGH = {"calibrate": cmd_calibrate, "search": cmd_search}  # these parse their own options
+SUBCOMMANDS = ("inspect", "targets", "optimize", "demo", "calibrate", "search")
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message for an exception that is the user's to fix, None for a bug (traceback)."""
+    if isinstance(e, HwoptError):
+        text = str(e)
+    elif isinstance(e, OSError) and e.filename is not None:  # a path the user gave: missing, denied, a directory
+        text = f"{e.filename}: {e.strerror or e}"
+    elif isinstance(e, MemoryError):
+        text = f"out of memory ({e or 'the model or input is too large for this machine'})"
+    else:
+        return None
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in PASS_THROUGH:
-        try:
-            return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:])) or 0
-        except HwoptError as e:
-            print(f"hwopt {argv[0]}: error: {e}", file=sys.stderr)
-            return 1
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     try:
-        return args.func(args)
-    except HwoptError as e:
-        print(f"hwopt {args.command}: error: {e}", file=sys.stderr)
+        if command in PASS_THROUGH:
+            return PASS_THROUGH[command](argparse.Namespace(rest=argv[1:])) or 0
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # argparse would report these from the top-level parser; name the subcommand instead
+            raise HwoptError(f"unrecognized arguments: {' '.join(extra)} (see hwopt {args.command} --help)")
+        return args.func(args) or 0
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        # a subcommand's own SystemExit("message") (e.g. calibrate's HOST:PORT check): the same one line
+        message = e.code.removeprefix(f"hwopt {command}: ").removeprefix("error: ")
+        print(f"hwopt{' ' + command if command else ''}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hwopt{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = _user_error(e)
+        if message is None or os.environ.get("HWOPT_TRACEBACK"):
+            raise
+        print(f"hwopt{' ' + command if command else ''}: error: {message}", file=sys.stderr)
         return 1
 
 

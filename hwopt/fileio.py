@@ -33,3 +33,20 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse, before any long work, an output file path that cannot be written: a directory, a parent that
+    is a file, or a folder without write permission. Raises HwoptError naming `what` (e.g. "--save")."""
+    from .errors import HwoptError
+
+    p = Path(path)
+    if p.is_dir():
+        raise HwoptError(f"{what} {path}: is a directory, expected a file path")
+    parent = next((q for q in p.parents if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise HwoptError(f"{what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HwoptError(f"{what} {path}: cannot write in {parent} (permission denied)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise HwoptError(f"{what} {path}: the file is not writable")

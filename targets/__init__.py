@@ -307,10 +307,8 @@ def load_target(name_or_path: str | os.PathLike | Target, runtime: str | None = 
     if isinstance(name_or_path, Target):
         return name_or_path if runtime is None else name_or_path.with_runtime(runtime)
     p = _resolve_path(name_or_path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise TargetError(f"cannot read: {e}", path=str(p)) from None
+    from .tomlio import read_target_text
+    text = read_target_text(p)
     t = parse_target(text, str(p), runtime)
     if runtime is not None and runtime not in t.calibration:
         raise TargetError(f"no calibration for runtime {runtime!r} (have: {t.runtimes})", f"calibration.{runtime}", str(p))

@@ -1013,7 +1013,8 @@ def _hostport(s: str | None, flag: str) -> tuple | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hwopt calibrate", description=__doc__.split("\n\n")[0])
+    from hwopt.cli import Parser  # usage errors as one line, exit 1
+    ap = Parser(prog="hwopt calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="target name or path of a target TOML file")
     ap.add_argument("--runtime", choices=RUNTIMES, default="tvm", help="what to time: TVM (default) or torch eager (host only)")
     g = ap.add_mutually_exclusive_group()

@@ -17,6 +17,22 @@ from hwopt.fileio import atomic_write
 from .schema import CAL_META, KIND_FIELDS, KINDS, TERMS
 
 
+def read_target_text(path: str | os.PathLike) -> str:
+    """The text of the target file at `path`; TargetError naming the file if it cannot be read or is not UTF-8
+    (TOML files are UTF-8 by definition)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TargetError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TargetError(f"not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); a target file is TOML, "
+                          "which must be UTF-8", path=str(path)) from None
+
+
 def _val(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -64,7 +80,7 @@ def write_calibration(path: str | os.PathLike, cal: dict) -> None:
     from . import parse_target
 
     path = Path(path)
-    text = replace_calibration_text(path.read_text(), cal)
+    text = replace_calibration_text(read_target_text(path), cal)
     parse_target(text, str(path))  # validate before touching the file
     atomic_write(path, text)
 
@@ -75,7 +91,7 @@ def update_runtime(path: str | os.PathLike, runtime: str, table: dict, make_defa
 
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(read_target_text(path))
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"not valid TOML: {e}", path=str(path)) from None
     cal = dict(doc.get("calibration", {}))

@@ -9,7 +9,7 @@ it, searches the space for the context's target, and returns the best child as a
 the context's callbacks (or the built-in MNIST proxy trainer when the input is 1x28x28 with 10
 classes and no callbacks are given). Module layout: space.py (space, decode to torch), controller.py
 (REINFORCE LSTM, random, evolution), execution.py (evaluation; serial / process pool / Ray),
-search.py (loop, reward, checkpoint and resume, Pareto plot). Ray is imported only when used.
+search.py (loop, reward, resume, Pareto plot), checkpoint.py (the checkpoint file, validated before any write). Ray is imported only when used.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from hwopt.errors import PassError
 from hwopt.ir import Graph
 from hwopt.passmanager import Pass, PassContext, register_pass
 
+from .checkpoint import CheckpointError, read_checkpoint
 from .controller import Controller, RandomSearch, RegularizedEvolution, Reinforce, make_strategy
 from .execution import CallbackAccuracy, EvalSpec, ProxyTrainer, cost_of, evaluate_child, recalibrate_bn
 from .search import REWARD_PRESETS, Search, SearchResult, pareto_plot, reward
@@ -29,7 +30,7 @@ from .space import DECISIONS, BlockChoice, SearchSpace
 __all__ = ["NAS", "SearchSpace", "BlockChoice", "DECISIONS", "Search", "SearchResult", "reward", "REWARD_PRESETS",
            "pareto_plot", "Controller", "Reinforce", "RandomSearch", "RegularizedEvolution", "make_strategy",
            "ProxyTrainer", "CallbackAccuracy", "EvalSpec", "evaluate_child", "cost_of", "recalibrate_bn",
-           "space_for"]
+           "space_for", "CheckpointError", "read_checkpoint"]
 
 
 def space_for(graph: Graph, **kw) -> SearchSpace:

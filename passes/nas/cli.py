@@ -5,11 +5,20 @@
 
 Without user callbacks the built-in proxy trainer scores children, so the input must be MNIST-shaped
 (1x1x28x28, 10 classes); a killed search resumes from --checkpoint.
+
+--save writes the best model as a file that loads without running pickled code:
+    FILE.pt2 (torch.export):  torch.export.load("FILE.pt2").module()
+    any other name (a state dict, e.g. FILE.pt):
+        from hwopt.passes.nas import SearchSpace
+        module = hwopt.lower(SearchSpace(**out["space"]).graph(out["search"]["best_tokens"]))
+        module.load_state_dict(torch.load("FILE.pt", weights_only=True))
+where `out` is the JSON this command prints. Both are written atomically.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,10 +40,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--baselines", default="", help="comma-separated: random,evolution")
     p.add_argument("--plot", default=None, help="Pareto plot PNG")
-    p.add_argument("--save", default=None, help="save the best model (torch.save of the lowered module)")
+    p.add_argument("--save", default=None, help="save the best model: FILE.pt2 (torch.export program) or any other name "
+                                                "(state dict, loads with torch.load(weights_only=True)); see above")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None)
     p.add_argument("--no-progress", action="store_true")
+
+
+def check_args(args) -> tuple[int, int, int, int]:
+    """Everything the command line can get wrong, checked before any work: the (N, C, H, W) input shape."""
+    from hwopt.cli import parse_shape
+    from hwopt.errors import HwoptError
+    from hwopt.fileio import check_output_file
+
+    shape = parse_shape(args.input_shape, dims=4)
+    if args.classes < 2:
+        raise HwoptError(f"--classes must be >= 2, got {args.classes}")
+    for flag in ("save", "plot", "checkpoint"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag}")
+    if args.checkpoint:
+        from .checkpoint import read_checkpoint
+        read_checkpoint(args.checkpoint)  # a file that is not a checkpoint is refused now, untouched
+    if args.workdir and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise HwoptError(f"--workdir {args.workdir}: exists and is not a directory")
+    return shape
+
+
+def save_model(module, example, path: str) -> None:
+    """The best model at `path`, atomically: a torch.export program (.pt2) or a state dict (anything else)."""
+    import torch
+
+    from hwopt.fileio import atomic_output
+
+    module = module.eval()
+    with atomic_output(path) as tmp:
+        if Path(path).suffix == ".pt2":
+            torch.export.save(torch.export.export(module, (example,)), tmp)
+        else:
+            torch.save(module.state_dict(), tmp)
 
 
 def run(args) -> int:
@@ -44,8 +88,9 @@ def run(args) -> int:
     from hwopt.passmanager import PassContext, make_pass
     from hwopt.targets import load_target
 
-    shape = tuple(int(s) for s in args.input_shape.replace("x", ",").split(","))
+    shape = check_args(args)
     n, c, h, w = shape
+    target = load_target(args.target)
     # The pass reads only the input shape and the class count from its input graph.
     stub = torch.nn.Sequential(torch.nn.Conv2d(c, 1, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                torch.nn.Linear(1, args.classes))
@@ -55,21 +100,22 @@ def run(args) -> int:
                     latency=args.latency, proxy_steps=args.proxy_steps, executor=args.executor,
                     workers=args.workers, checkpoint=args.checkpoint, plot=args.plot,
                     baselines=tuple(b for b in args.baselines.split(",") if b))
-    ctx = PassContext(target=load_target(args.target), seed=args.seed, progress=not args.no_progress,
-                      workdir=args.workdir)
+    ctx = PassContext(target=target, seed=args.seed, progress=not args.no_progress, workdir=args.workdir)
     best = nas.run(graph, ctx)
     rec = next(r for r in ctx.records if r.get("pass") == "nas.search")
     if args.save:
-        torch.save(hwopt.lower(best), args.save)
-    print(json.dumps({"pipeline": str(nas), "search": rec["search"], "baseline": {
-        k: rec["baseline"][k] for k in ("arch", "accuracy", "latency_ms", "reward")} if rec["baseline"] else None,
-        "baselines": rec["baselines"], "pareto": rec["pareto"], "plot": rec["plot"]}, indent=2, default=str))
+        save_model(hwopt.lower(best), torch.zeros(shape), args.save)
+    print(json.dumps({"pipeline": str(nas), "space": rec["space"], "search": {**rec["search"], "best_tokens": rec["best"]["tokens"]},
+                      "baseline": {k: rec["baseline"][k] for k in ("arch", "accuracy", "latency_ms", "reward")}
+                      if rec["baseline"] else None,
+                      "baselines": rec["baselines"], "pareto": rec["pareto"], "plot": rec["plot"],
+                      "saved": args.save}, indent=2, default=str))
     return 0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="hwopt search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hwopt.cli import Parser
+    p = Parser(prog="hwopt search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -64,11 +64,25 @@ class ProxyTrainer:
             _MNIST_CACHE[key] = (mnist("train", self.train_limit), mnist("val", self.eval_limit))
         return _MNIST_CACHE[key]
 
+    def __post_init__(self):
+        for name in ("train_limit", "eval_limit", "steps", "batch_size", "bn_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProxyTrainer: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"ProxyTrainer: lr must be > 0, got {self.lr}")
+
+    def _schedule(self, opt):
+        """One-cycle (warm-up over the first quarter) where it is defined: torch's OneCycleLR needs a
+        warm-up phase longer than one step (steps >= 5 at pct_start 0.25); shorter runs keep a constant lr."""
+        if self.steps * 0.25 > 1:
+            return torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps, pct_start=0.25)
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
     def __call__(self, module: nn.Module) -> float:
         (xt, yt), (xe, ye) = self._data()
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=self.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps, pct_start=0.25)
+        sched = self._schedule(opt)
         module.train()
         perm, pos = torch.randperm(len(xt), generator=gen), 0
         for _ in range(self.steps):

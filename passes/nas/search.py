@@ -8,7 +8,8 @@ further line is one evaluated child (index, tokens, accuracy, cost figures, rewa
 fsync'ed as soon as the child finishes. On resume the header must match, the recorded children are
 replayed through the strategy (same RNG draws, same updates) and only the missing ones are evaluated,
 so the resumed search ends with exactly the children of an uninterrupted run with the same seed.
-A torn last line (killed mid-write) is dropped.
+A torn last line (killed mid-write) is dropped; a file that is not a checkpoint (no header, a line that is
+not a child record) is refused before anything is written to it (checkpoint.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import CheckpointError, drop_torn_tail, read_checkpoint
 from .controller import make_strategy
 from .execution import EvalSpec, cost_of, make_executor
 from .space import SearchSpace
@@ -74,26 +76,6 @@ class SearchResult:
                     best_arch=b["arch"], target_ms=self.target_ms, wall_seconds=self.wall_seconds)
 
 
-def _read_checkpoint(path: Path) -> tuple[dict | None, list[dict]]:
-    if not path.exists():
-        return None, []
-    raw = path.read_bytes()
-    complete = raw[:raw.rfind(b"\n") + 1]  # a torn last line (killed mid-write) is dropped
-    if len(complete) != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(len(complete))
-    header, records = None, []
-    for line in complete.decode().splitlines():
-        if not line.strip():
-            continue
-        obj = json.loads(line)
-        if "header" in obj:
-            header = obj["header"]
-        else:
-            records.append(obj)
-    return header, records
-
-
 class Search:
     """One search over `space` against `target`. See the module docstring for reward and checkpoint.
 
@@ -145,12 +127,13 @@ class Search:
     def run(self) -> SearchResult:
         t0 = time.perf_counter()
         space, config = self.space, self.config()
-        header, old = _read_checkpoint(self.checkpoint) if self.checkpoint else (None, [])
+        # read and check the whole checkpoint before writing anything to it
+        header, old, torn = read_checkpoint(self.checkpoint, space.vocab) if self.checkpoint else (None, [], 0)
         if header is not None:
             diff = [k for k in config if json.dumps(config[k], sort_keys=True, default=str)
                     != json.dumps(header.get(k), sort_keys=True, default=str)]
             if diff:
-                raise ValueError(f"checkpoint {self.checkpoint} was written by a different search "
+                raise CheckpointError(f"checkpoint {self.checkpoint} was written by a different search "
                                  f"(differs in: {', '.join(diff)}); use another checkpoint path")
         done = {r["index"]: r for r in old}
         cache: dict[tuple, dict] = {}
@@ -160,8 +143,12 @@ class Search:
 
         fh = None
         if self.checkpoint:
-            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.checkpoint, "a")
+            try:
+                self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                drop_torn_tail(self.checkpoint, torn)
+                fh = open(self.checkpoint, "a")
+            except OSError as e:
+                raise CheckpointError(f"checkpoint {self.checkpoint}: cannot write: {e.strerror or e}") from None
             if header is None:
                 self._write(fh, {"header": config})
 
