@@ -1,16 +1,20 @@
-"""NAS on MNIST against the cortex-a72 cost model: REINFORCE vs random search, then serial vs Ray.
+"""NAS on MNIST against the cortex-a72 cost model: REINFORCE vs random search vs regularized evolution,
+then serial vs Ray.
 
-    python bench/nas.py --smoke              # ~1-2 minutes: the harness end to end, tiny budget
-    python bench/nas.py                      # 3 seeds x (REINFORCE, random) x --samples children
+    python bench/nas.py --smoke              # ~2 minutes: the harness end to end, tiny budget
+    python bench/nas.py                      # 5 seeds x (REINFORCE, random, evolution) x --children children
     python bench/nas.py --ray                # also the same REINFORCE search on Ray with 2 local workers
     python bench/nas.py --confirm-steps 300  # retrain found vs baseline longer (searches resume from --out)
 
-For each seed both strategies get the same number of proposals (duplicates are cached, not retrained),
-the same proxy trainer (Adam on an MNIST subset, BN recalibrated, seeded) and the same reward
+For each seed every strategy trains the same number of distinct children (--children; a converging
+controller proposes duplicates, which are cached and free, so equal proposals would not be equal cost),
+with the same proxy trainer (Adam on an MNIST subset, BN recalibrated, seeded) and the same reward
 (hard preset: ACC, times T/LAT above T; T = the predicted latency of the space's MobileNetV2-style
-member: all blocks MBConv6 k3, no SE, x1.0, base layers). Printed: best reward per run and mean per
-strategy, whether the best child dominates the baseline (higher proxy accuracy at <= its predicted
-latency), wall and CPU time. Every run checkpoints under --out, so an interrupted bench resumes.
+member: all blocks MBConv6 k3, no SE, x1.0, base layers). Printed per run: best reward, whether the
+found model dominates the baseline (higher proxy accuracy at <= its predicted latency), wall and CPU
+time; per strategy: mean, standard deviation and standard error of the best reward over the seeds, and
+REINFORCE's lead over each baseline paired by seed (mean difference and its standard error). Every run
+checkpoints under --out, so an interrupted bench resumes.
 """
 from __future__ import annotations
 
@@ -39,10 +43,13 @@ def cpu_seconds() -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny budget (~1-2 min)")
-    ap.add_argument("--samples", type=int, default=40, help="children proposed per search")
+    ap.add_argument("--children", type=int, default=40, help="distinct children trained per search (equal cost)")
+    ap.add_argument("--samples", type=int, default=None, help="cap on proposals per search (default 20 x --children)")
     ap.add_argument("--batch", type=int, default=4, help="children per controller update")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--strategies", default="reinforce,random,evolution",
+                    help="comma-separated; the first is the one compared with the others")
     ap.add_argument("--blocks", type=int, default=4, help="searched blocks (MnasNet-A1 has 7; 4 fits the CPU budget)")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--head", type=int, default=128)
@@ -63,7 +70,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.samples, a.seeds, a.batch, a.steps, a.train_limit, a.eval_limit = 6, 1, 3, 6, 256, 300
+        a.children, a.seeds, a.batch, a.steps, a.train_limit, a.eval_limit = 6, 2, 3, 6, 256, 300
         a.blocks, a.out = 4, a.out + "-smoke"
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
@@ -75,13 +82,16 @@ def main(argv=None) -> dict:
     rows, results = [], {}
     t_all, cpu_all = time.perf_counter(), cpu_seconds()
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    strategies = [x for x in a.strategies.split(",") if x]
+    main_strategy = strategies[0]
     for seed in seeds:
         acc = ProxyTrainer(a.train_limit, a.eval_limit, a.steps, a.batch_size, lr=a.lr, seed=seed)
-        for strategy in ("reinforce", "random"):
+        for strategy in strategies:
             opts = {"lr": a.controller_lr} if strategy == "reinforce" else {}
             t0, c0 = time.perf_counter(), cpu_seconds()
-            res = Search(space, target, acc, strategy=strategy, samples=a.samples, batch=a.batch, seed=seed,
-                         reward=a.reward, checkpoint=os.path.join(a.out, f"{strategy}-{seed}.jsonl"),
+            res = Search(space, target, acc, strategy=strategy, children=a.children, samples=a.samples,
+                         batch=a.batch, seed=seed, reward=a.reward,
+                         checkpoint=os.path.join(a.out, f"{strategy}-{seed}.jsonl"),
                          progress=a.progress, strategy_options=opts, evaluate_baseline=True).run()
             results[(strategy, seed)] = res
             base, best = res.baseline, res.best
@@ -89,50 +99,62 @@ def main(argv=None) -> dict:
             dom = res.dominating(base)
             any_dom = len({tuple(r["tokens"]) for r in dom})
             feasible = max(dom, key=lambda r: (r["accuracy"], -r["index"])) if dom else None
+            distinct = len({space.canonical(r["tokens"]) for r in res.history})
             rows.append(dict(strategy=strategy, seed=seed, best_reward=best["reward"], best_accuracy=best["accuracy"],
                              best_latency_ms=best["latency_ms"], best_arch=best["arch"],
                              baseline_accuracy=base["accuracy"], baseline_latency_ms=base["latency_ms"],
                              dominates=dominates, dominating_children=any_dom,
                              feasible_best=None if feasible is None else {k: feasible[k] for k in (
                                  "arch", "tokens", "accuracy", "latency_ms", "reward")}, evaluations=res.evaluations,
-                             distinct=len(res.evaluated()), wall_s=time.perf_counter() - t0,
+                             proposals=len(res.history), distinct=distinct, wall_s=time.perf_counter() - t0,
                              cpu_s=cpu_seconds() - c0))
             r = rows[-1]
             print(f"[{strategy:9s} seed {seed}] best reward {r['best_reward']:.4f} (acc {r['best_accuracy']:.3f}, "
                   f"{r['best_latency_ms']:.3f} ms) vs baseline acc {r['baseline_accuracy']:.3f} at "
                   f"{r['baseline_latency_ms']:.3f} ms: dominates={dominates} ({any_dom} distinct children dominate it); "
-                  f"{r['distinct']} distinct archs, {r['evaluations']} trained now; wall {r['wall_s']:.0f} s, "
-                  f"cpu {r['cpu_s']:.0f} s  [{r['best_arch']}]", flush=True)
+                  f"{distinct} distinct archs of {r['proposals']} proposals, {r['evaluations']} trained now; "
+                  f"wall {r['wall_s']:.0f} s, cpu {r['cpu_s']:.0f} s  [{r['best_arch']}]", flush=True)
     wall_all, cpu_total = time.perf_counter() - t_all, cpu_seconds() - cpu_all
 
     summary = {}
-    for strategy in ("reinforce", "random"):
+    for strategy in strategies:
         rs = [r for r in rows if r["strategy"] == strategy]
-        summary[strategy] = dict(mean_best_reward=statistics.mean(r["best_reward"] for r in rs),
-                                 best_rewards=[round(r["best_reward"], 4) for r in rs],
-                                 dominates=sum(r["dominates"] for r in rs),
-                                 some_child_dominates=sum(r["dominating_children"] > 0 for r in rs), runs=len(rs))
-    print("\n=== REINFORCE vs random search, equal proposals per run ===")
+        best = [r["best_reward"] for r in rs]
+        sd = statistics.stdev(best) if len(best) > 1 else 0.0
+        summary[strategy] = dict(mean_best_reward=statistics.mean(best), sd=sd, se=sd / len(best) ** 0.5,
+                                 best_rewards=[round(x, 4) for x in best], dominates=sum(r["dominates"] for r in rs),
+                                 some_child_dominates=sum(r["dominating_children"] > 0 for r in rs), runs=len(rs),
+                                 mean_cpu_minutes=statistics.mean(r["cpu_s"] for r in rs) / 60)
+    print(f"\n=== {', '.join(strategies)}: {a.children} distinct children trained per search, {len(seeds)} seeds ===")
     for k, v in summary.items():
-        print(f"{k:9s}: mean best reward {v['mean_best_reward']:.4f} {v['best_rewards']}; "
-              f"best-reward child dominates the MobileNetV2-style baseline in {v['dominates']}/{v['runs']} seeds, "
-              f"some child at <= its latency is more accurate in {v['some_child_dominates']}/{v['runs']}")
-    ahead = summary["reinforce"]["mean_best_reward"] > summary["random"]["mean_best_reward"]
-    print(f"REINFORCE ahead of random search: {ahead}")
+        print(f"{k:9s}: best reward {v['mean_best_reward']:.4f} ± {v['sd']:.4f} sd (se {v['se']:.4f}) "
+              f"{v['best_rewards']}; best-reward child dominates the MobileNetV2-style baseline in "
+              f"{v['dominates']}/{v['runs']} seeds, some child at <= its latency is more accurate in "
+              f"{v['some_child_dominates']}/{v['runs']}; {v['mean_cpu_minutes']:.1f} CPU-min per search")
+    leads = {}
+    for other in strategies[1:]:  # paired by seed: same proxy trainer, same T
+        diff = [results[(main_strategy, s)].best["reward"] - results[(other, s)].best["reward"] for s in seeds]
+        se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        leads[other] = dict(mean=statistics.mean(diff), se=se, differences=[round(d, 4) for d in diff],
+                            beyond_two_se=bool(statistics.mean(diff) > 2 * se))
+        print(f"{main_strategy} - {other}: {leads[other]['mean']:+.4f} (paired se {se:.4f}; "
+              f"> 2 se: {leads[other]['beyond_two_se']}) {leads[other]['differences']}")
+    ahead = all(v["mean"] > 0 for v in leads.values())
     print(f"wall time {wall_all:.0f} s, CPU time of this process and its children {cpu_total / 60:.1f} CPU-minutes")
 
-    pareto_plot({f"{s}-seed{seeds[0]}": results[(s, seeds[0])] for s in ("reinforce", "random")}, os.path.join(a.out, "pareto.png"),
-                baseline=results[("reinforce", seeds[0])].baseline, target_ms=results[("reinforce", seeds[0])].target_ms,
+    first = results[(main_strategy, seeds[0])]
+    pareto_plot({f"{s}-seed{seeds[0]}": results[(s, seeds[0])] for s in strategies}, os.path.join(a.out, "pareto.png"),
+                baseline=first.baseline, target_ms=first.target_ms,
                 title="NAS on MNIST, cortex-a72 (predicted latency)")
 
     confirm = []
     if a.confirm_steps:
         print(f"\n=== confirmation: {a.confirm_steps} steps x 64 on 10k train images, 10k val images ===")
         for seed in seeds:
-            res = results[("reinforce", seed)]
+            res = results[(main_strategy, seed)]
             long = ProxyTrainer(10000, 10000, a.confirm_steps, 64, lr=a.lr, seed=seed)
             spec = EvalSpec(space, target, long, seed)
-            row_s = next(r for r in rows if r["strategy"] == "reinforce" and r["seed"] == seed)
+            row_s = next(r for r in rows if r["strategy"] == main_strategy and r["seed"] == seed)
             base = evaluate_child(spec, res.baseline["tokens"])
             cands = {"best-reward": res.best["tokens"]}
             if row_s["feasible_best"] and row_s["feasible_best"]["tokens"] != res.best["tokens"]:
@@ -162,8 +184,8 @@ def main(argv=None) -> dict:
                  runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}})
         t_init = time.perf_counter() - t0
         try:
-            res = Search(space, target, acc, strategy="reinforce", samples=a.samples, batch=a.batch, seed=seeds[0],
-                         reward=a.reward, checkpoint=ck, executor="ray", workers=a.workers,
+            res = Search(space, target, acc, strategy="reinforce", children=a.children, samples=a.samples,
+                         batch=a.batch, seed=seeds[0], reward=a.reward, checkpoint=ck, executor="ray", workers=a.workers,
                          strategy_options={"lr": a.controller_lr}, evaluate_baseline=False).run()
         finally:
             ray.shutdown()
@@ -171,12 +193,12 @@ def main(argv=None) -> dict:
         ray_info = dict(serial_wall_s=serial_row["wall_s"], serial_trained=serial_row["evaluations"],
                         ray_wall_s=res.wall_seconds, ray_init_s=t_init, ray_trained=res.evaluations,
                         same_architectures=same, ray_best_reward=res.best["reward"])
-        note = "" if serial_row["evaluations"] >= serial_row["distinct"] else \
+        note = "" if serial_row["evaluations"] >= a.children else \
             " (serial run was resumed from its checkpoint: its wall time is not a full run's)"
-        print(f"\n=== serial vs Ray ({a.workers} local workers), REINFORCE seed {seeds[0]}, {a.samples} proposals ===")
+        print(f"\n=== serial vs Ray ({a.workers} local workers), REINFORCE seed {seeds[0]}, {a.children} children ===")
         print(f"serial: {serial_row['wall_s']:.0f} s{note}; Ray: {res.wall_seconds:.0f} s (+ {t_init:.0f} s ray.init); "
               f"same architectures: {same}")
-    out = dict(args=vars(a), rows=rows, summary=summary, reinforce_ahead=ahead, wall_s=wall_all,
+    out = dict(args=vars(a), rows=rows, summary=summary, leads=leads, main_ahead=ahead, wall_s=wall_all,
                cpu_minutes=cpu_total / 60, ray=ray_info, confirm=confirm)
     atomic_write(os.path.join(a.out, "summary.json"), json.dumps(out, indent=2, default=str))
     print(f"plot and summary: {a.out}/pareto.png, {a.out}/summary.json")

@@ -337,3 +337,28 @@ def test_search_cli_runs_with_the_proxy_trainer(tmp_path, capsys):
                      "--checkpoint", str(tmp_path / "c.jsonl"), "--save", str(tmp_path / "m.pt")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["search"]["samples"] == 2 and (tmp_path / "p.png").exists() and (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("strategy", ["reinforce", "random", "evolution"])
+def test_children_budget_trains_exactly_that_many_and_extends_exactly(strategy, tmp_path):
+    """Equal-cost comparisons: `children` stops after that many distinct trained children, whatever the
+    duplicates; a finished search extended to more children equals an uninterrupted longer one."""
+    opts = {"population": 4, "sample": 2} if strategy == "evolution" else {}
+    calls = []
+
+    def counting(m):
+        calls.append(1)
+        return fake_accuracy(m)
+    ck = tmp_path / "c.jsonl"
+    short = Search(TINY, TARGET, counting, strategy=strategy, children=6, samples=None, batch=4, seed=2,
+                   checkpoint=ck, strategy_options=opts).run()
+    assert len(calls) == 6 == sum(not r["cached"] for r in short.history) == short.evaluations
+    calls.clear()
+    extended = Search(TINY, TARGET, counting, strategy=strategy, children=9, samples=None, batch=4, seed=2,
+                      checkpoint=ck, strategy_options=opts).run()
+    assert len(calls) == 3
+    full = Search(TINY, TARGET, fake_accuracy, strategy=strategy, children=9, samples=None, batch=4, seed=2,
+                  strategy_options=opts).run()
+    assert [r["tokens"] for r in extended.history] == [r["tokens"] for r in full.history]
+    with pytest.raises(ValueError, match="children"):
+        Search(TINY, TARGET, fake_accuracy, children=0)

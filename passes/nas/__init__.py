@@ -49,8 +49,9 @@ def space_for(graph: Graph, **kw) -> SearchSpace:
 class NAS(Pass):
     """Search the MnasNet space for the context's target; return the best child's graph.
 
-    strategy: reinforce | random | evolution.  samples: children proposed; batch: per controller
-    update (evaluated concurrently).  reward: soft (alpha = beta = -0.07) or hard (0, -1); alpha/beta
+    strategy: reinforce | random | evolution.  samples: children proposed; children: if set, stop after
+    this many distinct children were trained (equal cost across strategies; the proposals are then
+    capped at max(samples, 20 x children)); batch: per controller update (evaluated concurrently).  reward: soft (alpha = beta = -0.07) or hard (0, -1); alpha/beta
     override.  target_ms: T (default: predicted latency of the space's MobileNetV2-style member).
     latency: model (the target's cost model) or tvm (compiled and timed).  epochs: training of each
     child with ctx.train; final_epochs: extra training of the winner.  executor: serial | process | ray
@@ -62,6 +63,7 @@ class NAS(Pass):
 
     strategy: Literal["reinforce", "random", "evolution"] = "reinforce"
     samples: int = 32
+    children: Optional[int] = None
     batch: int = 4
     blocks: int = 7
     skeleton: Literal["auto", "mnasnet", "small"] = "auto"
@@ -89,6 +91,8 @@ class NAS(Pass):
                      "proxy_eval"):
             if getattr(self, name) < 1:
                 raise PassError(f"nas: option {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.children is not None and self.children < 1:
+            raise PassError(f"nas: option 'children' must be >= 1, got {self.children}")
         if self.width <= 0:
             raise PassError(f"nas: option 'width' must be > 0, got {self.width}")
         if self.target_ms is not None and self.target_ms <= 0:
@@ -115,7 +119,9 @@ class NAS(Pass):
         elif not ckpt and ctx.workdir:
             ckpt = os.path.join(ctx.workdir, f"nas-{strategy}-{ctx.seed}.jsonl")
         try:
-            return Search(space, ctx.target, acc, strategy=strategy, samples=self.samples, batch=self.batch,
+            samples = self.samples if self.children is None else max(self.samples, 20 * self.children)
+            return Search(space, ctx.target, acc, strategy=strategy, samples=samples, children=self.children,
+                          batch=self.batch,
                           seed=ctx.seed, target_ms=self.target_ms, reward=self.reward, alpha=self.alpha,
                           beta=self.beta, latency=self.latency, executor=self.executor, workers=self.workers,
                           checkpoint=ckpt, progress=ctx.progress,

@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", default="1,1,28,28", help="N,C,H,W of the input")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--strategy", choices=("reinforce", "random", "evolution"), default="reinforce")
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=int, default=32, help="children proposed (duplicates are not retrained)")
+    p.add_argument("--children", type=int, default=None,
+                   help="stop after this many distinct children were trained (--samples then caps the proposals)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--blocks", type=int, default=7)
     p.add_argument("--width", type=float, default=1.0)
@@ -95,7 +97,7 @@ def run(args) -> int:
     stub = torch.nn.Sequential(torch.nn.Conv2d(c, 1, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                torch.nn.Linear(1, args.classes))
     graph = hwopt.lift(stub, torch.zeros(shape))
-    nas = make_pass("nas", strategy=args.strategy, samples=args.samples, batch=args.batch, blocks=args.blocks,
+    nas = make_pass("nas", strategy=args.strategy, samples=args.samples, children=args.children, batch=args.batch, blocks=args.blocks,
                     width=args.width, head=args.head, reward=args.reward, target_ms=args.target_ms,
                     latency=args.latency, proxy_steps=args.proxy_steps, executor=args.executor,
                     workers=args.workers, checkpoint=args.checkpoint, plot=args.plot,

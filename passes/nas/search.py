@@ -83,6 +83,9 @@ class Search:
         CallbackAccuracy or your own). Must be picklable for the Ray executor.
     strategy: reinforce | random | evolution; strategy_options go to its constructor.
     samples: children to propose (duplicates count, but are not trained again).
+    children: if set, stop once this many distinct architectures have been evaluated (trained), so that
+        strategies are compared at equal cost: a converging controller proposes duplicates, which are
+        free. `samples` then caps the proposals (default 20 x children).
     batch: children proposed per controller update (and evaluated concurrently).
     target_ms: T in the reward; None: the latency (predicted, or measured with latency="tvm") of the
         space's MobileNetV2-style member.
@@ -90,15 +93,23 @@ class Search:
     """
 
     def __init__(self, space: SearchSpace, target: Any, accuracy, *, strategy: str = "reinforce",
-                 samples: int = 64, batch: int = 4, seed: int = 0, target_ms: float | None = None,
+                 samples: int | None = 64, batch: int = 4, seed: int = 0, target_ms: float | None = None,
+                 children: int | None = None,
                  reward: str = "soft", alpha: float | None = None, beta: float | None = None,
                  latency: str = "model", executor: str = "serial", workers: int = 2, ray_address: str | None = None,
                  checkpoint: str | os.PathLike | None = None, progress: bool = False,
                  strategy_options: dict | None = None, evaluate_baseline: bool = False):
         if reward not in REWARD_PRESETS:
             raise ValueError(f"reward must be one of {list(REWARD_PRESETS)}, got {reward!r}")
+        if children is not None and children < 1:
+            raise ValueError(f"children must be >= 1, got {children}")
+        if samples is None:
+            if children is None:
+                raise ValueError("give samples (proposals) or children (evaluations)")
+            samples = 20 * children
         if samples < 1 or batch < 1:
             raise ValueError("samples and batch must be >= 1")
+        self.children = children
         a, b = REWARD_PRESETS[reward]
         self.alpha = a if alpha is None else alpha
         self.beta = b if beta is None else beta
@@ -164,8 +175,11 @@ class Search:
         evaluations = 0
         try:
             i = 0
-            while i < self.samples:
+            evaluated = 0  # distinct architectures trained, replayed ones included (the stop rule repeats on resume)
+            while i < self.samples and (self.children is None or evaluated < self.children):
                 n = min(self.batch, self.samples - i)
+                if self.children is not None:  # each proposal trains at most one new child: never overshoot
+                    n = min(n, self.children - evaluated)
                 replay = [done[i + j]["tokens"] if i + j in done else None for j in range(n)]
                 proposals = [tuple(int(x) for x in t) for t in strategy.ask(n, replay)]
                 results: dict[int, dict] = {}
@@ -197,6 +211,7 @@ class Search:
                         results[j] = self._record(i + j, t, results[dup[space.canonical(t)]], cached=True)
                         self._write(fh, results[j])
                 batch = [results[j] for j in range(n)]
+                evaluated += sum(not r.get("cached") for r in batch)
                 strategy.tell(proposals, [r["reward"] for r in batch])
                 history += batch
                 for r in batch:
