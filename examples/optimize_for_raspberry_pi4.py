@@ -1,6 +1,6 @@
 """Optimize MobileNetV2 for a Raspberry Pi 4 (Cortex-A72) to half its predicted latency, and export it.
 
-    OMP_WAIT_POLICY=PASSIVE python examples/optimize_for_raspberry_pi4.py [--out pi4-out]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python examples/optimize_for_raspberry_pi4.py [--out pi4-out]
 
 Writes the report (Markdown, JSON, plots), an ONNX model, and — when the Debian cross compiler
 `aarch64-linux-gnu-gcc` is installed — a TVM library to copy to the Pi and run with the TVM runtime.

@@ -1,6 +1,6 @@
 """Property-test your own pass with hwopt's hypothesis strategies.
 
-    OMP_WAIT_POLICY=PASSIVE python -m pytest examples/test_custom_pass.py -q
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest examples/test_custom_pass.py -q
 
 The pass below merges two consecutive idempotent activations (relu(relu(x)) == relu(x)), a rewrite that must keep the
 function exactly, never modify its input, and leave a verified graph. `graphs_with_input()` draws random

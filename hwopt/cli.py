@@ -171,33 +171,50 @@ def cmd_targets(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'target':12s} {'clock':>6s} {'cores':>5s} {'SIMD':>5s} {'×ch':>4s} {'dtype':>7s} {'GMAC/s':>7s} "
+    print("ch-mult: layer widths the target runs at full SIMD speed are multiples of this (pruning rounds to it)")
+    print(f"{'target':12s} {'clock':>6s} {'cores':>5s} {'SIMD':>5s} {'ch-mult':>7s} {'dtype':>7s} {'GMAC/s':>7s} "
           f"{'SRAM':>8s} {'flash':>9s}  description")
     for r in rows:
         mem = lambda b: f"{b // 1024:,}K" if b else "-"
-        print(f"{r['name']:12s} {r['clock_mhz']:6.0f} {r['cores']:5d} {r['simd_bits']:5d} {r['channel_multiple']:4d} "
+        print(f"{r['name']:12s} {r['clock_mhz']:6.0f} {r['cores']:5d} {r['simd_bits']:5d} {r['channel_multiple']:7d} "
               f"{r['dtype']:>7s} {r['peak_gmacs']:7.2f} {mem(r['sram_bytes']):>8s} {mem(r['flash_bytes']):>9s}  {r['description']}")
     return 0
 
 
+def load_data(spec: str | None, option: str = "--data"):
+    """MODULE:FACTORY whose call returns (x, y) batches (or a callable giving them)."""
+    if not spec:
+        return None
+    factory = load_factory(spec)
+    if not callable(factory):
+        raise HwoptError(f"{option} {spec!r} is not callable")
+    return factory()
+
+
 def cmd_optimize(args) -> int:
-    from .optimizer import EXPORT_FORMATS, optimize
+    from .optimizer import optimize
+    from .report import EXPORT_FORMATS, EXPORT_SUFFIX, check_output_dir
     formats = [f for f in (args.export or "").split(",") if f]
     for f in formats:
         if f not in EXPORT_FORMATS:
             raise HwoptError(f"--export {f!r}: choose from {', '.join(EXPORT_FORMATS)}")
     if formats and not args.out:
         raise HwoptError(f"--export {args.export} needs --out DIR to write the model into")
+    if args.out:
+        check_output_dir(args.out)  # before the work, not after it
+    budget = parse_budget(args.budget)
     model = build_model(args.model)
     x = example_input(parse_shape(args.input_shape))
-    result = optimize(model.eval(), args.target, x, budget=parse_budget(args.budget), pipeline=args.pipeline,
-                      seed=args.seed, measure=args.measure)
+    evaluate = load_factory(args.evaluate) if args.evaluate else None
+    result = optimize(model.eval(), args.target, x, budget=budget, pipeline=args.pipeline, seed=args.seed,
+                      measure=args.measure, data=load_data(args.data), evaluate=evaluate,
+                      fit_device=not args.ignore_device_limits, min_channels=args.min_channels,
+                      protect=tuple(p for p in (args.protect or "").split(",") if p))
     if args.out:
         out = Path(args.out)
         result.write_report(out)
-        suffix = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so"}
         for f in formats:
-            result.export(out / f"model{suffix[f]}", f)
+            result.export(out / f"model{EXPORT_SUFFIX[f]}", f)
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
@@ -271,10 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("model", help="MODULE:FACTORY")
     op.add_argument("--target", required=True, help="target name (see `hwopt targets`) or path to a target file")
     op.add_argument("--input-shape", required=True)
-    op.add_argument("--budget", help="e.g. latency_ms=2.5,peak_sram_bytes=262144 (resources: latency_ms, "
-                                     "peak_sram_bytes, flash_bytes, energy_mj, macs)")
+    op.add_argument("--budget", help="absolute limits, e.g. latency_ms=2.5,params=500000 (resources: latency_ms, "
+                                     "peak_sram_bytes, flash_bytes, energy_mj, macs, params); the target's SRAM "
+                                     "and flash are limits too unless --ignore-device-limits")
     op.add_argument("--pipeline", help="pass pipeline text; default: chosen from the target and budget")
-    op.add_argument("--out", help="directory for report.md/json, plots and exports")
+    op.add_argument("--data", metavar="MODULE:FACTORY", help="a factory returning (x, y) training batches: "
+                    "fine-tuning after pruning (default SGD trainer), Taylor and OBD importance")
+    op.add_argument("--evaluate", metavar="MODULE:FACTORY", help="a function evaluate(module) -> accuracy in [0, 1]")
+    op.add_argument("--min-channels", type=int, help="narrowest a pruned layer may get (default: the target's "
+                                                     "channel multiple)")
+    op.add_argument("--protect", help="comma-separated layer names or module-path prefixes never pruned")
+    op.add_argument("--ignore-device-limits", action="store_true",
+                    help="report the target's SRAM / flash limits but do not enforce them")
+    op.add_argument("--out", help="directory for report.md/json, plots and exports (checked before the work)")
     op.add_argument("--export", help="comma-separated formats: torch,onnx,tvm (needs --out)")
     op.add_argument("--measure", action="store_true", help="compile with TVM and time before/after (host target)")
     op.add_argument("--seed", type=int, default=0)

@@ -154,3 +154,17 @@ def mnist_trainer(train_limit: int | None = None, eval_split: str = "val", eval_
     xt, yt = mnist("train", train_limit, flat=flat)
     xe, ye = mnist(eval_split, eval_limit, flat=flat)
     return Trainer(xt, yt, xe, ye, **kwargs)
+
+
+def mnist_batches(limit: int = 2000, batch_size: int = 64, split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """MNIST as (x, y) batches: what `optimize(data=...)` and `hwopt optimize --data hwopt.data:mnist_batches` take."""
+    x, y = mnist(split, limit)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def mnist_accuracy(module: nn.Module, limit: int = 1000) -> float:
+    """Accuracy on the first `limit` MNIST validation images: an `--evaluate hwopt.data:mnist_accuracy` function."""
+    x, y = mnist("val", limit)
+    with torch.no_grad():
+        module.eval()
+        return float((module(x).argmax(1) == y).float().mean())

@@ -20,8 +20,10 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
              epochs: float = 1.0, eval_limit: int | None = None, seed: int = 0, tvm_export: bool = True,
              log=print) -> dict:
     from .optimizer import optimize
+    from .report import check_output_dir
     from .targets import load_target
     t0 = time.perf_counter()
+    check_output_dir(out)
     torch.manual_seed(seed)
     target = load_target(target_name)
     trainer = mnist_trainer(train_limit, eval_split="test", eval_limit=eval_limit, lr=0.05, batch_size=64, seed=seed)
@@ -30,11 +32,7 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
     trainer.train(model, epochs=epochs)
     x = torch.zeros(1, 1, 28, 28)
     start = target.cost(lift(model, x))
-    budget = {"latency_ms": start.latency_ms / 2}
-    if target.sram_bytes:
-        budget["peak_sram_bytes"] = float(target.sram_bytes)
-    if target.flash_bytes:
-        budget["flash_bytes"] = float(target.flash_bytes)
+    budget = {"latency_ms": start.latency_ms / 2}  # the device's SRAM and flash are limits by default
     log(f"optimizing for {target.name}: budget " + ", ".join(f"{k} ≤ {v:,.4g}" for k, v in budget.items()))
 
     def finetune(module, *, epochs=1.0, penalty=None):

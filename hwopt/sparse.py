@@ -167,46 +167,6 @@ def with_masks(graph, masks: dict[str, torch.Tensor]):
     return g
 
 
-def l2_penalty(strength: float):
-    """A `penalty(module) -> tensor` for ctx.train: strength/2 · Σ‖W ⊙ mask‖² over conv/linear weights."""
-    from torch import nn
-
-    def penalty(module):
-        total = 0.0
-        for mod in module.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                w = mod.weight
-                mask = getattr(mod, "weight_mask", None)
-                total = total + ((w if mask is None else w * mask) ** 2).sum()
-        return 0.5 * strength * total
-    return penalty
-
-
-def example_inputs(graph, ctx=None):
-    ex = getattr(ctx, "example_inputs", None) if ctx is not None else None
-    if ex is not None:
-        return ex
-    return tuple(torch.zeros(n.spec.shape) for n in graph.inputs)
-
-
-def load_trained(graph, module, example=None):
-    """A copy of `graph` with the parameters `module` (= lower(graph), since trained) now holds; masked
-    weights are multiplied by their (unchanged) masks so pruned weights are exact zeros."""
-    from .lower import read_back
-    return read_back(graph, module)
-
-
-def retrain(graph, ctx, epochs: float, l2: float = 0.0):
-    """Lower (masks stay masks), train with ctx.train for `epochs` with an optional L2 penalty on the
-    unpruned weights, and return a new graph holding the trained weights (masks unchanged)."""
-    from .lower import lower
-    if epochs <= 0:
-        return graph
-    module = lower(graph)
-    ctx.train(module, epochs=epochs, penalty=l2_penalty(l2) if l2 > 0 else None)
-    return load_trained(graph, module, example_inputs(graph, ctx))
-
-
 def _const_through(op: str, attrs: dict, v: torch.Tensor) -> torch.Tensor:
     """The constant a channel holds after `op` when its input is the per-unit constant `v` (NaN: unknown)."""
     import torch.nn.functional as F

@@ -18,15 +18,16 @@ criterion
     Taylor saliency Σ|w·∂L/∂w| over the same weights plus the BN γ/β of the unit (Molchanov et al.
     2019), with the cross-entropy loss accumulated over the batches of ``ctx.data`` (an iterable of
     (x, y) batches the caller sets on the context; it must be finite), or ``ctx.loss(output, y)`` if set.
-ratio | macs | latency_ms  (exactly one)
+ratio, or budgets
     ``ratio``: fraction of each eligible group's units to remove (per-layer), or of all eligible units
-    (``global_ranking=true``). ``macs``: a MAC budget — a value ≤ 1 is a fraction of the input graph's
-    MACs (``macs=0.5`` halves them), a value > 1 an absolute MAC count. ``latency_ms``: predicted
-    latency on ``ctx.target`` in ms. Budget mode ranks removable chunks by normalised importance per
-    unit of predicted cost saved (MACs, or the target's latency model) and removes the cheapest until
-    the *measured* cost of the pruned graph (re-evaluated after every round) meets the budget. A budget
-    below the cost of the smallest graph the pass may produce raises ``hwopt.BudgetError`` giving that
-    closest reachable cost.
+    (``global_ranking=true``). Budgets (one or several, absolute values in hwopt's resource vocabulary,
+    ``hwopt.figures``): ``latency_ms``, ``peak_sram_bytes``, ``flash_bytes``, ``energy_mj`` (these use
+    ``ctx.target``'s cost model), ``macs``, ``params``; ``macs_fraction`` is a fraction of the input's MACs
+    (``macs_fraction=0.5`` halves them). Budget mode ranks removable chunks by normalised importance per
+    unit of the resource saved (that resource split over the nodes carrying it, ``hwopt.passkit.node_costs``)
+    and removes the cheapest until the *measured* figures of the pruned graph (re-evaluated after every
+    round) meet every budget; each round works on the resource furthest over its budget. A budget below
+    the figures of the smallest graph the pass may produce raises ``hwopt.BudgetError`` giving them.
 global_ranking
     Ratio mode only (budget mode is always global). Units of different groups are compared after each
     group's importances are divided by the group's mean importance: raw magnitudes depend on fan-in,
@@ -35,8 +36,9 @@ global_ranking
 round_to
     ``target`` (the target's ``channel_multiple``), an int, or ``none`` (default: the target's multiple
     when ``ctx.target`` is set, else 1). Kept widths are multiples of it; rounding never raises a width
-    above its original, a group never drops below one multiple, and a group no wider than the multiple
-    is left alone. For units of several channels (grouped convs) the multiple applies to channels.
+    above its original, a group never drops below ``min_channels`` (default: one multiple), and a group no
+    wider than that is left alone. For units of several channels (grouped convs) the multiple applies to
+    channels.
 protect
     Node names (or module-path prefixes, e.g. ``layer1``) whose groups are never pruned.
 steps, finetune_epochs
@@ -48,8 +50,6 @@ Never removes every unit of a group. The input graph is never mutated.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional
 
@@ -58,14 +58,15 @@ import torch
 
 from hwopt.channels import ChannelGroup, channel_groups, remove_channels
 from hwopt.errors import BudgetError, PassError
-from hwopt.ir import Graph, node_macs
-from hwopt.lower import read_back, submodules
-from hwopt.passmanager import Pass, PassContext, register_pass
+from hwopt.ir import Graph
+from hwopt.lower import submodules
+from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, resource_value, train_graph,
+                           unit_channels)
+from hwopt.passmanager import Pass, PassContext, option, register_pass
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
 
-__all__ = ["ChannelPrune", "unit_importance", "eligible_groups", "kept_levels", "graph_macs", "sync_params",
-           "module_of_node", "channel_sensitivity"]
+__all__ = ["ChannelPrune", "unit_importance", "eligible_groups", "kept_levels", "graph_macs", "channel_sensitivity"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,10 +156,6 @@ def unit_importance(graph: Graph, criterion: str = "l1", data: Iterable | None =
     return out
 
 
-# the lowered module's layers and trained weights: one mechanism for every pass, in hwopt.lower
-module_of_node, sync_params = submodules, read_back
-
-
 def _taylor_saliency(graph: Graph, data, loss) -> dict[str, dict[str, torch.Tensor]]:
     if data is None:
         raise PassError("option 'criterion' of pass 'channel-prune': criterion=taylor needs data — set "
@@ -166,7 +163,7 @@ def _taylor_saliency(graph: Graph, data, loss) -> dict[str, dict[str, torch.Tens
     from hwopt.lower import lower
 
     module = lower(graph)
-    mapping = module_of_node(graph, module)
+    mapping = submodules(graph, module)
     module.eval()  # BN in inference mode: the saliency of the deployed function
     loss = loss or torch.nn.functional.cross_entropy
     params = {(name, k): getattr(m, k) for name, m in mapping.items() for k in ("weight", "bias")
@@ -206,40 +203,13 @@ def eligible_groups(graph: Graph, protect: tuple[str, ...] = (), groups: list[Ch
             not any(_is_protected(n, protect) for n in list(g.members) + g.producers)]
 
 
-def _unit_channels(gr: ChannelGroup) -> int:
-    key = gr.producers[0] if gr.producers else next(iter(gr.members))
-    return int(gr.members[key].shape[1])
-
-
-def kept_levels(size: int, multiple: int, unit_channels: int = 1) -> list[int]:
-    """Allowed kept unit counts for a group of `size` units, largest first: `size` itself, then every
-    count whose channel width is a multiple of `multiple`, down to one multiple (never 0)."""
-    mu = max(1, multiple // math.gcd(multiple, unit_channels)) if multiple > 1 else 1
-    levels = [size]
-    k = (size - 1) // mu * mu  # largest multiple below size
-    while k >= mu:
-        levels.append(k)
-        k -= mu
-    return levels
-
-
 def _nearest_level(levels: list[int], want: float) -> int:
     # levels descend; nearest, ties toward keeping more
     return min(levels, key=lambda k: (abs(k - want), -k))
 
 
-def _nearest_keep(size: int, multiple: int, unit_channels: int, want: float) -> int:
-    """`_nearest_level(kept_levels(size, multiple, unit_channels), want)` without building the list."""
-    mu = max(1, multiple // math.gcd(multiple, unit_channels)) if multiple > 1 else 1
-    top = (size - 1) // mu * mu  # largest multiple below size (0: no smaller level)
-    if want >= size or top < mu:
-        return size
-    q = min(max(mu, int(math.floor(want / mu + 0.5)) * mu), top)
-    return size if abs(size - want) <= abs(q - want) else q
-
-
 def graph_macs(graph: Graph) -> int:
-    return int(sum(node_macs(graph, n) for n in graph.nodes.values() if n.op in ("conv2d", "linear")))
+    return int(resource_value(graph, "macs"))
 
 
 def _group_key(gr: ChannelGroup) -> tuple[str, ...]:
@@ -262,9 +232,9 @@ def _normalise(imp: np.ndarray) -> np.ndarray:
     return imp / m if m > 0 else np.ones_like(imp)
 
 
-def _per_unit_saving(graph: Graph, gr: ChannelGroup, node_cost: dict[str, float]) -> float:
-    """Linearised cost saved by removing one unit of `gr`: each node reading or writing the group's
-    channels loses the unit's share of its cost (its output share if it writes them, else its input share)."""
+def _per_unit_saving(graph: Graph, gr: ChannelGroup, node_cost: dict[str, float], readers: bool) -> float:
+    """Linearised cost saved by removing one unit of `gr`: each node writing the group's channels loses
+    the unit's share of its cost, and (`readers`: costs of work, not of buffers) so does each node reading them."""
     total = 0.0
     touched = set()
     for name, idx in gr.members.items():
@@ -272,6 +242,8 @@ def _per_unit_saving(graph: Graph, gr: ChannelGroup, node_cost: dict[str, float]
         if name in node_cost and name not in touched:
             total += node_cost[name] * idx.shape[1] / ch
             touched.add(name)
+        if not readers:
+            continue
         for u in graph.users(name):
             if u in touched or u in gr.members or u not in node_cost:
                 continue
@@ -282,6 +254,9 @@ def _per_unit_saving(graph: Graph, gr: ChannelGroup, node_cost: dict[str, float]
     return total
 
 
+BUDGETS = ("latency_ms", "peak_sram_bytes", "flash_bytes", "energy_mj", "macs", "params")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The pass
 
@@ -289,72 +264,78 @@ def _per_unit_saving(graph: Graph, gr: ChannelGroup, node_cost: dict[str, float]
 @register_pass("channel-prune")
 @dataclass(frozen=True)
 class ChannelPrune(Pass):
-    criterion: Literal["l1", "l2", "bn", "taylor"] = "l1"
-    ratio: Optional[float] = None
-    macs: Optional[float] = None
-    latency_ms: Optional[float] = None
+    criterion: str = option("l1", choices=CRITERIA)
+    ratio: Optional[float] = option(None, ge=0.0, lt=1.0)
+    macs_fraction: Optional[float] = option(None, gt=0.0, le=1.0)
+    latency_ms: Optional[float] = option(None, gt=0.0)
+    peak_sram_bytes: Optional[float] = option(None, ge=1.0)
+    flash_bytes: Optional[float] = option(None, ge=1.0)
+    energy_mj: Optional[float] = option(None, gt=0.0)
+    macs: Optional[float] = option(None, gt=0.0)
+    params: Optional[float] = option(None, ge=1.0)
     global_ranking: bool = False
     round_to: Optional[int | Literal["target"]] = None
+    min_channels: Optional[int] = option(None, ge=1)
     protect: tuple[str, ...] = ()
-    steps: int = 1
-    finetune_epochs: float = 0.0
-
-    def __post_init__(self):
-        self.validate()
+    steps: int = option(1, ge=1)
+    finetune_epochs: float = option(0.0, ge=0.0)
 
     def validate(self) -> None:
-        def bad(opt, msg):
-            raise PassError(f"option {opt!r} of pass 'channel-prune': {msg}")
-
-        if self.criterion not in CRITERIA:
-            bad("criterion", f"{self.criterion!r} is not one of {list(CRITERIA)}")
-        amounts = [k for k in ("ratio", "macs", "latency_ms") if getattr(self, k) is not None]
-        if len(amounts) != 1:
-            bad("ratio", f"set exactly one of ratio, macs, latency_ms (got {amounts or 'none'})")
-        if self.ratio is not None and not (isinstance(self.ratio, (int, float)) and 0.0 <= self.ratio < 1.0):
-            bad("ratio", f"must be in [0, 1), got {self.ratio!r}")
-        if self.macs is not None and not (isinstance(self.macs, (int, float)) and self.macs > 0):
-            bad("macs", f"must be > 0 (≤ 1: fraction of the input's MACs; > 1: a MAC count), got {self.macs!r}")
-        if self.latency_ms is not None and not (isinstance(self.latency_ms, (int, float)) and self.latency_ms > 0):
-            bad("latency_ms", f"must be > 0, got {self.latency_ms!r}")
+        budgets = [k for k in (*BUDGETS, "macs_fraction") if getattr(self, k) is not None]
+        if (self.ratio is None) == (not budgets) or (self.ratio is not None and budgets):
+            self.invalid("ratio", f"set either ratio or budgets ({', '.join(BUDGETS)}, macs_fraction); got "
+                                  f"{['ratio'] * (self.ratio is not None) + budgets or 'none'}")
+        if self.macs is not None and self.macs < 1:
+            self.invalid("macs", f"is a MAC count, got {self.macs!r}; for a fraction of the input's MACs write "
+                                 f"macs_fraction={self.macs!r}")
+        if self.macs is not None and self.macs_fraction is not None:
+            self.invalid("macs", "set macs (a count) or macs_fraction (of the input's MACs), not both")
         if self.round_to is not None and self.round_to != "target" and not (
                 isinstance(self.round_to, int) and not isinstance(self.round_to, bool) and self.round_to >= 1):
-            bad("round_to", f"must be 'target', none or an int >= 1, got {self.round_to!r}")
+            self.invalid("round_to", f"must be 'target', none or an int >= 1, got {self.round_to!r}")
         if not isinstance(self.protect, tuple) or not all(isinstance(p, str) for p in self.protect):
-            bad("protect", f"must be a tuple of node names, got {self.protect!r}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            bad("steps", f"must be an int >= 1, got {self.steps!r}")
-        if not isinstance(self.finetune_epochs, (int, float)) or self.finetune_epochs < 0:
-            bad("finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
-        if self.global_ranking not in (True, False):
-            bad("global_ranking", f"must be true or false, got {self.global_ranking!r}")
+            self.invalid("protect", f"must be a tuple of node names, got {self.protect!r}")
+
+    def requirements(self) -> tuple[str, ...]:
+        need = []
+        if any(getattr(self, k) is not None for k in ("latency_ms", "peak_sram_bytes", "flash_bytes", "energy_mj")) \
+                or self.round_to == "target":
+            need.append("target")
+        if self.finetune_epochs > 0:
+            need.append("train")
+        if self.criterion == "taylor":
+            need.append("data")
+        return tuple(need)
+
+    def budgets(self, graph: Graph) -> dict[str, float]:
+        out = {k: float(getattr(self, k)) for k in BUDGETS if getattr(self, k) is not None}
+        if self.macs_fraction is not None:
+            out["macs"] = self.macs_fraction * resource_value(graph, "macs")
+        return out
 
     # -- context checks ------------------------------------------------------------------------------
-    def _multiple(self, ctx: PassContext) -> int:
-        if self.round_to == "target":
-            if ctx.target is None:
-                raise PassError("option 'round_to' of pass 'channel-prune': round_to=target needs ctx.target")
-            return max(1, int(ctx.target.channel_multiple))
-        if self.round_to is None:
-            return max(1, int(getattr(ctx.target, "channel_multiple", 1) or 1)) if ctx.target is not None else 1
-        return int(self.round_to)
-
     def _check(self, graph: Graph, ctx: PassContext) -> None:
-        if self.latency_ms is not None and ctx.target is None:
-            raise PassError("option 'latency_ms' of pass 'channel-prune': a latency budget needs ctx.target")
-        if self.finetune_epochs > 0 and ctx.train is None:
-            raise PassError("option 'finetune_epochs' of pass 'channel-prune': fine-tuning needs ctx.train")
+        for need in self.requirements():
+            if getattr(ctx, need, None) is None:
+                opt = {"target": next((k for k in ("latency_ms", "peak_sram_bytes", "flash_bytes", "energy_mj", "round_to")
+                                       if getattr(self, k) is not None), "round_to"),
+                       "train": "finetune_epochs", "data": "criterion"}[need]
+                self.invalid(opt, f"needs ctx.{need}")
         missing = [p for p in self.protect if p not in graph.nodes and not any(n.startswith(p + ".") for n in graph.nodes)]
         if missing:
-            raise PassError(f"option 'protect' of pass 'channel-prune': no node named {missing} in the graph")
+            self.invalid("protect", f"no node named {missing} in the graph")
 
     def _importance(self, graph: Graph, ctx: PassContext, groups) -> dict[int, np.ndarray]:
         return unit_importance(graph, self.criterion, getattr(ctx, "data", None), getattr(ctx, "loss", None), groups)
 
+    def _levels(self, graph: Graph, gr: ChannelGroup, mult: int) -> list[int]:
+        low = min_units(graph, gr, self.min_channels if self.min_channels is not None else mult)
+        return kept_levels(gr.size, mult, unit_channels(gr), low)
+
     # -- run -------------------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         self._check(graph, ctx)
-        mult = self._multiple(ctx)
+        mult = channel_multiple(self.round_to, ctx, self.name)
         if self.ratio is not None:
             if self.ratio == 0:
                 return graph
@@ -364,32 +345,19 @@ class ChannelPrune(Pass):
             for step in range(1, self.steps + 1):
                 frac = self.ratio * step / self.steps
                 cur = self._ratio_step(cur, ctx, mult, frac, original, total)
-                cur = self._finetune(cur, ctx)
+                cur = train_graph(cur, ctx, self.finetune_epochs, who=self.name)
             return cur
-        cost_fn, per_node_fn, unit = self._cost_fns(ctx)
-        c0 = cost_fn(graph)
-        budget = self.latency_ms if self.latency_ms is not None else (self.macs * c0 if self.macs <= 1 else self.macs)
-        self._check_feasible(graph, mult, budget, cost_fn, unit)
-        if c0 <= budget:
+        budget = self.budgets(graph)
+        start = {k: resource_value(graph, k, ctx.target) for k in budget}
+        self._check_feasible(graph, ctx, mult, budget)
+        if all(start[k] <= b for k, b in budget.items()):
             return graph
         cur = graph
         for step in range(1, self.steps + 1):
-            b = c0 - (c0 - budget) * step / self.steps
-            cur = self._budget_step(cur, ctx, mult, b, cost_fn, per_node_fn)
-            cur = self._finetune(cur, ctx)
-        if cost_fn(cur) > budget * (1 + 1e-9):  # fine-tuning never changes the cost; a guard all the same
-            raise BudgetError(f"channel-prune: reached {cost_fn(cur):.6g} {unit}, budget {budget:.6g}",
-                              closest={unit: cost_fn(cur)})
+            b = {k: start[k] - max(0.0, start[k] - v) * step / self.steps for k, v in budget.items()}
+            cur = self._budget_step(cur, ctx, mult, b)
+            cur = train_graph(cur, ctx, self.finetune_epochs, who=self.name)
         return cur
-
-    def _finetune(self, g: Graph, ctx: PassContext) -> Graph:
-        if self.finetune_epochs <= 0:
-            return g
-        from hwopt.lower import lower
-
-        module = lower(g)
-        ctx.train(module, epochs=self.finetune_epochs)
-        return sync_params(g, module)
 
     # -- ratio mode ------------------------------------------------------------------------------------
     def _ratio_step(self, g: Graph, ctx, mult, frac, original, total) -> Graph:
@@ -401,13 +369,13 @@ class ChannelPrune(Pass):
             for gr in elig:
                 size0 = original.get(_group_key(gr), gr.size)
                 want = size0 - round(frac * size0)
-                keep = _nearest_keep(gr.size, mult, _unit_channels(gr), min(want, gr.size))
+                keep = _nearest_level(self._levels(g, gr, mult), min(want, gr.size))
                 if keep < gr.size:
                     removal[gr.id] = np.argsort(imp[gr.id], kind="stable")[:gr.size - keep]
         else:
             already = total - sum(gr.size for gr in groups if gr.prunable and _group_key(gr) in original)
             target = round(frac * total) - already
-            plans = [_GroupPlan(gr, _normalise(imp[gr.id]), kept_levels(gr.size, mult, _unit_channels(gr))) for gr in elig]
+            plans = [_GroupPlan(gr, _normalise(imp[gr.id]), self._levels(g, gr, mult)) for gr in elig]
             chunks = []  # (mean normalised importance, plan index, level index)
             for pi, p in enumerate(plans):
                 srt = np.sort(p.imp)
@@ -436,55 +404,57 @@ class ChannelPrune(Pass):
         return remove_channels(g, removal, groups) if removal else g
 
     # -- budget mode -----------------------------------------------------------------------------------
-    def _cost_fns(self, ctx):
-        if self.latency_ms is not None:
-            t = ctx.target
-            return (lambda g: float(t.cost(g).latency_ms)), (lambda g: dict(t.cost(g).per_node)), "latency_ms"
-        per_node = lambda g: {n.name: float(node_macs(g, n)) for n in g.nodes.values() if n.op in ("conv2d", "linear")}
-        return (lambda g: float(graph_macs(g))), per_node, "macs"
+    def smallest(self, g: Graph, ctx: PassContext) -> Graph:
+        """Every eligible group at the narrowest width this pass may give it."""
+        return self._minimal(g, channel_multiple(self.round_to, ctx, self.name))
 
     def _minimal(self, g: Graph, mult: int) -> Graph:
         groups = channel_groups(g)
         removal = {}
         for gr in eligible_groups(g, self.protect, groups):
-            keep = kept_levels(gr.size, mult, _unit_channels(gr))[-1]
+            keep = self._levels(g, gr, mult)[-1]
             if keep < gr.size:
                 removal[gr.id] = np.arange(keep, gr.size)
         return remove_channels(g, removal, groups) if removal else g
 
-    def _check_feasible(self, g, mult, budget, cost_fn, unit) -> None:
-        if cost_fn(g) <= budget:
+    def _check_feasible(self, g, ctx, mult, budget) -> None:
+        if all(resource_value(g, k, ctx.target) <= v for k, v in budget.items()):
             return
         smallest = self._minimal(g, mult)
-        best = cost_fn(smallest)
-        if best > budget:
-            closest = {"macs": graph_macs(smallest), unit: best}
+        reach = {k: resource_value(smallest, k, ctx.target) for k in budget}
+        over = [k for k, v in budget.items() if reach[k] > v * (1 + 1e-9)]
+        if over:
             raise BudgetError(
-                f"channel-prune: budget {unit}={budget:.6g} is infeasible; the closest reachable is {best:.6g} {unit} "
-                f"(every eligible group at its minimum width with round_to={mult}, protect={list(self.protect)})",
-                closest=closest)
+                f"channel-prune: budget {', '.join(f'{k}={budget[k]:.6g}' for k in over)} is infeasible; the closest "
+                f"reachable is {', '.join(f'{k}={reach[k]:.6g}' for k in over)} (every eligible group at its minimum "
+                f"width with round_to={mult}, min_channels={self.min_channels or mult}, protect={list(self.protect)})",
+                closest=reach)
 
-    def _budget_step(self, g: Graph, ctx, mult, budget, cost_fn, per_node_fn) -> Graph:
+    def _budget_step(self, g: Graph, ctx, mult, budget: dict[str, float]) -> Graph:
+        """Remove the least important chunks per unit of cost saved until every budget is met: each round
+        works on the resource furthest over its budget (relatively) and re-measures them all."""
         groups = channel_groups(g)
         raw = self._importance(g, ctx, groups)
         # normalised importance, carried across rounds by group key so later rounds rank consistently
         carried = {_group_key(gr): _normalise(raw[gr.id]) for gr in eligible_groups(g, self.protect, groups)}
         cur = g
-        for _ in range(200):
-            c = cost_fn(cur)
-            if c <= budget:
+        for _ in range(400):
+            figs = {k: resource_value(cur, k, ctx.target) for k in budget}
+            over = {k: figs[k] / v for k, v in budget.items() if figs[k] > v * (1 + 1e-9)}
+            if not over:
                 return cur
+            resource = max(over, key=over.get)
             groups = channel_groups(cur)
-            node_cost = per_node_fn(cur)
+            node_cost = node_costs(cur, resource, ctx.target)
             plans, chunks = [], []
             for gr in eligible_groups(cur, self.protect, groups):
                 imp = carried.get(_group_key(gr))
                 if imp is None or len(imp) != gr.size:
                     continue
-                levels = kept_levels(gr.size, mult, _unit_channels(gr))
+                levels = self._levels(cur, gr, mult)
                 if len(levels) < 2:
                     continue
-                s = _per_unit_saving(cur, gr, node_cost)
+                s = _per_unit_saving(cur, gr, node_cost, readers=resource != "peak_sram_bytes")
                 if s <= 0:
                     continue
                 pi = len(plans)
@@ -497,7 +467,7 @@ class ChannelPrune(Pass):
             if not chunks:
                 break
             chunks.sort(key=lambda t: (t[0], t[1], t[2]))
-            gap = c - budget
+            gap = figs[resource] - budget[resource]
             taken = [0] * len(plans)
             saved = 0.0
             for score, pi, li, save in chunks:
@@ -516,10 +486,9 @@ class ChannelPrune(Pass):
             if not removal:
                 break
             cur = remove_channels(cur, removal, groups)
-        if cost_fn(cur) > budget:
-            raise BudgetError(f"channel-prune: could only reach {cost_fn(cur):.6g} against a budget of {budget:.6g}",
-                              closest={"cost": cost_fn(cur)})
-        return cur
+        figs = {k: resource_value(cur, k, ctx.target) for k in budget}
+        raise BudgetError(f"channel-prune: could only reach {', '.join(f'{k}={figs[k]:.6g}' for k in budget)} "
+                          f"against a budget of {', '.join(f'{k}={v:.6g}' for k, v in budget.items())}", closest=figs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -546,7 +515,7 @@ def channel_sensitivity(graph: Graph, evaluate: Callable[[torch.nn.Module], floa
 
     def prune_fn(g: Graph, label: str, frac: float) -> Graph:
         gr = by_label[label]
-        keep = _nearest_level(kept_levels(gr.size, round_to, _unit_channels(gr)), gr.size - round(frac * gr.size))
+        keep = _nearest_level(kept_levels(gr.size, round_to, unit_channels(gr)), gr.size - round(frac * gr.size))
         if keep >= gr.size:
             return g
         return remove_channels(g, {gr.id: np.argsort(imp[gr.id], kind="stable")[:gr.size - keep]}, groups)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -65,7 +64,8 @@ import torch
 from hwopt.errors import PassError
 from hwopt.ir import Graph
 from hwopt.lower import lower
-from hwopt.passmanager import Pass, PassContext, register_pass
+from hwopt.passkit import l2_penalty, train_graph
+from hwopt.passmanager import Pass, PassContext, option, register_pass
 from hwopt import sensitivity as sens
 from hwopt import sparse as sp
 
@@ -113,19 +113,19 @@ class Plan:
 @register_pass("magnitude-prune")
 @dataclass(frozen=True)
 class MagnitudePrune(Pass):
-    sparsity: Optional[float] = None          # overall target fraction of the pruned layers' weights
-    quality: Optional[float] = None           # threshold = quality × std(weights) per layer (paper's rule)
-    max_accuracy_drop: float = 0.01           # per-layer budget when no sparsity / quality is given
-    allocation: str = "equal-drop"            # sparsity → per layer: "equal-drop" | "min-drop" (hwopt.sensitivity)
-    iterations: int = 3                       # prune → retrain rounds
-    schedule: str = "geometric"               # per-round fractions: "geometric" | "cubic" (Zhu & Gupta 2017)
-    retrain_epochs: float = 1.0               # epochs of ctx.train per round (0: no retraining)
-    final_retrain_epochs: Optional[float] = None  # the last round's epochs (default: retrain_epochs)
-    final_cycles: int = 1                     # the last round as this many cosine cycles (warm restarts)
+    sparsity: Optional[float] = option(None, gt=0.0, lt=1.0)  # overall target fraction of the pruned layers' weights
+    quality: Optional[float] = option(None, gt=0.0)  # threshold = quality × std(weights) per layer (paper's rule)
+    max_accuracy_drop: float = option(0.01, ge=0.0, le=1.0)  # per-layer budget when no sparsity / quality is given
+    allocation: str = option("equal-drop", choices=tuple(sens.ALLOCATIONS))  # sparsity → per layer (hwopt.sensitivity)
+    iterations: int = option(3, ge=1)         # prune → retrain rounds
+    schedule: str = option("geometric", choices=tuple(SCHEDULES))  # per-round fractions (cubic: Zhu & Gupta 2017)
+    retrain_epochs: float = option(1.0, ge=0.0)  # epochs of ctx.train per round (0: no retraining)
+    final_retrain_epochs: Optional[float] = option(None, ge=0.0)  # the last round's epochs (default: retrain_epochs)
+    final_cycles: int = option(1, ge=1)       # the last round as this many cosine cycles (warm restarts)
     final_keep_best: bool = False             # the last round keeps its best checkpoint on ctx's eval split
-    final_eval_every: Optional[float] = None  # ... evaluated also every this many epochs, not just at cycle ends
+    final_eval_every: Optional[float] = option(None, gt=0.0)  # ... evaluated also every this many epochs
     final_average: bool = False               # the last round ends on the mean of its cycle-end weights (SWA)
-    l2: float = 0.0                           # L2 penalty strength while retraining
+    l2: float = option(0.0, ge=0.0)           # L2 penalty strength while retraining
     adjust_dropout: bool = True               # D_r = D_o·sqrt(C_ir/C_io)
     remove_dead: bool = True                  # remove neurons with no live inputs or outputs
     layers: tuple[str, ...] = ()              # only these conv/linear nodes (default: all)
@@ -133,48 +133,22 @@ class MagnitudePrune(Pass):
     scan_fractions: tuple[float, ...] = sens.DEFAULT_FRACTIONS
     plot: str = ""                            # write the sensitivity curves (PNG) here
 
-    needs = ()  # evaluate (scan) and train (retraining) are checked in run: both depend on the options
-
     def validate(self) -> None:
-        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
-            raise PassError(f"option 'sparsity' of pass 'magnitude-prune' must be in (0, 1), got {self.sparsity}")
-        if self.quality is not None and self.quality <= 0:
-            raise PassError(f"option 'quality' of pass 'magnitude-prune' must be > 0, got {self.quality}")
         if self.sparsity is not None and self.quality is not None:
-            raise PassError("options 'sparsity' and 'quality' of pass 'magnitude-prune' exclude each other")
-        if not 0.0 <= self.max_accuracy_drop <= 1.0:
-            raise PassError(f"option 'max_accuracy_drop' of pass 'magnitude-prune' must be in [0, 1], got {self.max_accuracy_drop}")
-        if self.allocation not in sens.ALLOCATIONS:
-            raise PassError(f"option 'allocation' of pass 'magnitude-prune' must be one of {sorted(sens.ALLOCATIONS)}, "
-                            f"got {self.allocation!r}")
-        if self.schedule not in SCHEDULES:
-            raise PassError(f"option 'schedule' of pass 'magnitude-prune' must be one of {sorted(SCHEDULES)}, "
-                            f"got {self.schedule!r}")
-        if self.iterations < 1:
-            raise PassError(f"option 'iterations' of pass 'magnitude-prune' must be >= 1, got {self.iterations}")
-        if self.retrain_epochs < 0:
-            raise PassError(f"option 'retrain_epochs' of pass 'magnitude-prune' must be >= 0, got {self.retrain_epochs}")
-        if self.final_retrain_epochs is not None and self.final_retrain_epochs < 0:
-            raise PassError(f"option 'final_retrain_epochs' of pass 'magnitude-prune' must be >= 0, "
-                            f"got {self.final_retrain_epochs}")
-        if self.final_cycles < 1:
-            raise PassError(f"option 'final_cycles' of pass 'magnitude-prune' must be >= 1, got {self.final_cycles}")
-        if self.final_eval_every is not None and self.final_eval_every <= 0:
-            raise PassError(f"option 'final_eval_every' of pass 'magnitude-prune' must be > 0, got {self.final_eval_every}")
+            self.invalid("sparsity", "excludes 'quality': set one of them")
         if self.final_eval_every is not None and not self.final_keep_best:
-            raise PassError("option 'final_eval_every' of pass 'magnitude-prune' needs final_keep_best=true")
+            self.invalid("final_eval_every", "needs final_keep_best=true")
         if self.final_average and self.final_cycles < 2:
-            raise PassError("option 'final_average' of pass 'magnitude-prune' averages the last round's cycle ends: "
-                            f"it needs final_cycles >= 2, got {self.final_cycles}")
+            self.invalid("final_average", "averages the last round's cycle ends: it needs final_cycles >= 2, "
+                                          f"got {self.final_cycles}")
         if self.final_average and self.final_keep_best:
-            raise PassError("options 'final_average' and 'final_keep_best' of pass 'magnitude-prune' exclude each other")
-        if self.l2 < 0:
-            raise PassError(f"option 'l2' of pass 'magnitude-prune' must be >= 0, got {self.l2}")
+            self.invalid("final_average", "excludes 'final_keep_best': set one of them")
         if not self.scan_fractions or any(not 0.0 < f < 1.0 for f in self.scan_fractions):
-            raise PassError(f"option 'scan_fractions' of pass 'magnitude-prune' needs values in (0, 1), got {self.scan_fractions}")
+            self.invalid("scan_fractions", f"needs values in (0, 1), got {self.scan_fractions}")
 
-    def __post_init__(self):
-        self.validate()
+    def requirements(self) -> tuple[str, ...]:
+        return (() if self.quality is not None else ("evaluate",)) + \
+            (("train",) if max(self.round_epochs(i) for i in range(1, self.iterations + 1)) > 0 else ())
 
     # -- planning -------------------------------------------------------------------------------------
     def plan(self, graph: Graph, ctx: PassContext) -> Plan:
@@ -189,7 +163,7 @@ class MagnitudePrune(Pass):
                 fr[k] = float((sp.effective_weight(graph[k]).abs() < thr).float().mean())
             return Plan(fr)
         if ctx.evaluate is None:
-            raise PassError("pass 'magnitude-prune' needs evaluate in the PassContext for its sensitivity scan "
+            raise PassError(f"pass {self.name!r} needs evaluate in the PassContext for its sensitivity scan "
                             "(or set 'quality')")
         scan = sens.sensitivity_scan(graph, names, prune_layer_by_magnitude, ctx.evaluate, self.scan_fractions,
                                      progress=ctx.progress)
@@ -231,9 +205,6 @@ class MagnitudePrune(Pass):
     def apply(self, graph: Graph, ctx: PassContext, plan: Plan) -> Graph:
         if not plan.fractions or all(f <= 0 for f in plan.fractions.values()):
             return graph
-        if max(self.round_epochs(i) for i in range(1, self.iterations + 1)) > 0 and ctx.train is None:
-            raise PassError("pass 'magnitude-prune' needs train in the PassContext to retrain "
-                            "(or set retrain_epochs=0)")
         final = self.final_train_options()
         final_ctx = (dataclasses.replace(ctx, train=functools.partial(ctx.train, **final))
                      if final and ctx.train is not None else ctx)
@@ -243,7 +214,7 @@ class MagnitudePrune(Pass):
             step = {k: SCHEDULES[self.schedule](start[k], f, i / self.iterations) for k, f in plan.fractions.items()}
             g = sp.with_masks(g, magnitude_masks(g, step))
             rctx = final_ctx if i == self.iterations else ctx
-            g = sp.retrain(g, rctx, self.round_epochs(i), self.l2)
+            g = train_graph(g, rctx, self.round_epochs(i), penalty=l2_penalty(self.l2), who=self.name)
             if ctx.progress:
                 acc = ctx.evaluate(lower(g)) if ctx.evaluate is not None else float("nan")
                 log.info("magnitude-prune round %d/%d: sparsity %.3f, accuracy %.4f", i, self.iterations,

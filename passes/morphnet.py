@@ -35,13 +35,13 @@ One iteration is
    ``retrain_epochs=0`` (or no ``ctx.train``) the expanded graph keeps its trained weights (new units
    fresh), which makes ``morphnet{epochs=0,retrain_epochs=0}`` a pure expand-to-budget pass.
 
-Options (text form e.g. ``morphnet{resource=latency,budget=0.2,epochs=2,iterations=1}``):
+Options (text form e.g. ``morphnet{resource=latency_ms,budget=0.2,epochs=2,iterations=1}``):
 
 resource
-    ``flops``: multiply-accumulates of conv / linear layers (the paper's FLOP regulariser counts MACs).
-    ``size``: with ``ctx.target`` set, the target's flash bytes (weights at the deploy dtype, biases,
-    int8 requantisation data, folded BN); without a target, the parameter count. ``latency`` (ms) and
-    ``energy`` (mJ): ``ctx.target``'s cost model (required).
+    hwopt's resource vocabulary (``hwopt.figures``): ``macs`` (multiply-accumulates of conv / linear
+    layers; the paper's FLOP regulariser counts MACs), ``params``, and from ``ctx.target``'s cost model
+    (required for these) ``flash_bytes`` (weights at the deploy dtype, biases, int8 requantisation data),
+    ``peak_sram_bytes``, ``latency_ms``, ``energy_mj``.
 budget
     A value of the resource (same unit as above); default: the input graph's cost (MorphNet's "same
     cost, better allocated").
@@ -55,7 +55,7 @@ epochs, retrain_epochs, iterations
     Shrink training epochs (0: no training, threshold the current γ only); retraining epochs of the
     expanded network (0: no retrain); shrink/expand rounds (each starts from the previous result).
 round_to
-    ``target`` (``ctx.target.channel_multiple``, 1 without a target) or an int: expanded widths are
+    ``target`` (``ctx.target.channel_multiple``), none (the target's multiple, 1 without a target) or an int: expanded widths are
     multiples of it (for multi-channel units, of lcm(multiple, unit channels) / unit channels units).
 refresh_steps
     Recompute the per-group coefficients from the alive widths every this many training steps (0: only
@@ -64,77 +64,36 @@ plot
     Path of a PNG bar plot of per-group widths (before / after shrink / after expand). Without it, the
     plot is written to ``ctx.workdir/morphnet_widths.png`` when ``ctx.workdir`` is set.
 
-The report (per-group widths at each stage, the multiplier, costs) is appended to ``ctx.records`` as
-``{"pass": "morphnet/report", ...}``. The input graph is never mutated.
+The report (per-group widths at each stage, the multiplier, costs) goes to the pass's record through
+``ctx.note`` (``record["info"]`` under a PassManager). The input graph is never mutated.
 """
 from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Union
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 
 from hwopt.channels import ChannelGroup, channel_groups, remove_channels, resize_groups
-from hwopt.errors import BudgetError, PassError
-from hwopt.ir import Graph, node_macs
-from hwopt.lower import read_back, submodules
-from hwopt.passmanager import Pass, PassContext, atomic_write, register_pass
+from hwopt.errors import BudgetError
+from hwopt.ir import Graph
+from hwopt.lower import submodules
+from hwopt.passkit import (channel_multiple, group_label, min_units, resource_value, train_graph, unit_channels,
+                           unit_step)
+from hwopt.passmanager import Pass, PassContext, option, register_pass
 
-__all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "resource_cost", "WidthModel", "unit_costs", "Regularizer",
-           "unit_gammas", "dead_units", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init", "read_back",
-           "plot_widths"]
+__all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "WidthModel", "unit_costs", "Regularizer",
+           "unit_gammas", "dead_units", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init"]
 
-RESOURCES = ("flops", "size", "latency", "energy")
+RESOURCES = ("macs", "params", "flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
 DEFAULT_STRENGTH = 2.0
 SWAP_BELOW = 0.985  # expand trades widths between groups only while the fill leaves it under this fraction of the budget
 
 
 # ---------------------------------------------------------------------------------------------------
 # Resources
-
-
-def _needs_target(resource: str, target) -> None:
-    if resource in ("latency", "energy") and target is None:
-        raise PassError(f"option 'resource' of pass 'morphnet': resource={resource} needs ctx.target (a cost model)")
-
-
-def resource_cost(graph: Graph, resource: str, target=None) -> float:
-    """The value of `resource` for `graph` (see the module doc for units)."""
-    _needs_target(resource, target)
-    if resource == "flops":
-        return float(sum(node_macs(graph, n) for n in graph.nodes.values() if n.op in ("conv2d", "linear")))
-    if resource == "size":
-        if target is not None:
-            return float(target.cost(graph).flash_bytes)
-        return float(graph.stats()["params"])
-    c = target.cost(graph)
-    return float(c.latency_ms if resource == "latency" else c.energy_mj)
-
-
-def _unit_channels(gr: ChannelGroup) -> int:
-    key = gr.producers[0] if gr.producers else next(iter(gr.members))
-    return int(gr.members[key].shape[1])
-
-
-def _min_units(graph: Graph, gr: ChannelGroup) -> int:
-    """2 for a group feeding a grouped / depthwise conv (a 1-channel depthwise conv is indistinguishable from
-    a plain 1→1 conv: the coupling analysis would then split its input and output, and growing them would
-    turn it into a dense conv), else 1."""
-    for name in gr.members:
-        for user in graph.users(name):
-            u = graph[user]
-            if u.op == "conv2d" and u.attrs["groups"] > 1 and gr.size * _unit_channels(gr) >= 2:
-                return 2
-    return 1
-
-
-def _label(gr: ChannelGroup) -> str:
-    convs = [p for p in gr.producers]
-    return convs[0] if convs else next(iter(gr.members))
 
 
 class WidthModel:
@@ -145,7 +104,7 @@ class WidthModel:
     with a channel slice fall back to ``resize_groups`` itself (exact, slower)."""
 
     def __init__(self, graph: Graph, resource: str, target=None):
-        _needs_target(resource, target)
+        resource_value(graph, resource, target)  # a resource of the target's needs a target: fail here
         self.graph, self.resource, self.target = graph, resource, target
         self.groups = channel_groups(graph)
         self.base = {gr.id: gr.size for gr in self.groups}
@@ -203,7 +162,7 @@ class WidthModel:
         hit = self._memo.get(key)
         if hit is None:
             self.evaluations += 1
-            hit = self._memo[key] = resource_cost(self.graph_for(sizes), self.resource, self.target)
+            hit = self._memo[key] = resource_value(self.graph_for(sizes), self.resource, self.target)
         return hit
 
     def marginal(self, sizes: dict[int, int], gids) -> dict[int, float]:
@@ -228,10 +187,7 @@ def unit_costs(graph: Graph, resource: str, target=None, sizes: dict[int, int] |
 
 
 # ---------------------------------------------------------------------------------------------------
-# Module <-> graph
-
-
-_module_nodes = submodules  # node name -> the submodule lower() made for it
+# Fresh weights
 
 
 def fresh_init(graph: Graph, generator: torch.Generator) -> Graph:
@@ -299,7 +255,7 @@ class Regularizer:
     def _bns(self, module) -> dict[str, torch.nn.Module]:
         key = id(module)
         if key not in self._modules:
-            self._modules = {key: _module_nodes(self.graph, module)}
+            self._modules = {key: submodules(self.graph, module)}
         return self._modules[key]
 
     def unit_terms(self, module) -> dict[int, torch.Tensor]:
@@ -337,7 +293,7 @@ class Regularizer:
 
 def group_widths(graph: Graph) -> dict[str, int]:
     """Channels of every prunable group, labelled by its first producer (or first member)."""
-    return {_label(gr): gr.size * _unit_channels(gr) for gr in channel_groups(graph) if gr.prunable}
+    return {group_label(gr): gr.size * unit_channels(gr) for gr in channel_groups(graph) if gr.prunable}
 
 
 def dead_units(graph: Graph, threshold: float) -> dict[int, np.ndarray]:
@@ -348,7 +304,7 @@ def dead_units(graph: Graph, threshold: float) -> dict[int, np.ndarray]:
             continue
         g = unit_gammas(graph, gr).numpy()
         dead = np.flatnonzero(g < threshold)
-        keep = _min_units(graph, gr)
+        keep = min_units(graph, gr)
         if gr.size - len(dead) < keep:  # never empty a group: the largest |γ| stay
             dead = np.setdiff1d(dead, np.argsort(-g, kind="stable")[:keep])
         if len(dead):
@@ -362,31 +318,19 @@ def shrink(graph: Graph, *, resource: str, target=None, train=None, epochs: floa
     """Train `graph` with the MorphNet penalty (when `train` and epochs > 0), then remove dead units."""
     info: dict = {}
     if train is not None and epochs > 0:
-        from hwopt.lower import lower
-
-        cost0 = initial_cost if initial_cost is not None else resource_cost(graph, resource, target)
+        cost0 = initial_cost if initial_cost is not None else resource_value(graph, resource, target)
         lam = strength if strength is not None else DEFAULT_STRENGTH / max(cost0, 1e-30)
         reg = Regularizer(graph, resource, target, lam, threshold, refresh_steps)
-        module = lower(graph)
-        train(module, epochs=epochs, penalty=reg)
-        graph = read_back(graph, module)
-        info.update(strength=lam, coeffs={_label(gr): reg.coeffs[gr.id] for gr in reg.groups}, refreshes=len(reg.history) - 1)
+        graph = train_graph(graph, PassContext(train=train), epochs, penalty=reg, who="morphnet")
+        info.update(strength=lam, coeffs={group_label(gr): reg.coeffs[gr.id] for gr in reg.groups},
+                    refreshes=len(reg.history) - 1)
     removal = dead_units(graph, threshold)
-    info["removed_units"] = {_label(channel_groups(graph)[g]): int(len(u)) for g, u in removal.items()}
+    info["removed_units"] = {group_label(channel_groups(graph)[g]): int(len(u)) for g, u in removal.items()}
     return (remove_channels(graph, removal) if removal else graph), info
 
 
 # ---------------------------------------------------------------------------------------------------
 # Expand
-
-
-def _multiples(groups: list[ChannelGroup], multiple: int) -> dict[int, int]:
-    """Units per step for each group: the smallest unit count whose channel width is a multiple of `multiple`."""
-    out = {}
-    for gr in groups:
-        uc = _unit_channels(gr)
-        out[gr.id] = max(1, multiple // math.gcd(multiple, uc)) if multiple > 1 else 1
-    return out
 
 
 def expand_sizes(graph: Graph, budget: float, resource: str, target=None, round_to: int = 1,
@@ -400,11 +344,11 @@ def expand_sizes(graph: Graph, budget: float, resource: str, target=None, round_
         raise BudgetError("morphnet: the graph has no prunable channel group to resize",
                           {"resource": resource, "cost": wm.cost({})})
     groups = {gr.id: gr for gr in wm.groups}
-    step = _multiples([groups[g] for g in gids], max(1, int(round_to)))
+    step = {g: unit_step(max(1, int(round_to)), unit_channels(groups[g])) for g in gids}
     base = {g: wm.base[g] for g in gids}
 
     # the smallest allowed width: one step, at least 2 units where a depthwise conv reads the group
-    low = {g: step[g] * max(1, -(-_min_units(graph, groups[g]) // step[g])) for g in gids}
+    low = {g: step[g] * max(1, -(-min_units(graph, groups[g]) // step[g])) for g in gids}
 
     def at(w: float) -> dict[int, int]:
         return {g: max(low[g], int(math.floor(w * base[g] / step[g] + 0.5)) * step[g]) for g in gids}
@@ -473,40 +417,8 @@ def expand(graph: Graph, budget: float, resource: str, target=None, round_to: in
     wm = WidthModel(graph, resource, target)
     sizes, info = expand_sizes(graph, budget, resource, target, round_to, wm)
     out = resize_groups(graph, sizes, generator=generator, groups=wm.groups)
-    info["cost"] = resource_cost(out, resource, target)
+    info["cost"] = resource_value(out, resource, target)
     return out, info
-
-
-# ---------------------------------------------------------------------------------------------------
-# Report
-
-
-def plot_widths(report: dict, path: str | os.PathLike) -> None:
-    """Grouped bar plot of per-group widths (before / after shrink / after expand), written atomically."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = [(k, v) for k, v in (("before", report["before"]), ("after shrink", report["after_shrink"]),
-                                  ("after expand", report["after_expand"])) if v]
-    labels = list(report["before"])
-    x = np.arange(len(labels))
-    wbar = 0.8 / max(1, len(stages))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.0))
-    for i, (name, widths) in enumerate(stages):
-        ax.bar(x + (i - (len(stages) - 1) / 2) * wbar, [widths.get(l, 0) for l in labels], wbar, label=name)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
-    ax.set_ylabel("channels")
-    ax.set_title(f"morphnet widths ({report.get('resource', '')}, budget {report.get('budget', 0):.4g})")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -515,57 +427,34 @@ def plot_widths(report: dict, path: str | os.PathLike) -> None:
 
 @register_pass("morphnet")
 class MorphNet(Pass):
-    resource: Literal["flops", "size", "latency", "energy"] = "flops"
-    budget: Optional[float] = None
-    strength: Optional[float] = None
-    threshold: float = 1e-2
-    epochs: float = 1.0
-    retrain_epochs: float = 1.0
-    iterations: int = 1
-    round_to: Union[Literal["target"], int] = "target"
-    refresh_steps: int = 50
+    resource: str = option("macs", choices=RESOURCES)
+    budget: Optional[float] = option(None, gt=0.0)
+    strength: Optional[float] = option(None, ge=0.0)
+    threshold: float = option(1e-2, ge=0.0)
+    epochs: float = option(1.0, ge=0.0)
+    retrain_epochs: float = option(1.0, ge=0.0)
+    iterations: int = option(1, ge=1)
+    round_to: Optional[int | Literal["target"]] = None
+    refresh_steps: int = option(50, ge=0)
     plot: Optional[str] = None
 
     def validate(self) -> None:
-        def bad(opt, msg):
-            raise PassError(f"option {opt!r} of pass 'morphnet' {msg}")
-        if self.resource not in RESOURCES:
-            bad("resource", f"must be one of {list(RESOURCES)}, got {self.resource!r}")
-        if self.budget is not None and not (isinstance(self.budget, (int, float)) and self.budget > 0 and math.isfinite(self.budget)):
-            bad("budget", f"must be a positive number, got {self.budget!r}")
-        if self.strength is not None and not (isinstance(self.strength, (int, float)) and self.strength >= 0 and math.isfinite(self.strength)):
-            bad("strength", f"must be >= 0, got {self.strength!r}")
-        if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
-            bad("threshold", f"must be >= 0, got {self.threshold!r}")
-        for opt in ("epochs", "retrain_epochs"):
-            v = getattr(self, opt)
-            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
-                bad(opt, f"must be >= 0, got {v!r}")
-        if not (isinstance(self.iterations, int) and self.iterations >= 1):
-            bad("iterations", f"must be an int >= 1, got {self.iterations!r}")
-        if not (self.round_to == "target" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool)
-                                              and self.round_to >= 1)):
-            bad("round_to", f"must be 'target' or an int >= 1, got {self.round_to!r}")
-        if not (isinstance(self.refresh_steps, int) and self.refresh_steps >= 0):
-            bad("refresh_steps", f"must be an int >= 0, got {self.refresh_steps!r}")
+        if not (self.round_to in (None, "target") or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool)
+                                                      and self.round_to >= 1)):
+            self.invalid("round_to", f"must be 'target', none or an int >= 1, got {self.round_to!r}")
 
-    def __post_init__(self):
-        self.validate()
-
-    def multiple(self, ctx: PassContext) -> int:
-        if self.round_to == "target":
-            return int(getattr(ctx.target, "channel_multiple", 1) or 1) if ctx.target is not None else 1
-        return int(self.round_to)
+    def requirements(self) -> tuple[str, ...]:
+        return (("target",) if self.resource in ("flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
+                or self.round_to == "target" else ()) + (("train",) if self.epochs > 0 else ())
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        if self.resource in ("latency", "energy") and ctx.target is None:
-            raise PassError(f"option 'resource' of pass 'morphnet': resource={self.resource} needs ctx.target (a cost model)")
-        if self.epochs > 0 and ctx.train is None:
-            raise PassError("option 'epochs' of pass 'morphnet': shrink training needs ctx.train (or set epochs=0)")
+        for need, opt in (("target", "resource"), ("train", "epochs")):
+            if need in self.requirements() and getattr(ctx, need) is None:
+                self.invalid(opt, f"{opt}={getattr(self, opt)} needs ctx.{need}")
         target = ctx.target
-        cost0 = resource_cost(graph, self.resource, target)
+        cost0 = resource_value(graph, self.resource, target)
         budget = self.budget if self.budget is not None else cost0
-        multiple = self.multiple(ctx)
+        multiple = channel_multiple(self.round_to, ctx, self.name)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         report = {"resource": self.resource, "budget": budget, "initial_cost": cost0, "round_to": multiple,
                   "before": group_widths(graph), "iterations": []}
@@ -575,23 +464,22 @@ class MorphNet(Pass):
                                    strength=self.strength, threshold=self.threshold, refresh_steps=self.refresh_steps,
                                    initial_cost=cost0)
             expanded, einfo = expand(shrunk, budget, self.resource, target, multiple, generator=gen)
-            if self.retrain_epochs > 0 and ctx.train is not None:
-                from hwopt.lower import lower
-
-                module = lower(fresh_init(expanded, gen))
-                ctx.train(module, epochs=self.retrain_epochs)
-                expanded = read_back(expanded, module)
+            if self.retrain_epochs > 0 and ctx.train is not None:  # from scratch, as the paper does
+                expanded = train_graph(fresh_init(expanded, gen), ctx, self.retrain_epochs, who=self.name)
             report["iterations"].append({
                 "after_shrink": group_widths(shrunk), "after_expand": group_widths(expanded),
-                "shrunk_cost": resource_cost(shrunk, self.resource, target),
-                "cost": resource_cost(expanded, self.resource, target), "multiplier": einfo["multiplier"],
+                "shrunk_cost": resource_value(shrunk, self.resource, target),
+                "cost": resource_value(expanded, self.resource, target), "multiplier": einfo["multiplier"],
                 "minimum": einfo["minimum"], "shrink": sinfo})
             g = expanded
         last = report["iterations"][-1]
         report["after_shrink"], report["after_expand"], report["cost"] = last["after_shrink"], last["after_expand"], last["cost"]
         path = self.plot or (os.path.join(ctx.workdir, "morphnet_widths.png") if ctx.workdir else None)
         if path:
-            plot_widths(report, path)
+            from hwopt.report import plot_widths
+            plot_widths({"before": report["before"], "after shrink": report["after_shrink"],
+                         "after expand": report["after_expand"]}, path,
+                        f"morphnet widths ({self.resource}, budget {budget:.4g})")
             report["plot"] = str(path)
-        ctx.records.append({"pass": "morphnet/report", **report})
+        ctx.note(**report)
         return g

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from hwopt.errors import PassError
 from hwopt.ir import Graph
 from hwopt.lower import lower
-from hwopt.passmanager import Pass, PassContext, register_pass
+from hwopt.passkit import l2_penalty, train_graph
+from hwopt.passmanager import Pass, PassContext, option, register_pass
 from hwopt import sparse as sp
 
 log = logging.getLogger(__name__)
@@ -134,45 +135,33 @@ def masks_from_saliency(graph: Graph, sal: dict[str, torch.Tensor], fraction: fl
 @register_pass("obd")
 @dataclass(frozen=True)
 class OptimalBrainDamage(Pass):
-    sparsity: float = 0.9                      # overall fraction of the pruned layers' weights removed
-    iterations: int = 3                        # prune → retrain rounds (each removes the same share of survivors)
-    retrain_epochs: float = 1.0                # ctx.train epochs per round (0: no retraining)
-    l2: float = 0.0                            # L2 penalty while retraining
+    sparsity: float = option(0.9, gt=0.0, lt=1.0)  # overall fraction of the pruned layers' weights removed
+    iterations: int = option(3, ge=1)          # prune → retrain rounds (each removes the same share of survivors)
+    retrain_epochs: float = option(1.0, ge=0.0)  # ctx.train epochs per round (0: no retraining)
+    l2: float = option(0.0, ge=0.0)            # L2 penalty while retraining
     hessian: Literal["gauss-newton", "hutchinson"] = "gauss-newton"
-    hessian_samples: int = 1024                # training examples for the Hessian estimate
-    probes: int = 8                            # Rademacher probes per batch (hutchinson)
+    hessian_samples: int = option(1024, ge=1)  # training examples for the Hessian estimate
+    probes: int = option(8, ge=1)              # Rademacher probes per batch (hutchinson)
     scope: Literal["global", "layer"] = "global"
     adjust_dropout: bool = True
     remove_dead: bool = True
     layers: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
 
-    def validate(self) -> None:
-        if not 0.0 < self.sparsity < 1.0:
-            raise PassError(f"option 'sparsity' of pass 'obd' must be in (0, 1), got {self.sparsity}")
-        if self.iterations < 1:
-            raise PassError(f"option 'iterations' of pass 'obd' must be >= 1, got {self.iterations}")
-        if self.retrain_epochs < 0 or self.l2 < 0:
-            raise PassError("options 'retrain_epochs' and 'l2' of pass 'obd' must be >= 0")
-        if self.hessian_samples < 1 or self.probes < 1:
-            raise PassError("options 'hessian_samples' and 'probes' of pass 'obd' must be >= 1")
-
-    def __post_init__(self):
-        self.validate()
+    def requirements(self) -> tuple[str, ...]:
+        return ("train",) if self.retrain_epochs > 0 else ()
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         names = sp.prunable_layers(graph, self.layers, self.protect)
         if not names:
             return graph
-        if self.retrain_epochs > 0 and ctx.train is None:
-            raise PassError("pass 'obd' needs train in the PassContext to retrain (or set retrain_epochs=0)")
         batches = training_batches(ctx, self.hessian_samples, ctx.seed)
         g = graph
         for i in range(1, self.iterations + 1):
             target = 1.0 - (1.0 - self.sparsity) ** (i / self.iterations)
             h = hessian_diagonal(g, names, batches, self.hessian, self.probes, seed=ctx.seed + i)
             g = sp.with_masks(g, masks_from_saliency(g, saliencies(g, names, h), target, self.scope))
-            g = sp.retrain(g, ctx, self.retrain_epochs, self.l2)
+            g = train_graph(g, ctx, self.retrain_epochs, penalty=l2_penalty(self.l2), who=self.name)
             if ctx.progress:
                 log.info("obd round %d/%d: sparsity %.3f", i, self.iterations, sp.sparsity(g, names))
         return sp.finish(graph, g, adjust_dropout_rate=self.adjust_dropout, remove_dead=self.remove_dead,

@@ -89,12 +89,12 @@ def test_every_model_prunes_verified_lowerable_and_untouched(name):
     classes = _classes(g)
     base = graph_macs(g)
     for p in (ChannelPrune(ratio=0.5, round_to=4), ChannelPrune(ratio=0.3, global_ranking=True, criterion="l2"),
-              ChannelPrune(criterion="bn", macs=0.6)):
+              ChannelPrune(criterion="bn", macs_fraction=0.6)):
         out = _run(p, g)
         out.verify()
         _check_lowerable(out, x, classes)
         assert graph_macs(out) <= base
-        if p.macs is not None:
+        if p.macs_fraction is not None:
             assert graph_macs(out) <= 0.6 * base
     assert fingerprint(g) == before
 
@@ -148,17 +148,17 @@ def test_random_graphs_any_option_mix_verified_and_lowerable(data):
         p = ChannelPrune(criterion=crit, ratio=data.draw(st.sampled_from([0.2, 0.5, 0.9])), round_to=round_to,
                          global_ranking=data.draw(st.booleans()))
     else:
-        p = ChannelPrune(criterion=crit, macs=data.draw(st.sampled_from([0.3, 0.6, 0.9])), round_to=round_to)
+        p = ChannelPrune(criterion=crit, macs_fraction=data.draw(st.sampled_from([0.3, 0.6, 0.9])), round_to=round_to)
     try:
         out = _run(p, g)
     except hwopt.BudgetError as e:
-        assert e.closest and p.macs is not None
+        assert e.closest and p.macs_fraction is not None
         return
     out.verify()
     y = hwopt.lower(out)(x)
     assert y.shape == module(x).shape and torch.isfinite(y).all()
-    if p.macs is not None:
-        assert graph_macs(out) <= p.macs * graph_macs(g)
+    if p.macs_fraction is not None:
+        assert graph_macs(out) <= p.macs_fraction * graph_macs(g)
     assert fingerprint(g) == before
 
 
@@ -170,7 +170,7 @@ def test_random_graphs_any_option_mix_verified_and_lowerable(data):
 @pytest.mark.parametrize("frac", [0.5, 0.25])
 def test_mac_budget_met(name, frac):
     g, x = _lifted(name)
-    out = _run(ChannelPrune(macs=frac, round_to=8), g)
+    out = _run(ChannelPrune(macs_fraction=frac, round_to=8), g)
     assert graph_macs(out) <= frac * graph_macs(g)
     assert graph_macs(out) >= 0.8 * frac * graph_macs(g)  # and not wildly overshot
     absolute = int(frac * graph_macs(g))
@@ -180,7 +180,7 @@ def test_mac_budget_met(name, frac):
 def test_infeasible_budget_says_closest():
     g, _ = _lifted("mobilenet_v2")
     with pytest.raises(hwopt.BudgetError, match="closest reachable") as e:
-        _run(ChannelPrune(macs=0.001), g)
+        _run(ChannelPrune(macs_fraction=0.001), g)
     assert e.value.closest["macs"] > 0.001 * graph_macs(g)
 
 
@@ -264,7 +264,7 @@ def test_importance_sees_both_sides():
 def test_text_round_trip():
     for text in ["channel-prune{ratio=0.5}",
                  "channel-prune{criterion=l2,ratio=0.4,global_ranking=true,round_to=8,protect=[stem.0.0,fc]}",
-                 "channel-prune{criterion=bn,macs=0.5,round_to=target,steps=3,finetune_epochs=0.5}",
+                 "channel-prune{criterion=bn,macs_fraction=0.5,round_to=target,steps=3,finetune_epochs=0.5}",
                  "channel-prune{criterion=taylor,latency_ms=2.5}",
                  "canonicalize,channel-prune{macs=150000000.0,round_to=16}"]:
         pm = hwopt.PassManager.parse(text)
@@ -277,7 +277,8 @@ def test_text_round_trip():
     ("channel-prune{ratio=1.5}", "ratio"),
     ("channel-prune{ratio=-0.1}", "ratio"),
     ("channel-prune", "ratio"),
-    ("channel-prune{ratio=0.5,macs=0.5}", "ratio"),
+    ("channel-prune{ratio=0.5,macs_fraction=0.5}", "ratio"),
+    ("channel-prune{macs=0.5}", "macs_fraction=0.5"),
     ("channel-prune{macs=0}", "macs"),
     ("channel-prune{latency_ms=-1}", "latency_ms"),
     ("channel-prune{ratio=0.5,round_to=0}", "round_to"),
@@ -335,7 +336,7 @@ def test_steps_and_finetune_call_train_and_keep_trained_weights():
 def test_ratio_zero_and_met_budget_return_input():
     g, _ = _lifted("mnist_cnn")
     assert _run(ChannelPrune(ratio=0.0), g) is g
-    assert _run(ChannelPrune(macs=1.0), g) is g
+    assert _run(ChannelPrune(macs_fraction=1.0), g) is g
 
 
 def test_pass_manager_runs_it():
@@ -370,7 +371,7 @@ def test_mnist_half_macs_short_finetune_loses_at_most_one_point():
     acc0 = tr.evaluate(model)
     g = hwopt.lift(model, tr.x_train[:1])
     ctx = hwopt.PassContext(train=tr.train, evaluate=tr.evaluate)
-    out = ChannelPrune(criterion="l1", macs=0.5, finetune_epochs=1.0).run(g, ctx)
+    out = ChannelPrune(criterion="l1", macs_fraction=0.5, finetune_epochs=1.0).run(g, ctx)
     assert graph_macs(out) <= 0.5 * graph_macs(g)
     acc = tr.evaluate(hwopt.lower(out))
     assert acc0 > 0.9 and acc >= acc0 - 0.01, (acc0, acc)

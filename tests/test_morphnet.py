@@ -14,11 +14,12 @@ from hwopt import models
 from hwopt.channels import channel_groups, remove_channels, resize_groups
 from hwopt.passmanager import PassManager, make_pass, parse_pass
 from hwopt.passes.morphnet import (MorphNet, Regularizer, WidthModel, dead_units, expand, expand_sizes, group_widths,
-                                   resource_cost, shrink, unit_costs)
+                                   shrink, unit_costs)
+from hwopt.passkit import resource_value
 from hwopt.targets import load_target
 from hwopt.testing import fingerprint
 
-RESOURCES = ("flops", "size", "latency", "energy")
+RESOURCES = ("macs", "flash_bytes", "latency_ms", "energy_mj")
 TARGETS = ("cortex-a72", "cortex-m7")
 
 
@@ -69,10 +70,10 @@ def test_expand_meets_budget_within_2pct(net, target, resource):
     T = _target(target)
     g0, x = _lifted(net)
     shrunk = _shrunk(net)
-    budget = resource_cost(g0, resource, T)
-    assert resource_cost(shrunk, resource, T) < budget
+    budget = resource_value(g0, resource, T)
+    assert resource_value(shrunk, resource, T) < budget
     out, info = expand(shrunk, budget, resource, T, round_to=T.channel_multiple)
-    cost = resource_cost(out, resource, T)
+    cost = resource_value(out, resource, T)
     assert cost <= budget
     assert cost >= 0.98 * budget, (cost / budget, info)
     assert cost == pytest.approx(info["cost"])
@@ -91,20 +92,20 @@ def test_width_model_matches_resize_groups(resource):
     rng = np.random.default_rng(3)
     for _ in range(2):
         sizes = {gid: int(rng.integers(2, 2 * wm.base[gid])) for gid in wm.prunable}  # 1: see _min_units
-        assert wm.cost(sizes) == pytest.approx(resource_cost(resize_groups(g, sizes), resource, T), rel=1e-9)
+        assert wm.cost(sizes) == pytest.approx(resource_value(resize_groups(g, sizes), resource, T), rel=1e-9)
 
 
 def test_expand_multiple_round_to_and_flops_without_target():
     g = _shrunk("mobilenet_v2")
-    budget = 2.0 * resource_cost(g, "flops")
-    sizes, info = expand_sizes(g, budget, "flops", None, round_to=8)
+    budget = 2.0 * resource_value(g, "macs")
+    sizes, info = expand_sizes(g, budget, "macs", None, round_to=8)
     assert all(s % 8 == 0 for s in sizes.values())
     assert 0.98 * budget <= info["cost"] <= budget
 
 
 # --------------------------------------------------------------------------- budget below the minimum
 
-@pytest.mark.parametrize("resource", ["flops", "latency"])
+@pytest.mark.parametrize("resource", ["macs", "latency_ms"])
 def test_budget_below_reachable_minimum_is_budget_error(resource):
     T = _target("cortex-a72")
     g, _ = _lifted("mnist_cnn")
@@ -116,7 +117,7 @@ def test_budget_below_reachable_minimum_is_budget_error(resource):
     assert f"{minimum:.6g}" in str(e.value)
     # the minimum itself is reachable
     out, _ = expand(g, minimum, resource, T, round_to=T.channel_multiple)
-    assert resource_cost(out, resource, T) <= minimum
+    assert resource_value(out, resource, T) <= minimum
     # and through the pass
     with pytest.raises(hwopt.BudgetError, match="reachable minimum"):
         MorphNet(resource=resource, budget=0.5 * minimum, epochs=0, retrain_epochs=0).run(g, hwopt.PassContext(target=T))
@@ -124,23 +125,23 @@ def test_budget_below_reachable_minimum_is_budget_error(resource):
 
 # --------------------------------------------------------------------------- the regulariser (done-when 2)
 
-@pytest.mark.parametrize("net,resource,target", [("mnist_cnn", "flops", None), ("mnist_cnn", "latency", "cortex-a72"),
-                                                 ("mnist_cnn", "size", None), ("resnet18", "energy", "cortex-m7"),
-                                                 ("resnet18", "flops", None)])
+@pytest.mark.parametrize("net,resource,target", [("mnist_cnn", "macs", None), ("mnist_cnn", "latency_ms", "cortex-a72"),
+                                                 ("mnist_cnn", "params", None), ("resnet18", "energy_mj", "cortex-m7"),
+                                                 ("resnet18", "macs", None)])
 def test_regulariser_gradient_is_lambda_times_marginal_cost(net, resource, target):
     T = _target(target) if target else None
     g = _randomise_gammas(_lifted(net)[0], low=0.05)
-    lam = 0.37 / resource_cost(g, resource, T)
+    lam = 0.37 / resource_value(g, resource, T)
     reg = Regularizer(g, resource, T, strength=lam)
     module = hwopt.lower(g)
     pen = reg(module)
     pen.backward()
     groups = channel_groups(g)
-    cost = resource_cost(g, resource, T)
+    cost = resource_value(g, resource, T)
     checked = 0
     for gr in reg.groups:
         # the coefficient is the marginal cost of one unit: what removing one unit saves (real graph)
-        c = cost - resource_cost(remove_channels(g, {gr.id: [0]}), resource, T)
+        c = cost - resource_value(remove_channels(g, {gr.id: [0]}), resource, T)
         assert reg.coeffs[gr.id] == pytest.approx(c, rel=1e-9, abs=1e-12)
         bns = [(name, idx) for name, idx in gr.members.items() if g[name].op == "batch_norm"]
         grads = {name: module.get_submodule(name).weight.grad for name, _ in bns}
@@ -165,7 +166,7 @@ def test_flops_coefficient_is_the_papers_formula():
     """mnist_cnn: conv(1→16) 28², conv(16→32) 14², conv(32→64, stride 2) 7→4, flatten → linear(64·16 → 10).
     An output channel of conv2 costs 16·9·14² (its own MACs) + 64·9·4² (its share of conv3)."""
     g, _ = _lifted("mnist_cnn")
-    c = unit_costs(g, "flops")
+    c = unit_costs(g, "macs")
     widths = list(group_widths(g).items())
     by_label = {lab: c[gid] for (lab, _), gid in zip(widths, sorted(c))}
     assert list(by_label.values()) == [1 * 9 * 28 * 28 + 32 * 9 * 14 * 14, 16 * 9 * 14 * 14 + 64 * 9 * 4 * 4,
@@ -175,7 +176,7 @@ def test_flops_coefficient_is_the_papers_formula():
 def test_refresh_uses_alive_widths():
     g = _randomise_gammas(_lifted("mnist_cnn")[0], low=0.05)
     # kill half of the last conv's BN channels: the first conv's... coefficients of its neighbours drop
-    reg = Regularizer(g, "flops", None, strength=1.0, threshold=1e-2, refresh_steps=1)
+    reg = Regularizer(g, "macs", None, strength=1.0, threshold=1e-2, refresh_steps=1)
     module = hwopt.lower(g)
     bn = [n for n in g if n.op == "batch_norm"][-1].name
     with torch.no_grad():
@@ -218,7 +219,7 @@ def test_shrink_never_raises_cost(net, resource):
     assert fingerprint(g) == before
     assert sum(info["removed_units"].values()) > 0
     for r in RESOURCES:
-        assert resource_cost(out, r, T) <= resource_cost(g, r, T)
+        assert resource_value(out, r, T) <= resource_value(g, r, T)
     for gr in channel_groups(out):
         assert gr.size >= 1
 
@@ -244,14 +245,14 @@ def test_pass_end_to_end_records_report_and_plot(tmp_path):
     before = fingerprint(g)
     train = _fake_train()
     ctx = hwopt.PassContext(target=T, train=train, example_inputs=x, workdir=str(tmp_path))
-    p = MorphNet(resource="latency", epochs=1.0, retrain_epochs=0.5, iterations=2, threshold=0.05)
+    p = MorphNet(resource="latency_ms", epochs=1.0, retrain_epochs=0.5, iterations=2, threshold=0.05)
     out = PassManager([p]).run(g, ctx)
     assert fingerprint(g) == before
     out.verify()
-    budget = resource_cost(g, "latency", T)
-    assert 0.98 * budget <= resource_cost(out, "latency", T) <= budget
+    budget = resource_value(g, "latency_ms", T)
+    assert 0.98 * budget <= resource_value(out, "latency_ms", T) <= budget
     assert train.calls == [1.0, 0.5, 1.0, 0.5]
-    rep = [r for r in ctx.records if r["pass"] == "morphnet/report"][0]
+    rep = next(r["info"] for r in ctx.records if r["pass"].startswith("morphnet"))
     assert set(rep["before"]) == set(rep["after_shrink"]) == set(rep["after_expand"])
     assert len(rep["iterations"]) == 2
     assert rep["after_expand"] == group_widths(out)
@@ -262,9 +263,9 @@ def test_pass_end_to_end_records_report_and_plot(tmp_path):
 
 def test_pass_expand_only_without_training_keeps_weights():
     g, x = _lifted("mnist_cnn")
-    out = MorphNet(resource="flops", budget=2 * resource_cost(g, "flops"), epochs=0, retrain_epochs=0,
+    out = MorphNet(resource="macs", budget=2 * resource_value(g, "macs"), epochs=0, retrain_epochs=0,
                    round_to=1).run(g, hwopt.PassContext())
-    assert resource_cost(out, "flops") <= 2 * resource_cost(g, "flops")
+    assert resource_value(out, "macs") <= 2 * resource_value(g, "macs")
     # kept channels kept their weights (expand inserts after the old units)
     w0, w1 = g["0.0"].params["weight"], out["0.0"].params["weight"]
     assert torch.equal(w1[: w0.shape[0]], w0)
@@ -272,9 +273,9 @@ def test_pass_expand_only_without_training_keeps_weights():
 
 @pytest.mark.parametrize("text", [
     "morphnet",
-    "morphnet{resource=latency,budget=0.25,strength=1e-06,threshold=0.02,epochs=2.0,retrain_epochs=3.0,iterations=2,round_to=8}",
-    "morphnet{resource=energy,round_to=target,refresh_steps=0,plot=/tmp/widths.png}",
-    "morphnet{resource=size,budget=none,strength=none}",
+    "morphnet{resource=latency_ms,budget=0.25,strength=1e-06,threshold=0.02,epochs=2.0,retrain_epochs=3.0,iterations=2,round_to=8}",
+    "morphnet{resource=energy_mj,round_to=target,refresh_steps=0,plot=/tmp/widths.png}",
+    "morphnet{resource=params,budget=none,strength=none}",
 ])
 def test_options_round_trip_through_text(text):
     p = parse_pass(text)
@@ -298,9 +299,9 @@ def test_bad_options_are_pass_errors_naming_the_option(option, value):
 def test_latency_without_target_and_training_without_callback_are_pass_errors():
     g, _ = _lifted("mnist_cnn")
     with pytest.raises(hwopt.PassError, match="'resource'"):
-        MorphNet(resource="latency", epochs=0).run(g, hwopt.PassContext())
+        MorphNet(resource="latency_ms", epochs=0).run(g, hwopt.PassContext())
     with pytest.raises(hwopt.PassError, match="'epochs'"):
-        MorphNet(resource="flops", epochs=1.0).run(g, hwopt.PassContext())
+        MorphNet(resource="macs", epochs=1.0).run(g, hwopt.PassContext())
 
 
 # --------------------------------------------------------------------------- real training (slow)
@@ -311,8 +312,8 @@ def test_shrink_on_mnist_removes_channels_and_keeps_accuracy():
     T = _target("cortex-a72")
     tr = data.mnist_trainer(3000, eval_limit=1000, lr=0.05)
     g, x = _lifted("mnist_cnn")
-    lam = 10.0 / resource_cost(g, "latency", T)  # the bench's setting for short runs (DEFAULT_STRENGTH is too weak here)
-    out, info = shrink(g, resource="latency", target=T, train=tr.train, epochs=2.0, strength=lam, threshold=0.05,
+    lam = 10.0 / resource_value(g, "latency_ms", T)  # the bench's setting for short runs (DEFAULT_STRENGTH is too weak here)
+    out, info = shrink(g, resource="latency_ms", target=T, train=tr.train, epochs=2.0, strength=lam, threshold=0.05,
                        refresh_steps=20)
-    assert resource_cost(out, "latency", T) < resource_cost(g, "latency", T)
+    assert resource_value(out, "latency_ms", T) < resource_value(g, "latency_ms", T)
     assert tr.evaluate(hwopt.lower(out)) > 0.8

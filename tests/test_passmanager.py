@@ -144,3 +144,88 @@ def test_invalid_result_is_caught_by_verification():
     g = hwopt.lift(models.get("mnist_cnn"), torch.randn(1, 1, 28, 28))
     with pytest.raises(hwopt.PassError, match="'test-breaks-graph' produced an invalid graph.*weight"):
         hwopt.PassManager.parse("test-breaks-graph").run(g)
+
+
+# --- the pass layer: pipelines nest, lazy registry, instruments, declared option constraints -------
+
+def test_canonicalize_is_a_pipeline_and_pipelines_nest():
+    from hwopt.passes.canonicalize import Canonicalize
+    canon = hwopt.PassManager.parse("canonicalize").passes[0]
+    assert isinstance(canon, hwopt.PassManager) and isinstance(canon, Canonicalize)
+    assert [p.name for p in canon.passes] == ["drop-identity", "fold-bn", "dce"] and str(canon) == "canonicalize"
+    g = hwopt.lift(models.get("mnist_cnn"), torch.randn(1, 1, 28, 28))
+    ctx = hwopt.PassContext(instruments=[hwopt.StatsInstrument()])
+    outer = hwopt.PassManager([hwopt.PassManager.parse("canonicalize"), hwopt.make_pass("dce")])
+    out = outer.run(g, ctx)
+    assert [r["pass"] for r in ctx.records] == ["drop-identity", "fold-bn", "dce", "dce"]
+    assert ctx.records[1]["after"]["params"] < ctx.records[1]["before"]["params"]  # verified and instrumented inside
+    assert sum(n.op == "batch_norm" for n in out) == 0
+
+
+def test_instruments_enter_exit_once_and_should_run_skips():
+    events = []
+
+    class Log(hwopt.Instrument):
+        def enter(self, ctx):
+            events.append("enter")
+
+        def exit(self, ctx):
+            events.append("exit")
+
+        def before(self, p, graph, ctx):
+            events.append(p.name)
+
+    g = hwopt.lift(models.get("mnist_cnn"), torch.randn(1, 1, 28, 28))
+    ctx = hwopt.PassContext(instruments=[Log(), hwopt.passmanager.SkipPasses("fold-bn")])
+    out = hwopt.PassManager.parse("canonicalize,dce").run(g, ctx)
+    assert events == ["enter", "canonicalize", "drop-identity", "dce", "dce", "exit"]
+    assert {"pass": "fold-bn", "skipped": True} in ctx.records
+    assert sum(n.op == "batch_norm" for n in out) == sum(n.op == "batch_norm" for n in g)
+
+
+def test_registry_loads_only_the_passes_a_pipeline_names():
+    import subprocess
+    import sys
+    code = ("import sys, hwopt; hwopt.PassManager.parse('fold-bn,dce'); "
+            "print(sorted(m for m in sys.modules if m.startswith('hwopt.passes.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['hwopt.passes.dce', 'hwopt.passes.fold_bn']"
+    from hwopt.passmanager import known_passes
+    assert {"channel-prune", "obd", "morphnet", "magnitude-prune", "nas", "canonicalize"} <= set(known_passes())
+
+
+def test_option_constraints_are_declared_and_checked_once_with_the_pass_name():
+    from hwopt.passmanager import option
+
+    calls = []
+
+    @register_pass("test-constrained")
+    class Constrained(Pass):
+        rate: float = option(0.5, gt=0.0, le=1.0)
+        mode: str = option("a", choices=("a", "b"))
+        epochs: float = option(0.0, ge=0.0)
+
+        def validate(self):
+            calls.append(1)
+
+        def requirements(self):
+            return ("train",) if self.epochs > 0 else ()
+
+        def run(self, graph, ctx):
+            return graph
+
+    for text, match in [("test-constrained{rate=0}", r"option 'rate' of pass 'test-constrained': must be > 0.0, got 0.0"),
+                        ("test-constrained{rate=2}", r"must be <= 1.0"),
+                        ("test-constrained{mode=c}", r"option 'mode' of pass 'test-constrained': 'c' is not one of")]:
+        with pytest.raises(hwopt.PassError, match=match):
+            hwopt.PassManager.parse(text)
+    with pytest.raises(hwopt.PassError, match="option 'rate' .*expected float, got 'x'"):
+        Constrained(rate="x")
+    calls.clear()
+    hwopt.PassManager.parse("test-constrained{rate=0.25}")
+    assert calls == [1]  # validated once
+    g = hwopt.lift(models.get("mnist_cnn"), torch.randn(1, 1, 28, 28))
+    hwopt.PassManager.parse("test-constrained").run(g)  # needs nothing without epochs
+    with pytest.raises(hwopt.PassError, match="'test-constrained' needs train"):
+        hwopt.PassManager.parse("test-constrained{epochs=1.0}").run(g)

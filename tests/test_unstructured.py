@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import hwopt
+from hwopt.passkit import l2_penalty, train_graph
 from hwopt import data, models
 from hwopt import sensitivity as sens
 from hwopt import sparse as sp
@@ -106,7 +107,7 @@ def test_pruned_weights_stay_zero_through_retraining(mlp_trainer):
     g = _graph(models.lenet_300_100)
     pruned = MagnitudePrune(quality=1.0, iterations=1, retrain_epochs=0, remove_dead=False).run(g, hwopt.PassContext())
     ctx = hwopt.PassContext(train=mlp_trainer.train)
-    retrained = sp.retrain(pruned, ctx, epochs=0.2, l2=1e-4)
+    retrained = train_graph(pruned, ctx, 0.2, penalty=l2_penalty(1e-4))
     for n in [n for n in pruned if n.op == "linear"]:
         mask = n.params["weight_mask"]
         w_new = retrained[n.name].params["weight"]

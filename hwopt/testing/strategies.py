@@ -280,10 +280,9 @@ def passes(draw, names: list[str] | None = None):
     import typing
 
     from ..errors import PassError
-    from ..passmanager import PASSES, _load_builtin_passes, make_pass
-    _load_builtin_passes()
-    name = draw(st.sampled_from(sorted(names or PASSES)))
-    cls = PASSES[name]
+    from ..passmanager import known_passes, make_pass, pass_class
+    name = draw(st.sampled_from(sorted(names or known_passes())))
+    cls = pass_class(name)
     hints = typing.get_type_hints(cls)
     options = {f.name: draw(_values_for(hints[f.name])) for f in dataclasses.fields(cls) if draw(st.booleans())}
     try:
