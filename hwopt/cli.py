@@ -137,7 +137,7 @@ def cmd_optimize(args) -> int:
     if args.out:
         out = Path(args.out)
         result.write_report(out)
-        suffix = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so"}
+        suffix = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so", "firmware": "-firmware"}
         for f in formats:
             result.export(out / f"model{suffix[f]}", f)
     if args.json:

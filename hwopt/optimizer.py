@@ -29,7 +29,7 @@ from .fileio import atomic_output, atomic_write
 from .passmanager import PassContext, PassManager, StatsInstrument
 
 RESOURCES = ("latency_ms", "peak_sram_bytes", "flash_bytes", "energy_mj", "macs")
-EXPORT_FORMATS = ("torch", "onnx", "tvm")
+EXPORT_FORMATS = ("torch", "onnx", "tvm", "firmware")
 
 
 def _as_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
@@ -173,11 +173,16 @@ class Result:
         return written
 
     def export(self, path: str | os.PathLike, format: str = "torch") -> Path:
-        """Write the optimized model: 'torch' (.pt2 of torch.export), 'onnx', or 'tvm' (a library for the target)."""
+        """Write the optimized model: 'torch' (.pt2 of torch.export), 'onnx', 'tvm' (a library for the target), or
+        'firmware' (Cortex-M targets: a C project in directory `path`, built into firmware.elf; hwopt.firmware)."""
         if format not in EXPORT_FORMATS:
             raise HwoptError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if format == "firmware":
+            from .firmware import export_firmware
+            export_firmware(self.graph, self.target, path)
+            return path
         module = lower(self.graph, bake_masks=True)
         if format == "torch":
             ep = torch.export.export(module, self.example_inputs)
