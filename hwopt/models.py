@@ -15,7 +15,7 @@ from torch import nn
 
 __all__ = [
     "MODELS", "get", "example_input", "lenet_300_100", "lenet5", "mnist_cnn", "resnet18", "resnet50",
-    "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "mnasnet_a1",
+    "resnext50_32x4d", "ds_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "mnasnet_a1",
     "squeezenet1_1", "densenet_tiny", "efficientnet_b0", "shufflenet_v2_x0_5", "regnetx_200mf",
 ]
 
@@ -152,6 +152,18 @@ def mnist_cnn(num_classes: int = 10, width: float = 1.0) -> nn.Module:
     return _init_weights(nn.Sequential(
         _conv_bn(1, c1), nn.MaxPool2d(2), _conv_bn(c1, c2), nn.MaxPool2d(2), _conv_bn(c2, c3, stride=2),
         nn.Flatten(), nn.Linear(c3 * 4 * 4, num_classes)), (1, 28, 28))
+
+
+def ds_cnn(num_classes: int = 12, width: int = 64, blocks: int = 4) -> nn.Module:
+    """DS-CNN keyword spotting net (Zhang et al., "Hello Edge: Keyword Spotting on Microcontrollers", 2017;
+    the S size): a 49x10 MFCC map (49 frames x 10 coefficients), a 10x4 stride-2 conv, `blocks` depthwise
+    separable blocks (3x3 depthwise + 1x1 pointwise, each with BN + ReLU), global average pool, a linear
+    classifier over 12 classes (10 keywords, silence, unknown). ~24 K parameters, ~2.7 M MACs."""
+    layers: list[nn.Module] = [nn.Conv2d(1, width, (10, 4), 2, (5, 1), bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    for _ in range(blocks):
+        layers += [_conv_bn(width, width, 3, groups=width), _conv_bn(width, width, 1)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+    return _init_weights(nn.Sequential(*layers), (1, 49, 10))
 
 
 # ----------------------------------------------------------------------------- ResNet / ResNeXt
@@ -479,6 +491,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "lenet_300_100": (lenet_300_100, _MNIST),
     "lenet5": (lenet5, _MNIST),
     "mnist_cnn": (mnist_cnn, _MNIST),
+    "ds_cnn": (ds_cnn, (1, 1, 49, 10)),
     "densenet_tiny": (densenet_tiny, _CIFAR),
     "resnet18": (resnet18, _IMAGENET),
     "resnet50": (resnet50, _IMAGENET),

@@ -20,8 +20,8 @@ from .ir import Graph
 from .lower import lower
 from .passkit import group_label, unit_channels
 
-EXPORT_FORMATS = ("torch", "onnx", "tvm")
-EXPORT_SUFFIX = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so"}
+EXPORT_FORMATS = ("torch", "onnx", "tvm", "firmware")
+EXPORT_SUFFIX = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so", "firmware": "-firmware"}
 TABLE_ROWS = ("latency_ms", "macs", "params", "flash_bytes", "peak_sram_bytes", "energy_mj")
 
 
@@ -144,9 +144,15 @@ class Result:
         return [d / "report.md", d / "report.json", *plots]
 
     def export(self, path: str | os.PathLike, format: str = "torch") -> Path:
-        """Write the optimized model: 'torch' (.pt2 of torch.export), 'onnx', or 'tvm' (a library for the target)."""
+        """Write the optimized model: 'torch' (.pt2 of torch.export), 'onnx', 'tvm' (a library for the target), or
+        'firmware' (Cortex-M targets: a C project in directory `path`, built into firmware.elf; hwopt.firmware)."""
         if format not in EXPORT_FORMATS:
             raise HwoptError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        if format == "firmware":
+            from .firmware import export_firmware
+            path = Path(path)
+            export_firmware(self.graph, self.target, path)
+            return path
         path = check_output_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         module = lower(self.graph, bake_masks=True)

@@ -229,16 +229,23 @@ def peak_sram_elems(g: Graph) -> tuple[int, dict]:
 
     Every non-view node allocates its output before it runs and its inputs stay live through it; a
     buffer is freed after its last reader. View ops (reshape, flatten, identity, dropout) alias their
-    input's buffer and extend its life. The output node holds the result to the end."""
+    input's buffer and extend its life, and so does an elementwise node fused into its producer's kernel
+    (_fused_nodes: it is computed in that kernel's loop and written to its one output buffer, as the
+    firmware hwopt.firmware generates does). The output node holds the result to the end."""
     def compute():
         order = g.order()
         pos = {n: i for i, n in enumerate(order)}
+        fused = _fused_nodes(g)
         root: dict[str, str] = {}
         size: dict[str, int] = {}
         last: dict[str, int] = {}
         for name in order:
             n = g[name]
-            if n.op in VIEW_OPS and n.op not in ("input", "output"):
+            host = next((i for i in n.inputs if (g[i].op in FUSABLE_PRODUCERS or i in fused) and len(g.users(i)) == 1),
+                        None) if name in fused else None
+            if host is not None:
+                root[name] = root[host]
+            elif n.op in VIEW_OPS and n.op not in ("input", "output"):
                 root[name] = root[n.inputs[0]]
             elif n.op == "output":
                 root[name] = name
