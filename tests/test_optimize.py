@@ -224,7 +224,7 @@ def test_outputs_are_checked_before_the_work(tmp_path):
     readonly = tmp_path / "ro"
     readonly.mkdir()
     readonly.chmod(0o500)
-    cases = [(["--out", str(afile)], "is an existing file"), (["--export", "torch"], "--export needs --out")]
+    cases = [(["--out", str(afile)], "is an existing file"), (["--export", "torch"], "--export torch needs --out")]
     if os.geteuid() != 0:  # root writes anywhere
         cases.append((["--out", str(readonly / "sub")], "not writable"))
     try:
