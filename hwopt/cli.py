@@ -167,7 +167,7 @@ def cmd_targets(args) -> int:
         rows.append({"name": t.name, "description": t.description, "clock_mhz": t.clock_mhz, "cores": t.cores_used,
                      "simd_bits": t.simd_bits, "channel_multiple": t.channel_multiple, "dtype": t.deploy_dtype,
                      "peak_gmacs": t.peak_macs_per_s / 1e9, "sram_bytes": t.sram_bytes, "flash_bytes": t.flash_bytes,
-                     "runtime": t.runtime})
+                     "runtime": t.runtime, "calibrations": t.provenance()})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -178,6 +178,16 @@ def cmd_targets(args) -> int:
         mem = lambda b: f"{b // 1024:,}K" if b else "-"
         print(f"{r['name']:12s} {r['clock_mhz']:6.0f} {r['cores']:5d} {r['simd_bits']:5d} {r['channel_multiple']:7d} "
               f"{r['dtype']:>7s} {r['peak_gmacs']:7.2f} {mem(r['sram_bytes']):>8s} {mem(r['flash_bytes']):>9s}  {r['description']}")
+    print("\nlatency tables: where each comes from and how well it predicts held-out measurements (* = default)")
+    print(f"{'target':12s} {'runtime':22s} {'provenance':16s} {'samples':>7s} {'held-out |err|':>14s} {'Spearman':>8s}  test")
+    for r in rows:
+        for c in r["calibrations"]:
+            err = f"{c['heldout_error']:.1%}" if c["heldout_error"] is not None else "-"
+            rho = f"{c['rank_correlation']:.3f}" if c["rank_correlation"] is not None else "-"
+            test = (f"{c['test_samples']} rows: {c['test_error']:.1%}, Spearman {c['test_rank_correlation']:.3f}"
+                    if c.get("test_samples") else "-")
+            rt = c["runtime"] + (" *" if c["runtime"] == r["runtime"] else "")
+            print(f"{r['name']:12s} {rt:22s} {c['provenance']:16s} {c['samples']:7d} {err:>14s} {rho:>8s}  {test}")
     return 0
 
 

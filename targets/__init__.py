@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hwopt.errors import TargetError
 
 from . import cost as _cost
+from . import probe
 from .cost import DTYPE_BYTES, Coefficients, Cost
 from .schema import DTYPES, KINDS, validate
 
@@ -40,81 +39,24 @@ def available() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# "auto" fields: found on this machine at load time
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _auto_clock_mhz() -> float:
-    for p in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
-        try:
-            return int(Path(p).read_text()) / 1000.0
-        except (OSError, ValueError):
-            pass
-    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", _cpuinfo())]
-    return max(mhz) if mhz else 2000.0
-
-
-def _auto_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _auto_simd_bits() -> int:
-    m = re.search(r"^(flags|Features)\s*:(.*)$", _cpuinfo(), re.M)
-    flags = set(m.group(2).split()) if m else set()
-    if "avx512f" in flags:
-        return 512
-    if "avx2" in flags or "avx" in flags:
-        return 256
-    if flags & {"sse2", "asimd", "neon"}:
-        return 128
-    return 128
-
-
-def _auto_cache_kib(level: int) -> float:
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for idx in sorted(base.glob("index*")) if base.exists() else []:
-        try:
-            if int((idx / "level").read_text()) == level and (idx / "type").read_text().strip() in ("Data", "Unified"):
-                s = (idx / "size").read_text().strip()
-                return float(s[:-1]) * (1024 if s.endswith("M") else 1) if s[-1] in "KM" else float(s) / 1024
-        except (OSError, ValueError):
-            continue
-    return 0.0
+# "auto" fields: found on this machine at load time (targets/probe.py)
 
 
 def _resolve_auto(doc: dict) -> dict:
     doc = copy.deepcopy(doc)
     c, m = doc["compute"], doc["memory"]
     if c["clock_mhz"] == "auto":
-        c["clock_mhz"] = _auto_clock_mhz()
+        c["clock_mhz"] = probe.clock_mhz()
     if c["cores_used"] == "auto":
-        c["cores_used"] = _auto_cores()
+        c["cores_used"] = probe.cores()
     if c["simd_bits"] == "auto":
-        c["simd_bits"] = _auto_simd_bits()
+        c["simd_bits"] = probe.simd_bits()
     if c["channel_multiple"] == "auto":
         c["channel_multiple"] = max(1, c["simd_bits"] // (8 * DTYPE_BYTES[doc["deploy_dtype"]]))
     for lvl, key in ((1, "l1d_kib"), (2, "l2_kib"), (3, "l3_kib")):
         if m[key] == "auto":
-            m[key] = _auto_cache_kib(lvl)
+            m[key] = probe.cache_kib(lvl)
     return doc
-
-
-def _auto_mcpu() -> str:
-    try:
-        import tvm  # noqa: F401  (slow import: only when a TVM target is asked for)
-        from tvm.target import codegen
-        return str(codegen.llvm_get_system_cpu())
-    except Exception:  # pragma: no cover - no TVM / no LLVM
-        return "generic"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +109,11 @@ class Target:
         return l2, max(l2, self.l3_kib * 1024)
 
     @property
+    def onchip_bytes(self) -> float:
+        """On-chip memory activations can live in (MCU SRAM + L2 + L3): the energy model's SRAM/DRAM split."""
+        return (self.sram_bytes or 0) + (self.l2_kib + self.l3_kib) * 1024
+
+    @property
     def runtimes(self) -> list[str]:
         return sorted(k for k in self.calibration if k != "default")
 
@@ -174,6 +121,19 @@ class Target:
     def calibration_info(self) -> dict:
         """Provenance of the coefficients in use (source, date, method, schedules, fit errors)."""
         return {k: v for k, v in self.calibration[self.runtime].items() if k != "kinds"}
+
+    def provenance(self) -> list[dict]:
+        """Per calibration table: runtime, provenance (measured / published / transferred /
+        first-principles; "unstated" when the file does not say), samples, held-out error, rank
+        correlation, and the test figures when the fit kept rows apart."""
+        out = []
+        for rt in self.runtimes:
+            tb = self.calibration[rt]
+            out.append({"runtime": rt, "provenance": tb.get("provenance", "unstated"), "samples": int(tb["samples"]),
+                        "heldout_error": tb.get("loo_error"), "rank_correlation": tb.get("rank_correlation"),
+                        "test_samples": tb.get("test_samples"), "test_error": tb.get("test_error"),
+                        "test_rank_correlation": tb.get("test_rank_correlation"), "source": tb["source"]})
+        return out
 
     @functools.cached_property
     def coefficients(self) -> Coefficients:
@@ -199,7 +159,7 @@ class Target:
         """TVM target in JSON-dict form (pass to tvm.target.Target); mcpu="auto" resolved on this machine."""
         t = dict(self.tvm_target_raw)
         if t.get("mcpu") == "auto":
-            t["mcpu"] = _auto_mcpu()
+            t["mcpu"] = probe.llvm_cpu()
         if t.get("num-cores") == "auto":
             t["num-cores"] = self.cores_used
         if self.tvm_host_raw:
@@ -234,14 +194,8 @@ class Target:
         by_kind = {k: float(ms[f.kind == i].sum()) for i, k in enumerate(KINDS)}
         peak_elems, _ = _cost.peak_sram_elems(g)
         fl = _cost.flash(g, self.deploy_dtype)
-        # energy: MACs; activations from on-chip memory when a node's working set fits it, else DRAM;
-        # weights streamed from DRAM / flash once per inference.
-        onchip = (self.sram_bytes or 0) + (self.l2_kib + self.l3_kib) * 1024
-        act = f.act_elems * ab
-        act_pj = np.where(act <= onchip, act * self.pj_per_byte_sram, act * self.pj_per_byte_dram).sum()
-        w_pj = fl["total"] * self.pj_per_byte_dram
-        mac_pj = f.work[(f.kind >= 0)].sum() * self.pj_per_mac[self.deploy_dtype]
-        energy_mj = float(mac_pj + act_pj + w_pj) * 1e-9
+        energy_mj = _cost.energy_mj(f, fl["total"], ab, self.onchip_bytes, self.pj_per_mac[self.deploy_dtype],
+                                    self.pj_per_byte_sram, self.pj_per_byte_dram)
         peak = int(peak_elems * ab)
         fits = {}
         if self.flash_bytes:

@@ -405,6 +405,17 @@ def node_seconds(kind: np.ndarray, work: np.ndarray, nbytes: np.ndarray, c: Coef
     return np.where(real, sec, 0.0)
 
 
+def energy_mj(f: Features, stored_weight_bytes: float, dtype_bytes: int, onchip_bytes: float, pj_per_mac: float,
+              pj_per_byte_sram: float, pj_per_byte_dram: float) -> float:
+    """Energy of one inference, mJ: MAC work x pJ/MAC; each node's activations from on-chip memory when
+    they fit in it (`onchip_bytes`), else from DRAM; the stored weights streamed from DRAM / flash once.
+    Circuit-level figures (Horowitz, ISSCC 2014): a lower bound, not whole-SoC energy."""
+    act = f.act_elems * dtype_bytes
+    act_pj = np.where(act <= onchip_bytes, act * pj_per_byte_sram, act * pj_per_byte_dram).sum()
+    mac_pj = f.work[f.kind >= 0].sum() * pj_per_mac
+    return float(mac_pj + act_pj + stored_weight_bytes * pj_per_byte_dram) * 1e-9
+
+
 @dataclass
 class Cost:
     """What a graph costs on a target. Times in ms, memory in bytes, energy in mJ."""

@@ -141,6 +141,7 @@ def fit_pixel1(p: float = 2.0) -> dict:
                   f"shared memory efficiency and per-op overhead), p = {p:g} fixed; BN/activations fused (free); "
                   "loo_error = leave-one-out (8 refits)",
         "schedules": "TFLite float32 kernels, 1 thread (as published); not TVM",
+        "provenance": "published",
         "samples": len(rows),
         "fit_error": round(float(np.median(fit_err)), 4),
         "loo_error": round(float(np.median(loo)), 4),
@@ -199,6 +200,7 @@ def fit_cortex_m() -> dict:
             "method": "one-parameter fit (brentq) of the conv compute efficiency to one published latency; "
                       "other kinds first principles; not validated on a board",
             "schedules": "CMSIS-NN int8 kernels (TFLite Micro / hand-written C)",
+            "provenance": "first-principles" if name == "cortex-m7" else "transferred",
             "samples": 1,
             "fit_error": 0.0,
         }
@@ -220,6 +222,7 @@ def transfer_cortex_a(pixel_table: dict) -> dict:
         t.pop("loo_error", None)
         t["fit_error"] = 0.0
         t["samples"] = 0
+        t["provenance"] = "transferred"
         out[name] = t
     return out
 

@@ -20,22 +20,49 @@ KINDS = ("conv", "pointwise", "depthwise", "dense", "elementwise", "fused", "poo
 # every channel count, so non-negative coefficients keep the cost monotone.
 TERMS = ("one", "work", "out", "in", "weights", "work_per_cin", "work_per_cout", "spill_l2", "spill_llc")
 FORMS = ("roofline", "terms")
+# Where a calibration table's numbers come from (`hwopt targets` shows it): timed on the device itself,
+# fit to published measurements of the device, transferred from another device's fit, or first
+# principles (datasheet peaks and efficiencies, at most a published figure or two).
+PROVENANCES = ("measured", "published", "transferred", "first-principles")
 
 
 @dataclass(frozen=True)
 class F:
-    """One field: `types` accepted, `required`, numeric bounds (`positive`, `nonneg`, `le`), `choices`, `auto`."""
+    """One field: `types` accepted, `required`, numeric bounds (`positive`, `nonneg`), the physically
+    meaningful range `lo`..`hi` (inclusive; None: unbounded), `choices`, `auto`."""
     types: tuple
     required: bool = True
     positive: bool = False
     nonneg: bool = False
-    le: float | None = None
+    lo: float | None = None
+    hi: float | None = None
     choices: tuple | None = None
     auto: bool = False
     doc: str = ""
 
+    @property
+    def range_text(self) -> str:
+        lo = "0 (exclusive)" if self.positive and self.lo is None else ("0" if self.nonneg and self.lo is None
+                                                                      else f"{self.lo:g}" if self.lo is not None else "-inf")
+        return f"[{lo}, {self.hi:g}]" if self.hi is not None else f"[{lo}, inf)"
+
 
 NUM = (int, float)
+
+# Physically meaningful ranges (issue 19: a clock of 1e-300 MHz or an overhead of 1e300 µs made every
+# latency inf or 1e300 ms without a word). Wide enough for any device from a 1 MHz microcontroller
+# to a server socket; narrow enough that a typo of a few orders of magnitude is caught.
+CLOCK_MHZ = (1.0, 10_000.0)            # 1 MHz (slowest MCU) .. 10 GHz
+BANDWIDTH_GBS = (1e-3, 10_000.0)       # 1 MB/s (a bit-banged SPI flash) .. 10 TB/s (HBM)
+MACS_PER_CYCLE = (0.01, 65_536.0)      # a MAC every 100 cycles (soft multiply) .. a matrix engine
+CACHE_KIB = (0.0, 1 << 21)             # .. 2 GiB
+OVERHEAD_US = (0.0, 1e6)               # .. 1 s per operator
+PJ = (0.0, 1e6)                        # energy per MAC / byte, pJ
+EFFICIENCY = (1e-6, 100.0)             # fraction of peak (memory_eff > 1: traffic the byte count overstates)
+SOFT_MAX_P = (0.5, 100.0)              # roofline exponent: 1 = sum, large = max; tiny p overflows
+# "terms" coefficients, µs per unit of a monomial: per call <= 1 s; per MAC / element <= 1 ms.
+TERM_US = {"one": 1e6}
+TERM_US_DEFAULT = 1e3
 DTYPE_TABLE = "dtype-table"  # marker: a table {float32 = x, int8 = y} of positive numbers
 
 SCHEMA: dict[str, Any] = {
@@ -44,33 +71,33 @@ SCHEMA: dict[str, Any] = {
     "description": F((str,), doc="one line: the device and what this file models"),
     "vendor": F((str,), doc="maker of the core / board"),
     "deploy_dtype": F((str,), choices=DTYPES, doc="dtype weights and activations have when deployed"),
-    "batch": F((int,), positive=True, required=False, doc="batch size the latency is for (default 1)"),
+    "batch": F((int,), positive=True, hi=1 << 20, required=False, doc="batch size the latency is for (default 1)"),
     "tvm": {
         "target": F((dict,), doc="TVM target in JSON-dict form, e.g. {kind=\"llvm\", mtriple=..., mcpu=...}"),
         "host": F((dict,), required=False, doc="TVM host target (JSON-dict form) when it differs from target"),
     },
     "compute": {
-        "clock_mhz": F(NUM, positive=True, auto=True, doc="core clock the latency is for, MHz"),
-        "cores_used": F((int,), positive=True, auto=True, doc="cores the deployed model runs on"),
-        "simd_bits": F((int,), nonneg=True, auto=True, doc="SIMD register width in bits (0: none)"),
-        "channel_multiple": F((int,), positive=True, auto=True, doc="channel count multiple the kernels favour"),
+        "clock_mhz": F(NUM, positive=True, lo=CLOCK_MHZ[0], hi=CLOCK_MHZ[1], auto=True, doc="core clock the latency is for, MHz"),
+        "cores_used": F((int,), positive=True, hi=4096, auto=True, doc="cores the deployed model runs on"),
+        "simd_bits": F((int,), nonneg=True, hi=4096, auto=True, doc="SIMD register width in bits (0: none)"),
+        "channel_multiple": F((int,), positive=True, hi=4096, auto=True, doc="channel count multiple the kernels favour"),
         "peak_macs_per_cycle": F((dict,), doc="per core, per dtype: {float32 = .., int8 = ..}"),
     },
     "memory": {
-        "l1d_kib": F(NUM, nonneg=True, auto=True, doc="L1 data cache per core, KiB"),
-        "l2_kib": F(NUM, nonneg=True, auto=True, doc="L2 cache, KiB (0: none)"),
-        "l3_kib": F(NUM, nonneg=True, auto=True, doc="L3 / system cache, KiB (0: none)"),
-        "bandwidth_gbs": F(NUM, positive=True, doc="sustained main-memory bandwidth, GB/s"),
-        "sram_bytes": F((int,), positive=True, required=False, doc="on-chip SRAM for activations (MCU)"),
-        "flash_bytes": F((int,), positive=True, required=False, doc="flash for code + weights (MCU)"),
+        "l1d_kib": F(NUM, nonneg=True, hi=CACHE_KIB[1], auto=True, doc="L1 data cache per core, KiB"),
+        "l2_kib": F(NUM, nonneg=True, hi=CACHE_KIB[1], auto=True, doc="L2 cache, KiB (0: none)"),
+        "l3_kib": F(NUM, nonneg=True, hi=CACHE_KIB[1], auto=True, doc="L3 / system cache, KiB (0: none)"),
+        "bandwidth_gbs": F(NUM, positive=True, lo=BANDWIDTH_GBS[0], hi=BANDWIDTH_GBS[1], doc="sustained main-memory bandwidth, GB/s"),
+        "sram_bytes": F((int,), positive=True, hi=1 << 50, required=False, doc="on-chip SRAM for activations (MCU)"),
+        "flash_bytes": F((int,), positive=True, hi=1 << 50, required=False, doc="flash for code + weights (MCU)"),
     },
     "overhead": {
-        "per_op_us": F(NUM, nonneg=True, doc="fixed cost of launching one operator, µs (used where calibration gives none)"),
+        "per_op_us": F(NUM, nonneg=True, hi=OVERHEAD_US[1], doc="fixed cost of launching one operator, µs (used where calibration gives none)"),
     },
     "energy": {
         "pj_per_mac": F((dict,), doc="energy of one MAC per dtype, pJ: {float32 = .., int8 = ..}"),
-        "pj_per_byte_dram": F(NUM, nonneg=True, doc="energy per byte moved to/from main memory (flash for MCUs), pJ"),
-        "pj_per_byte_sram": F(NUM, nonneg=True, doc="energy per byte moved to/from on-chip SRAM / cache, pJ"),
+        "pj_per_byte_dram": F(NUM, nonneg=True, hi=PJ[1], doc="energy per byte moved to/from main memory (flash for MCUs), pJ"),
+        "pj_per_byte_sram": F(NUM, nonneg=True, hi=PJ[1], doc="energy per byte moved to/from on-chip SRAM / cache, pJ"),
     },
     "calibration": "calibration",  # validated by _validate_calibration
 }
@@ -83,16 +110,25 @@ CAL_META = {
     "form": F((str,), required=False, choices=FORMS,
               doc='latency model form: "roofline" (default; needs soft_max_p and kinds) or "terms" (needs terms)'),
     "threads": F((int,), positive=True, required=False, doc="threads the timed runtime used (torch eager)"),
-    "samples": F((int,), nonneg=True, doc="number of timings fit"),
-    "fit_error": F(NUM, nonneg=True, required=False, doc="median |relative error| on the fit data"),
-    "loo_error": F(NUM, nonneg=True, required=False, doc="leave-one-out median |relative error|, where computed"),
-    "soft_max_p": F(NUM, positive=True, doc="roofline combination exponent: t = (tc^p + tm^p)^(1/p); large = max"),
+    "provenance": F((str,), required=False, choices=PROVENANCES,
+                    doc="where the numbers come from: measured on the device, fit to published measurements, "
+                        "transferred from another device's fit, or first principles"),
+    "prior": F((str,), required=False, doc="TARGET:RUNTIME whose fit this one started from (few samples)"),
+    "samples": F((int,), nonneg=True, hi=1 << 40, doc="number of timings fit"),
+    "fit_error": F(NUM, nonneg=True, required=False, hi=1e6, doc="median |relative error| on the fit data"),
+    "loo_error": F(NUM, nonneg=True, required=False, hi=1e6,
+                   doc="held-out median |relative error| (leave-one-out <= 30 samples, else 5-fold)"),
+    "rank_correlation": F(NUM, required=False, lo=-1.0, hi=1.0, doc="held-out Spearman rank correlation"),
+    "test_samples": F((int,), nonneg=True, required=False, hi=1 << 40, doc="timings kept apart from the fit"),
+    "test_error": F(NUM, nonneg=True, required=False, hi=1e6, doc="median |relative error| on the test samples"),
+    "test_rank_correlation": F(NUM, required=False, lo=-1.0, hi=1.0, doc="Spearman rank correlation on the test samples"),
+    "soft_max_p": F(NUM, positive=True, lo=SOFT_MAX_P[0], hi=SOFT_MAX_P[1], doc="roofline combination exponent: t = (tc^p + tm^p)^(1/p); large = max"),
 }
 ROOFLINE_ONLY = ("soft_max_p",)
 KIND_FIELDS = {
-    "compute_eff": F(NUM, positive=True, doc="fraction of peak MACs/s the kind reaches"),
-    "memory_eff": F(NUM, positive=True, doc="fraction of bandwidth_gbs the kind reaches"),
-    "overhead_us": F(NUM, nonneg=True, doc="fixed time per operator of this kind, µs"),
+    "compute_eff": F(NUM, positive=True, lo=EFFICIENCY[0], hi=EFFICIENCY[1], doc="fraction of peak MACs/s the kind reaches"),
+    "memory_eff": F(NUM, positive=True, lo=EFFICIENCY[0], hi=EFFICIENCY[1], doc="fraction of bandwidth_gbs the kind reaches"),
+    "overhead_us": F(NUM, nonneg=True, hi=OVERHEAD_US[1], doc="fixed time per operator of this kind, µs"),
 }
 
 
@@ -117,13 +153,18 @@ def check_field(spec: F, value: Any, field: str, path: str | None) -> None:
             raise TargetError(f"must be > 0, got {value!r}", field, path)
         if spec.nonneg and value < 0:
             raise TargetError(f"must be >= 0, got {value!r}", field, path)
+        if (spec.lo is not None and value < spec.lo) or (spec.hi is not None and value > spec.hi):
+            raise TargetError(f"must be in the range {spec.range_text} ({spec.doc or 'physically meaningful values'}), "
+                              f"got {value!r}", field, path)
 
 
 def _dtype_table(value: dict, field: str, path: str | None) -> None:
+    lo, hi = MACS_PER_CYCLE if field == "compute.peak_macs_per_cycle" else (None, PJ[1])
+    doc = "MACs per cycle per core" if field == "compute.peak_macs_per_cycle" else "pJ per MAC"
     for k, v in value.items():
         if k not in DTYPES:
             raise TargetError(f"unknown dtype {k!r} (known: {list(DTYPES)})", f"{field}.{k}", path)
-        check_field(F(NUM, positive=True), v, f"{field}.{k}", path)
+        check_field(F(NUM, positive=True, lo=lo, hi=hi, doc=doc), v, f"{field}.{k}", path)
     for k in DTYPES:
         if k not in value:
             raise TargetError(f"missing dtype {k!r}", f"{field}.{k}", path)
@@ -230,7 +271,8 @@ def _validate_terms(table: dict, pre: str, path: str | None) -> None:
                 raise TargetError(f"unknown term (known: {list(TERMS)})", f"{pre}.terms.{kind}.{k}", path)
         for k in TERMS:  # absent terms are 0; present ones are >= 0 µs per unit (monotone cost)
             if k in entry:
-                check_field(F(NUM, nonneg=True), entry[k], f"{pre}.terms.{kind}.{k}", path)
+                check_field(F(NUM, nonneg=True, hi=TERM_US.get(k, TERM_US_DEFAULT), doc=f"µs per unit of {k}"),
+                            entry[k], f"{pre}.terms.{kind}.{k}", path)
 
 
 def validate(doc: dict, path: str | None = None) -> None:

@@ -39,3 +39,12 @@ def test_example_pass_is_short_and_runs():
     r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "width-multiplier" in r.stdout and "macs_after" in r.stdout
+
+
+def test_calibrate_new_board_from_table_example(tmp_path):
+    out = tmp_path / "my-board.toml"
+    r = subprocess.run([sys.executable, str(EXAMPLES / "calibrate_new_board_from_table.py"), "--out", str(out),
+                        "--test-rows", "10"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[calibration.tflite]" in out.read_text() and "held out (leave-one-out)" in r.stdout
+    assert "my-board [tflite]: measured, 20 samples" in r.stdout

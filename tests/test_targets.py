@@ -14,7 +14,7 @@ from hwopt.errors import TargetError
 from hwopt.targets.schema import CAL_META, KIND_FIELDS, KINDS, SCHEMA, TERMS, F
 from hwopt.targets.tomlio import format_calibration, replace_calibration_text, update_runtime
 
-NAMES = ["cortex-a53", "cortex-a72", "cortex-a76", "cortex-m4", "cortex-m7", "host", "pixel-1"]
+NAMES = ["cortex-a53", "cortex-a72", "cortex-a76", "cortex-m4", "cortex-m7", "host", "pixel-1", "pixel-3"]
 
 
 def test_available_lists_every_target():
@@ -32,6 +32,8 @@ def test_every_target_loads_and_is_complete(name):
     for k in ("source", "date", "method", "schedules"):
         assert info[k], k
     assert info["method"] != "none", "shipped targets carry fitted / derived coefficients, not the bootstrap table"
+    for p in t.provenance():  # every table says where its numbers come from (issue 17)
+        assert p["provenance"] in ("measured", "published", "transferred", "first-principles"), (name, p["runtime"])
     if name.startswith("cortex-m"):
         assert t.sram_bytes and t.flash_bytes and t.deploy_dtype == "int8"
 
@@ -177,11 +179,15 @@ def test_mistyped_field_is_named(field, spec):
 @pytest.mark.parametrize("field", ["compute.clock_mhz", "compute.cores_used", "memory.bandwidth_gbs"])
 @pytest.mark.parametrize("value", [-1, 0])
 def test_nonpositive_values_rejected(field, value):
-    doc = _base_doc()
+    e = _set_and_err(field, value)
+    assert e.field == field and "> 0" in str(e)
+
+
+def _set_and_err(field: str, value, doc: dict | None = None) -> TargetError:
+    doc = doc or _base_doc()
     parent, key = _get(doc, field)
     parent[key] = value
-    e = _err(doc)
-    assert e.field == field and "> 0" in str(e)
+    return _err(doc)
 
 
 def test_negative_clock_message():
@@ -383,3 +389,90 @@ def test_cortex_m7_reproduces_cmsis_nn_figure():
     assert abs(c7.latency_ms / CMSIS_NN_MS - 1) < 0.01
     assert c4.latency_ms > c7.latency_ms
     assert np.isclose(c7.flash_bytes, c4.flash_bytes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Physically meaningful ranges (issue 19 item 3): values that made every latency inf or 1e300 ms
+
+
+BOUNDED = [(f, s) for f, s in FIELDS if s.lo is not None or s.hi is not None]
+
+
+def test_every_numeric_device_field_is_bounded():
+    # a device number without an upper bound is how 1e300 µs overheads got through
+    unbounded = [f for f, s in FIELDS if set(s.types) & {int, float} and s.hi is None and s.choices is None]
+    assert unbounded == [], unbounded
+
+
+@pytest.mark.parametrize("field,spec", BOUNDED, ids=[f for f, _ in BOUNDED])
+def test_out_of_range_value_names_field_and_range(field, spec):
+    for bad in ([spec.hi * 10 if spec.hi else None, 1e300]
+                + ([spec.lo / 10] if spec.lo else [])):
+        if bad is None:
+            continue
+        doc = _base_doc()
+        parent, key = _get(doc, field)
+        if float not in spec.types:  # integer fields: an integer out of range (a float is a type error)
+            bad = int(min(bad, 2 ** 62))
+            if spec.lo is not None and bad >= spec.lo and bad <= (spec.hi or bad):
+                continue
+        parent[key] = bad
+        e = _err(doc)
+        assert e.field == field and "range" in str(e) and spec.range_text in str(e), str(e)
+
+
+_ISSUE_19_CASES = [  # (field, value): issue 19's reproducers
+    (f"calibration.{RT}.soft_max_p", 1e-300),
+    ("memory.bandwidth_gbs", 1e-300),
+    ("compute.clock_mhz", 1e-300),
+    (f"calibration.{RT}.kinds.conv.compute_eff", 1e-300),
+    (f"calibration.{RT}.kinds.conv.memory_eff", 1e-300),
+    (f"calibration.{RT}.kinds.conv.overhead_us", 1e300),
+    ("overhead.per_op_us", 1e300),
+    ("compute.peak_macs_per_cycle.float32", 1e-300),
+    ("energy.pj_per_mac.int8", 1e300),
+    ("energy.pj_per_byte_dram", 1e300),
+]
+
+
+@pytest.mark.parametrize("field,value", _ISSUE_19_CASES, ids=[f for f, _ in _ISSUE_19_CASES])
+def test_issue19_absurd_values_rejected(field, value):
+    e = _set_and_err(field, value)
+    assert e.field == field and "range" in str(e)
+
+
+def test_absurd_terms_coefficient_rejected():
+    doc = _terms_doc()
+    doc["calibration"]["lin"]["terms"]["conv"]["one"] = 1e300
+    e = _err(doc)
+    assert e.field == "calibration.lin.terms.conv.one" and "range" in str(e)
+
+
+def test_latency_finite_at_the_range_limits():
+    """Every device field at the end of its range that makes latency largest still gives a finite figure."""
+    import torch
+    from torch import nn
+    doc = _base_doc()
+    s = SCHEMA
+    doc["compute"]["clock_mhz"] = s["compute"]["clock_mhz"].lo
+    doc["memory"]["bandwidth_gbs"] = s["memory"]["bandwidth_gbs"].lo
+    doc["compute"]["peak_macs_per_cycle"] = {"float32": 0.01, "int8": 0.01}
+    for e in doc["calibration"][RT]["kinds"].values():
+        e.update(compute_eff=KIND_FIELDS["compute_eff"].lo, memory_eff=KIND_FIELDS["memory_eff"].lo,
+                 overhead_us=KIND_FIELDS["overhead_us"].hi)
+    doc["calibration"][RT]["soft_max_p"] = CAL_META["soft_max_p"].lo
+    t = T.parse_target(_dumps(doc), "limits.toml")
+    g = hwopt.lift(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8))
+    assert np.isfinite(t.cost(g).latency_ms) and np.isfinite(t.cost(g).energy_mj)
+
+
+def test_hwopt_targets_shows_provenance_and_heldout_error(capsys):
+    from hwopt.cli import main
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:3]) for line in out.splitlines()[out.splitlines().index(
+        next(x for x in out.splitlines() if x.startswith("target") and "provenance" in x)) + 1:]}
+    assert ("cortex-a72", "tflite", "*") in rows and ("pixel-3", "tflite", "*") in rows
+    line = next(x for x in out.splitlines() if x.startswith("pixel-3") and "tflite" in x)
+    assert "published" in line and "20" in line.split() and "300 rows" in line
+    assert any(x.startswith("cortex-a53") and "transferred" in x for x in out.splitlines())

@@ -1,0 +1,70 @@
+"""hwopt's NAS-Bench-201 network: cell strings, which edges run, and the network itself."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hwopt
+from hwopt.nasbench201 import NasBench201Error, canonical, computes_constant, live_edges, nasbench201, parse
+
+CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def test_parse_reads_six_edges():
+    e = parse(CELL)
+    assert e == [("nor_conv_3x3", 0, 1), ("nor_conv_3x3", 0, 2), ("avg_pool_3x3", 1, 2),
+                 ("skip_connect", 0, 3), ("nor_conv_3x3", 1, 3), ("skip_connect", 2, 3)]
+
+
+@pytest.mark.parametrize("bad,what", [
+    ("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|", "bad edge 'conv~0'"),
+    ("|none~1|+|none~0|none~1|+|none~0|none~1|none~2|", "bad edge 'none~1'"),
+    ("|none~0|+|none~0|+|none~0|none~1|none~2|", "node 2 must have 2 inputs"),
+    ("|none~0|+|none~0|none~1|", "expected 3 nodes"),
+])
+def test_bad_cells_are_named(bad, what):
+    with pytest.raises(NasBench201Error, match=what.replace("|", r"\|")):
+        nasbench201(bad)
+
+
+def test_dead_end_edges_are_dropped_zero_nodes_are_not():
+    # node 2 feeds node 3 only through `none`: its edges never reach the output
+    a = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|"
+    assert live_edges(a) == [("nor_conv_3x3", 0, 1), ("skip_connect", 0, 3), ("nor_conv_3x3", 1, 3)]
+    # node 1 receives only `none` (zeros): the conv reading it still runs (the measurements say so)
+    z = "|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|"
+    assert ("nor_conv_3x3", 1, 3) in live_edges(z)
+    # two cells differing only in dead-end edges are the same network
+    b = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|nor_conv_3x3~1|none~2|"
+    assert canonical(a) == canonical(b) != canonical(CELL)
+
+
+def test_constant_cell_is_refused():
+    a = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|"
+    assert computes_constant(a) and live_edges(a) == [] and canonical(a) == ""
+    with pytest.raises(NasBench201Error, match="constant"):
+        nasbench201(a)
+
+
+@pytest.mark.parametrize("cell", [CELL, "|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|",
+                                  "|avg_pool_3x3~0|+|nor_conv_1x1~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"])
+def test_network_lifts_exactly(cell):
+    m = nasbench201(cell)
+    x = torch.randn(1, 3, 32, 32)
+    g = hwopt.lift(m, x)
+    with torch.no_grad():
+        assert m(x).shape == (1, 10)
+        torch.testing.assert_close(hwopt.lower(g)(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_skeleton_sizes():
+    """Stem 3->16, 15 cells at 16/32/64, two reduction blocks, head 64->10: counted from the paper's text."""
+    g = hwopt.lift(nasbench201("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"),
+                   torch.randn(1, 3, 32, 32))
+    convs = [n for n in g if n.op == "conv2d"]
+    # stem + 2 x (conv_a, conv_b, shortcut 1x1); the cells are all skips
+    assert sorted((n.attrs["in_channels"], n.attrs["out_channels"], n.attrs["stride"][0] if isinstance(
+        n.attrs["stride"], (tuple, list)) else n.attrs["stride"]) for n in convs) == sorted([
+        (3, 16, 1), (16, 32, 2), (32, 32, 1), (16, 32, 1), (32, 64, 2), (64, 64, 1), (32, 64, 1)])
+    assert sum(n.params["weight"].numel() for n in convs) == 3 * 16 * 9 + 16 * 32 * 9 + 32 * 32 * 9 + 16 * 32 \
+        + 32 * 64 * 9 + 64 * 64 * 9 + 32 * 64
