@@ -2,7 +2,6 @@
 model, or (--from-table) fit it to a table of measured models."""
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
