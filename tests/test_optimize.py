@@ -29,10 +29,11 @@ def test_latency_budget_alone_gives_a_model_that_fits_the_device_or_refuses(name
     SRAM and flash and meets the latency, or BudgetError names what is out of reach."""
     m = models.get(name).eval()
     x = small_input(name)
+    graph = hwopt.lift(m, x)
     outcomes = set()
     for tname in available():
         target = load_target(tname)
-        start = target.cost(hwopt.lift(m, x)).latency_ms
+        start = target.cost(graph).latency_ms
         try:
             r = hwopt.optimize(m, target, x, budget={"latency_ms": start / 2})
         except hwopt.BudgetError as e:
