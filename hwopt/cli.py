@@ -297,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("optimize", help="optimize a model for a target within a budget")
     op.add_argument("model", help="MODULE:FACTORY")
     op.add_argument("--target", required=True, help="target name (see `hwopt targets`) or path to a target file")
-    op.add_argument("--input-shape", required=True)
+    op.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,3,224,224")
     op.add_argument("--budget", help="absolute limits, e.g. latency_ms=2.5,params=500000 (resources: latency_ms, "
                                      "peak_sram_bytes, flash_bytes, energy_mj, macs, params); the target's SRAM "
                                      "and flash are limits too unless --ignore-device-limits")
     op.add_argument("--pipeline", help="pass pipeline text; default: chosen from the target and budget")
     op.add_argument("--data", metavar="MODULE:FACTORY", help="a factory returning (x, y) training batches: "
                     "fine-tuning after pruning (default SGD trainer), Taylor and OBD importance")
-    op.add_argument("--evaluate", metavar="MODULE:FACTORY", help="a function evaluate(module) -> accuracy in [0, 1]")
+    op.add_argument("--evaluate", metavar="MODULE:FUNCTION", help="a function evaluate(module) -> accuracy in [0, 1]")
     op.add_argument("--min-channels", type=int, help="narrowest a pruned layer may get (default: the target's "
                                                      "channel multiple)")
     op.add_argument("--protect", help="comma-separated layer names or module-path prefixes never pruned")
@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--out", help="directory for report.md/json, plots and exports (checked before the work)")
     op.add_argument("--export", help="comma-separated formats: torch,onnx,tvm (needs --out)")
     op.add_argument("--measure", action="store_true", help="compile with TVM and time before/after (host target)")
-    op.add_argument("--seed", type=int, default=0)
-    op.add_argument("--json", action="store_true")
+    op.add_argument("--seed", type=int, default=0, help="seed for everything random (pruning ties, training)")
+    op.add_argument("--json", action="store_true", help="print the report as JSON")
     op.set_defaults(func=cmd_optimize)
 
     dm = sub.add_parser("demo", help="train the MNIST CNN, optimize it for a target, report and export")

@@ -42,7 +42,7 @@ def choose_pipeline(graph: Graph, target, budget: dict, user_budget: dict, *, ca
     """(pipeline, why) for `budget` (the user's `user_budget` plus the device limits) on `target`;
     `graph` is the canonicalized model."""
     passes: list[Pass] = [make_pass("canonicalize")]
-    tune = " then fine-tuning" if can_train else " (no fine-tuning: give train= or data=)"
+    tune = ", then fine-tuning" if can_train else " (no fine-tuning: give train= or data=)"
     limits = sorted(set(budget) - set(user_budget))
     device = f"; the device's own limits ({', '.join(limits)}) are part of the budget" if limits else ""
     start = graph_figures(graph, target)
@@ -61,7 +61,7 @@ def choose_pipeline(graph: Graph, target, budget: dict, user_budget: dict, *, ca
         passes.append(make_pass("finetune", epochs=FINETUNE_EPOCHS))
     return PassManager(passes), (
         f"budget on {', '.join(sorted(budget))}: channel removal ranked by importance per unit of the resource "
-        "furthest over budget (the target's cost model), widths rounded to the target's SIMD multiple," + tune + device)
+        "furthest over budget (the target's cost model), widths rounded to the target's SIMD multiple" + tune + device)
 
 
 def flash_sparsity(graph: Graph, target, flash_budget: float) -> float:

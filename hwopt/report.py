@@ -98,11 +98,13 @@ class Result:
                 "ratios": {k: (self.before[k] / self.after[k] if self.after.get(k) else None) for k in self.before}}
 
     def rows(self) -> list[tuple[str, ...]]:
-        rows = [("resource", "before", "after", "budget", "×")]
+        rows = [("resource", "before", "after", "budget / limit", "×")]
         for k in TABLE_ROWS:
             b, a = self.before[k], self.after[k]
             fmt = (lambda v: f"{v:.4g}") if isinstance(b, float) and b < 1e4 else (lambda v: f"{v:,.0f}")
-            label = "energy_mj (dynamic + static)" if k == "energy_mj" else k
+            label = k
+            if k == "energy_mj":
+                label += " (dynamic + static)" if self.target.board_power_w else " (dynamic; no board_power_w)"
             limit = self.budget.get(k, self.limits.get(k))
             rows.append((label, fmt(b), fmt(a), fmt(limit) if limit is not None else "-", f"{b / a:.2f}" if a else "-"))
         for k, (b, a) in self.accuracy.items():

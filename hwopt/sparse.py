@@ -9,7 +9,8 @@ conv layers and 5 for fully connected ones. Each layer is stored dense or sparse
 
 `sparse_weight_bytes` and `flash_bytes` are monotone in the masks: clearing one more mask entry never
 raises either of them (two gaps merge; the merged gap needs at most one filler more than the entry it
-replaces), and removing neurons or channels only removes entries. This module imports only torch/numpy.
+replaces), and removing neurons or channels only removes entries. At import this module needs only
+torch and numpy; the mask helpers import hwopt.errors and hwopt.channels where they are used.
 """
 from __future__ import annotations
 

@@ -90,6 +90,7 @@ class Target:
     calibration: dict
     runtime: str
     path: str | None = None
+    board_power_w: float | None = None  # static power while running (energy.board_power_w), W
     doc: dict = field(default_factory=dict, repr=False)
     _token: int = field(default_factory=lambda: next(_TOKENS), repr=False)
 
@@ -226,7 +227,8 @@ def _build(doc: dict, path: str | None, runtime: str | None = None) -> Target:
         per_op_us=float(r["overhead"]["per_op_us"]),
         pj_per_mac={k: float(v) for k, v in e["pj_per_mac"].items()},
         pj_per_byte_dram=float(e["pj_per_byte_dram"]), pj_per_byte_sram=float(e["pj_per_byte_sram"]),
-        calibration=copy.deepcopy(r["calibration"]), runtime=rt, path=path, doc=copy.deepcopy(doc))
+        calibration=copy.deepcopy(r["calibration"]), runtime=rt, path=path, doc=copy.deepcopy(doc),
+        board_power_w=float(e["board_power_w"]) if e.get("board_power_w") is not None else None)
 
 
 def _resolve_path(name_or_path: str | os.PathLike) -> Path:

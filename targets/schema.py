@@ -98,6 +98,8 @@ SCHEMA: dict[str, Any] = {
         "pj_per_mac": F((dict,), doc="energy of one MAC per dtype, pJ: {float32 = .., int8 = ..}"),
         "pj_per_byte_dram": F(NUM, nonneg=True, hi=PJ[1], doc="energy per byte moved to/from main memory (flash for MCUs), pJ"),
         "pj_per_byte_sram": F(NUM, nonneg=True, hi=PJ[1], doc="energy per byte moved to/from on-chip SRAM / cache, pJ"),
+        "board_power_w": F(NUM, nonneg=True, required=False, hi=1e3,
+                           doc="static power of the board while it runs, W (energy adds board_power_w x latency)"),
     },
     "calibration": "calibration",  # validated by _validate_calibration
 }

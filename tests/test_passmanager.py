@@ -229,3 +229,18 @@ def test_option_constraints_are_declared_and_checked_once_with_the_pass_name():
     hwopt.PassManager.parse("test-constrained").run(g)  # needs nothing without epochs
     with pytest.raises(hwopt.PassError, match="'test-constrained' needs train"):
         hwopt.PassManager.parse("test-constrained{epochs=1.0}").run(g)
+
+
+def test_every_bundled_pass_is_in_the_registry_under_its_module():
+    import re
+    from pathlib import Path
+
+    from hwopt.passmanager import BUILTIN_PASSES, pass_class
+    root = Path(hwopt.passmanager.__file__).resolve().parents[1] / "passes"
+    found = {}
+    for f in root.rglob("*.py"):
+        mod = "hwopt.passes." + ".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for name in re.findall(r'(?:register_pass|pipeline)\("([a-z0-9-]+)"', f.read_text()):
+            found[name] = mod
+    assert found == BUILTIN_PASSES
+    assert all(pass_class(n).name == n for n in BUILTIN_PASSES)

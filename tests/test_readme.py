@@ -35,3 +35,23 @@ def test_readme_shell_commands_run(tmp_path):
                            timeout=600, cwd=tmp_path)
         assert r.returncode == 0, cmd + "\n" + r.stderr[-2000:]
     assert "OMP_WAIT_POLICY=PASSIVE .venv/bin/hwopt demo --target cortex-m7" in text
+
+
+def test_readme_shows_the_callbacks_and_nothing_points_outside_the_repository():
+    text = README.read_text()
+    assert "data=batches" in text and "train=trainer.train" in text and "evaluate=trainer.evaluate" in text
+    assert "--data hwopt.data:mnist_batches" in text
+    assert "(docs/ARCHITECTURE.md)" in text
+    assert not re.search(r"(?<!\.venv/bin/)\bpython examples/", text)
+    root = README.parent
+    OUTSIDE = r"\.\./" + "shared|/work/" + "shared"  # split: this file must not match itself
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    outside = [f for f in tracked if f.endswith((".md", ".py", ".toml"))
+               and re.search(OUTSIDE, (root / f).read_text(errors="replace"))]
+    assert not outside
+    links = re.findall(r"\]\(([^)#]+)\)", (root / "docs" / "ARCHITECTURE.md").read_text())
+    missing = [link for link in links if not link.startswith("http") and not (root / "docs" / link).exists()
+               and link != "ops.md"]  # docs/ops.md: the op table's page (issue 15)
+    assert not missing
