@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import IRError
-from .ir import OPS, Graph, Node, selected
+from .ir import OPS, Graph, Node, selected, shared_nodes
 
 
 @dataclass
@@ -126,6 +126,13 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         (c.pin(out, *ins) if a["dim"] % _rank(g, out) == 1 else c.same(ins[0], out))
     elif op == "mean":
         (c.pin(out, *ins) if 1 in a["dims"] else c.same(ins[0], out))
+    elif op == "group_norm":  # a group's statistics mix its channels: whole groups go together
+        cpg = a["num_channels"] // a["num_groups"]
+        ch = np.arange(a["num_channels"])
+        c.tie(ins[0], ch, ins[0], (ch // cpg) * cpg)
+        c.same(ins[0], out)
+    elif op == "const":
+        pass  # its channels are tied by the op that reads it (a layer scale ties them to the scaled tensor)
     elif op in ("reshape", "channel_shuffle"):
         c.pin(out, *ins)
     elif OPS[op].channel_preserving:
@@ -143,6 +150,11 @@ def _analyse(graph: Graph) -> list[ChannelGroup]:
     c = _Coupler(graph)
     for n in graph:
         _couple_node(c, n)
+    for names in shared_nodes(graph):  # one module called several times: its calls lose the same channels
+        for other in names[1:]:
+            c.same(names[0], other)
+            if graph[names[0]].inputs and graph[graph[names[0]].inputs[0]].spec.channels == graph[graph[other].inputs[0]].spec.channels:
+                c.same(graph[names[0]].inputs[0], graph[other].inputs[0])
     a = np.concatenate(c.a) if c.a else np.zeros(0, np.int64)
     b = np.concatenate(c.b) if c.b else np.zeros(0, np.int64)
     adj = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(c.total, c.total))
@@ -266,7 +278,22 @@ def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], gr
         m = new[name]
         _RESIZE.get(n.op, _no_params)(m, n, keep_in, keep_out, rem.get(n.inputs[0]) if n.inputs else None, graph)
         new.replace(m)
+    _reshare(graph, new)
     return new.verify(infer_shapes=True)
+
+
+def _reshare(old: Graph, new: Graph) -> None:
+    """Nodes that shared one module's tensors in `old` share the first one's (resized) tensors in `new`:
+    the coupling removed or added the same channels in each, so one module still serves all its calls."""
+    for names in shared_nodes(old):
+        first = new[names[0]]
+        for other in names[1:]:
+            m = new[other]
+            if m.attrs != first.attrs or any(tuple(m.params[k].shape) != tuple(t.shape) for k, t in first.params.items()):
+                raise IRError(f"shared module called as {names} was resized differently at {other!r}", other)
+            m = m.copy()
+            m.params = dict(first.params)
+            new.replace(m)
 
 
 def _no_params(m, n, keep_in, keep_out, removed_in, graph) -> None:
@@ -318,6 +345,19 @@ def _resize_bn(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
     m.attrs = {**n.attrs, "num_features": len(keep_out) if keep_out is not None else n.attrs["num_features"]}
 
 
+def _resize_group_norm(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    cpg = n.attrs["num_channels"] // n.attrs["num_groups"]
+    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
+    c = len(keep_out) if keep_out is not None else n.attrs["num_channels"]
+    m.attrs = {**n.attrs, "num_channels": c, "num_groups": c // cpg}
+
+
+def _resize_const(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    if keep_out is not None:
+        m.params = {"value": _cols(n.params["value"], keep_out)}
+        m.attrs = {**n.attrs, "shape": tuple(m.params["value"].shape)}
+
+
 def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
     if n.attrs["dim"] != 1 or removed_in is None:
         return
@@ -325,7 +365,8 @@ def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> Non
     m.attrs = {**n.attrs, "start": before(n.attrs["start"]), "end": before(n.attrs["end"])}
 
 
-_RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice}
+_RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice,
+           "group_norm": _resize_group_norm, "const": _resize_const}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,6 +485,14 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
             p = {k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()}
             a["num_features"] = len(src_out)
+        elif n.op == "group_norm":
+            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
+            cpg = a["num_channels"] // a["num_groups"]
+            a["num_channels"], a["num_groups"] = len(src_out), len(src_out) // cpg
+        elif n.op == "const" and src_out is not None:  # new channels of a layer scale start at its mean
+            v = p["value"]
+            p["value"] = _grow_dim(v, src_out, 1, v.mean(dim=1, keepdim=True))
+            a["shape"] = tuple(p["value"].shape)
         elif n.op == "slice" and a["dim"] == 1 and src_in is not None:
             key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
             inside = (key >= a["start"]) & (key < a["end"])
@@ -459,6 +508,7 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1
         m.attrs, m.params = a, p
         new.replace(m)
+    _reshare(graph, new)
     new.verify(infer_shapes=True)
     expected = sorted(n if gid not in grow else groups[gid].size + grow[gid] for gid, n in
                       ((g.id, g.size) for g in groups if g.prunable))

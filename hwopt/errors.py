@@ -14,10 +14,12 @@ class IRError(HwoptError, ValueError):
 
 
 class UnsupportedOpError(HwoptError, NotImplementedError):
-    """The front end met an operation outside hwopt's closed op set."""
+    """The front end met an operation outside hwopt's closed op set. `found` lists every such error of
+    the model (this one first), so one run names all the ops that stop it."""
 
-    def __init__(self, op: str, module_path: str, detail: str = ""):
+    def __init__(self, op: str, module_path: str, detail: str = "", found: list | None = None):
         self.op, self.module_path = op, module_path
+        self.found = list(found) if found else [self]
         where = f"module {module_path!r}" if module_path else "the model's top-level forward"
         super().__init__(f"unsupported op {op} in {where}" + (f": {detail}" if detail else ""))
 

@@ -10,6 +10,7 @@ path. The user's model is only read: parameters are copied into the graph (copy-
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,15 +20,13 @@ from torch import nn
 
 from . import nn as hnn
 from .errors import IRError, ShapeError, UnsupportedOpError
+from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
 
 
-def _p(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else snapshot(t)
-
-
 def _params(**kw) -> dict[str, torch.Tensor]:
-    return {k: _p(v) for k, v in kw.items() if v is not None}
+    """The tensors a node takes from the model (the lifter snapshots each source tensor once)."""
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _conv(m: nn.Conv2d):
@@ -78,9 +77,11 @@ MODULE_RULES: dict[type, Callable[[nn.Module], tuple[str, dict, dict]]] = {
     nn.AdaptiveMaxPool2d: lambda m: ("adaptive_max_pool2d", {"output_size": _out_size(m.output_size)}, {})
     if not m.return_indices else _no("return_indices=True"),
     nn.Flatten: lambda m: ("flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}, {}),
+    nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": float(m.negative_slope)}, {}),
+    nn.GroupNorm: lambda m: ("group_norm", {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps},
+                             _params(weight=m.weight, bias=m.bias)),
     nn.ChannelShuffle: lambda m: ("channel_shuffle", {"groups": m.groups}, {}),
 }
-INPLACE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Dropout)
 
 
 def _no(what: str):
@@ -110,6 +111,14 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "size": (("input", _REQ), ("dim", None)), "contiguous": (("input", _REQ),), "getattr": (("input", _REQ), ("name", _REQ)),
     "reshape": (("input", _REQ), ("shape", _REQ)), "floordiv": (("input", _REQ), ("other", _REQ)),
     "narrow": (("input", _REQ), ("dim", _REQ), ("start", _REQ), ("length", _REQ)),
+    "batch_norm": (("input", _REQ), ("running_mean", _REQ), ("running_var", _REQ), ("weight", None), ("bias", None),
+                   ("training", False), ("momentum", 0.1), ("eps", 1e-5)),
+    "conv2d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
+               ("groups", 1)),
+    "linear": (("input", _REQ), ("weight", _REQ), ("bias", None)),
+    "pad": (("input", _REQ), ("pad", _REQ), ("mode", "constant"), ("value", None)),
+    "leaky_relu": (("input", _REQ), ("negative_slope", 0.01), ("inplace", False)),
+    "group_norm": (("input", _REQ), ("num_groups", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
 }
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
@@ -122,7 +131,8 @@ FUNCTIONS: dict[Any, str] = {
     F.avg_pool2d: "avg_pool2d", F.max_pool2d: "max_pool2d", torch.mean: "mean", torch.chunk: "chunk",
     torch.split: "split", F.channel_shuffle: "channel_shuffle", torch.channel_shuffle: "channel_shuffle",
     operator.getitem: "getitem", torch.reshape: "reshape", getattr: "getattr", operator.floordiv: "floordiv",
-    torch.narrow: "narrow",
+    torch.narrow: "narrow", F.batch_norm: "batch_norm", F.conv2d: "conv2d", torch.conv2d: "conv2d", F.linear: "linear",
+    F.pad: "pad", F.leaky_relu: "leaky_relu", F.group_norm: "group_norm",
 }
 METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
            "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
@@ -149,9 +159,25 @@ def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:
     return out
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in MODULE_RULES or super().is_leaf_module(m, qualname)
+class _Tensor(str):
+    """A lifted tensor: the name of its graph node."""
+
+
+class _Const:
+    """A tensor that does not depend on the inputs: a parameter or buffer read in `forward`, or a value
+    computed from those alone (folded at lift time)."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+
+class _Unsupported:
+    """The value of an op that could not be lifted; ops reading it are skipped (one error per cause)."""
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor}
+_VIEW_OPS = ("reshape", "flatten", "slice", "identity", "permute", "transpose", "pieces")
 
 
 class _Shape(tuple):
@@ -164,6 +190,18 @@ class _Lifter:
         self.g = Graph()
         self.env: dict[fx.Node, Any] = {}
         self.modules = dict(model.named_modules())
+        self.snapshots: dict[int, torch.Tensor] = {}  # id(model tensor) -> its one copy in the graph
+        self.errors: list[UnsupportedOpError] = []
+        self.shaped: dict[tuple, tuple] = {}  # (id(constant), rank) -> (its broadcastable view, the constant)
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        # one copy per model tensor: a module called twice lifts to two nodes holding the *same* tensors,
+        # which the IR counts once, lowers to one shared module, and prunes alike
+        s = self.snapshots.get(id(t))
+        if s is None:
+            s = self.snapshots[id(t)] = snapshot(t)
+            self._keep_alive = getattr(self, "_keep_alive", []) + [t]
+        return s
 
     def where(self, n: fx.Node) -> str:
         if n.op == "call_module":
@@ -176,13 +214,45 @@ class _Lifter:
 
     def emit(self, n: fx.Node, op: str, inputs, attrs=None, params=None, name=None) -> str:
         name = self.g.unique_name(name or n.name)
+        params = {k: self.snap(v) for k, v in (params or {}).items()}
         try:
             self.g.add(name, op, inputs, attrs, params, source=self.where(n))
         except IRError as e:
             shapes = ", ".join(str(list(self.spec(i).shape)) for i in inputs)
             raise ShapeError(f"example input(s) {[list(t.shape) for t in self.examples]} do not fit the model at "
                              f"{self.describe(n)}: {e} (its input shapes: {shapes})") from None
-        return name
+        return _Tensor(name)
+
+    def known(self, n: fx.Node) -> bool:
+        """Is `n`'s op in the tables (whether or not its arguments will fit)?"""
+        if n.op == "call_module":
+            return type(self.modules[str(n.target)]) in MODULE_RULES
+        if n.op == "call_function":
+            return n.target in FUNCTIONS
+        if n.op == "call_method":
+            return n.target in METHODS
+        return True
+
+    def writes_input(self, n: fx.Node) -> bool:
+        """Does `n` write into its first argument (`x += y`, `x.add_(y)`, `relu(x, inplace=True)`, a module
+        built with inplace=True)?"""
+        if not n.args or not isinstance(n.args[0], fx.Node):
+            return False
+        if n.kwargs.get("inplace") is True:
+            return True
+        if n.op == "call_function":
+            name = getattr(n.target, "__name__", "")
+            return n.target in _INPLACE_OPERATORS or (name.endswith("_") and not name.startswith("_"))
+        if n.op == "call_method":
+            return n.target.endswith("_") and not n.target.startswith("_")
+        if n.op == "call_module":
+            return getattr(self.modules[str(n.target)], "inplace", False) is True
+        return False
+
+    def misfit(self, n: fx.Node) -> ShapeError:
+        err = str(n.meta[ERROR]).splitlines()[0] if str(n.meta[ERROR]) else type(n.meta[ERROR]).__name__
+        return ShapeError(f"example input(s) {[list(t.shape) for t in self.examples]} do not fit the model at "
+                          f"{self.describe(n)}: {err}")
 
     def describe(self, n: fx.Node) -> str:
         path = self.where(n)
@@ -199,10 +269,24 @@ class _Lifter:
         return UnsupportedOpError(op, self.where(n), detail)
 
     def check_inplace(self, n: fx.Node, arg: fx.Node) -> None:
-        # In eager mode an in-place op is seen by every other reader of its input; as a value it is
-        # only equivalent when this op is the input's sole reader.
-        if isinstance(arg, fx.Node) and len(arg.users) > 1:
-            raise self.unsupported(n, f"in-place op on a tensor that {len(arg.users) - 1} other op(s) also read")
+        # In eager mode an in-place op is seen by every other reader of its input and of every tensor
+        # that input is a view of; as a value it is only equivalent when this op is the sole reader all
+        # the way up the chain of views.
+        while isinstance(arg, fx.Node):
+            if arg.op == "placeholder":
+                raise self.unsupported(n, f"in-place op writes into the model's input {arg.name!r}")
+            if len(arg.users) > 1:
+                raise self.unsupported(n, f"in-place op on tensor {arg.name!r}, which {len(arg.users) - 1} other op(s) "
+                                          f"also read (lifting it out of place would change their result)")
+            lifted = self.env.get(arg)
+            src = self.g[lifted] if isinstance(lifted, _Tensor) and lifted in self.g else None
+            is_view = (src is not None and src.op in _VIEW_OPS) or isinstance(lifted, tuple) or (
+                arg.op in ("call_method", "call_function") and getattr(arg.target, "__name__", arg.target) in
+                ("getitem", "view", "reshape", "flatten", "narrow", "permute", "transpose", "contiguous", "chunk", "split",
+                 "unflatten", "squeeze", "unsqueeze", "expand"))
+            if not is_view:
+                return
+            arg = arg.args[0] if arg.args else None
 
     def val(self, a):
         if isinstance(a, fx.Node):
@@ -212,23 +296,48 @@ class _Lifter:
         return a
 
     def run(self) -> Graph:
-        tracer = _Tracer()
+        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES)
         try:
             fxg = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not symbolically traceable"
-            raise UnsupportedOpError("data-dependent control flow or untraceable Python", "",
-                                     f"torch.fx.symbolic_trace failed: {type(e).__name__}: {e}") from None
+            failed = [n for n in tracer.graph.nodes if ERROR in n.meta]
+            if failed:  # an op failed on the example's shapes, and the Python after it needed its result
+                raise self.misfit(failed[0]) from None
+            stack = list(tracer.module_stack.values())
+            raise UnsupportedOpError("data-dependent control flow or untraceable Python", stack[-1][0] if stack else "",
+                                     f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         placeholders = [n for n in fxg.nodes if n.op == "placeholder"]
         if len(placeholders) != len(self.examples):
             raise ShapeError(f"the model's forward takes {len(placeholders)} input(s) "
                              f"({', '.join(p.name for p in placeholders)}), got {len(self.examples)} example input(s)")
         for n in fxg.nodes:
+            if any(isinstance(self.env.get(a), _Unsupported) for a in n.all_input_nodes):
+                # downstream of an unsupported op: not lifted, but an op outside the tables is reported too
+                self.env[n] = _Unsupported()
+                if not self.known(n):
+                    self.errors.append(self.unsupported(n))
+                continue
             try:
                 self.env[n] = self.lift_node(n, placeholders)
-            except (UnsupportedOpError, ShapeError):
+                if ERROR in n.meta:
+                    raise self.misfit(n)
+                if self.writes_input(n):
+                    self.check_inplace(n, n.args[0])
+            except UnsupportedOpError as e:
+                self.errors.append(e)
+                self.env[n] = _Unsupported()
+            except ShapeError:
                 raise
-            except (ValueError, TypeError, KeyError) as e:
-                raise self.unsupported(n, str(e)) from None
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                self.errors.append(self.unsupported(n, str(e)))
+                self.env[n] = _Unsupported()
+        if self.errors:
+            first = self.errors[0]
+            if len(self.errors) == 1:
+                raise first
+            listing = "; ".join(str(e).removeprefix("unsupported op ") for e in self.errors)
+            raise UnsupportedOpError(first.op, first.module_path,
+                                     f"{len(self.errors)} unsupported ops: {listing}", found=self.errors)
         return self.g
 
     def lift_node(self, n: fx.Node, placeholders: list[fx.Node]):
@@ -237,11 +346,12 @@ class _Lifter:
             if not isinstance(t, torch.Tensor) or t.dim() < 2:
                 raise ShapeError(f"example input {n.name!r} must be a tensor with a batch dimension, got "
                                  f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-            return self.g.add(self.g.unique_name(n.name), "input", spec=TensorSpec(tuple(t.shape), str(t.dtype).removeprefix("torch."))).name
+            return _Tensor(self.g.add(self.g.unique_name(n.name), "input",
+                                      spec=TensorSpec(tuple(t.shape), str(t.dtype).removeprefix("torch."))).name)
         if n.op == "output":
             outs = n.args[0]
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-            if not all(isinstance(o, fx.Node) and isinstance(self.env[o], str) for o in outs):
+            if not all(isinstance(o, fx.Node) and isinstance(self.env[o], _Tensor) for o in outs):
                 raise self.unsupported(n, "the model must return a tensor or a tuple/list of tensors")
             return self.g.add("output", "output", [self.env[o] for o in outs]).name
         if n.op == "call_module":
@@ -251,33 +361,59 @@ class _Lifter:
                 raise self.unsupported(n, f"no rule for {type(m).__module__}.{type(m).__name__}")
             if len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], fx.Node):
                 raise self.unsupported(n, "expected exactly one tensor argument")
-            if isinstance(m, INPLACE_MODULES) and getattr(m, "inplace", False):
-                self.check_inplace(n, n.args[0])
             op, attrs, params = rule(m)
             return self.emit(n, op, [self.env[n.args[0]]], attrs, params, name=str(n.target))
+        if n.op == "get_attr":  # buffers become get_attr nodes without passing through create_proxy
+            obj = self.model
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            if not isinstance(obj, torch.Tensor):
+                raise self.unsupported(n, f"attribute {n.target!r} is a {type(obj).__name__}, not a tensor")
+            return _Const(obj)
         if n.op == "call_function":
             name = FUNCTIONS.get(n.target)
         elif n.op == "call_method":
             name = METHODS.get(n.target)
         else:
-            raise self.unsupported(n, "parameters or buffers used directly in forward (get_attr); use nn modules")
+            raise self.unsupported(n, f"node kind {n.op}")
+        args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
+        if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
+            return self.fold(n, args, kwargs)
         if name is None:
-            raise self.unsupported(n)
-        inplace = name.endswith("!")
-        name = name.rstrip("!")
-        a = _bind(name, n.args, n.kwargs)
-        if inplace or a.get("inplace"):
-            self.check_inplace(n, n.args[0])
-        return getattr(self, "f_" + name)(n, a, {k: self.val(v) for k, v in a.items()})
+            return self.passthrough(n)
+        a = _bind(name.rstrip("!"), n.args, n.kwargs)
+        return getattr(self, "f_" + name.rstrip("!"))(n, a, {k: self.val(v) for k, v in a.items()})
+
+    def fold(self, n: fx.Node, args, kwargs) -> _Const:
+        """An op on constants only (e.g. `self.gamma.view(1, -1, 1, 1)`): computed now, on the real tensors."""
+        real = lambda v: v.t if isinstance(v, _Const) else v  # noqa: E731
+        args = tuple(real(a) if not isinstance(a, (list, tuple)) else type(a)(real(x) for x in a) for a in args)
+        kwargs = {k: real(v) for k, v in kwargs.items()}
+        with torch.no_grad():
+            out = n.target(*args, **kwargs) if n.op == "call_function" else getattr(args[0], n.target)(*args[1:], **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise self.unsupported(n, "an op on constant tensors that does not return a tensor")
+        return _Const(out)
+
+    def passthrough(self, n: fx.Node):
+        """An op outside the tables that returned one of its inputs unchanged at the example (stochastic
+        depth and drop-path at inference, assertions, `x.to(x.dtype)`): it is the identity here."""
+        out = self.tracer.value(n)
+        if isinstance(out, torch.Tensor) and not self.writes_input(n):
+            for a in n.all_input_nodes:
+                if self.tracer.value(a) is out and isinstance(self.env.get(a), _Tensor):
+                    return self.env[a]
+        raise self.unsupported(n)
 
     # --- functional ops: `a` holds raw fx args, `v` their lifted values -----------------------------
     def _is_tensor(self, v) -> bool:
-        return isinstance(v, str)
+        return isinstance(v, _Tensor)
 
     def _binary(self, op, n, v):
         x, y = v["input"], v["other"]
         if v.get("alpha", 1) != 1 or v.get("rounding_mode") is not None:
             raise self.unsupported(n, "alpha / rounding_mode arguments")
+        x, y = self._scalar_or_const(n, x, y), self._scalar_or_const(n, y, x)
         if self._is_tensor(x) and self._is_tensor(y):
             return self.emit(n, op, [x, y])
         if isinstance(x, (int, float)) and isinstance(y, (int, float)):
@@ -287,6 +423,27 @@ class _Lifter:
         if self._is_tensor(y) and isinstance(x, (int, float)):
             return self.emit(n, op, [y], {"scalar": float(x), "reverse": True})
         raise self.unsupported(n, "operands must be tensors or Python numbers")
+
+    def _scalar_or_const(self, n, v, other):
+        """A constant operand (layer scale `x * self.gamma`): a number when it holds one value, else a
+        `const` node of the other operand's rank (leading singleton dims), so it broadcasts as in torch."""
+        if not isinstance(v, _Const):
+            return v
+        t = v.t
+        if t.numel() == 1:
+            return float(t.reshape(()))
+        if not self._is_tensor(other):
+            raise self.unsupported(n, "an op on two constants")
+        rank = len(self.spec(other).shape)
+        if t.dim() > rank or (t.dim() == rank and t.shape[0] != 1):
+            raise self.unsupported(n, f"a constant of shape {tuple(t.shape)} that varies along the batch dimension")
+        if not t.is_floating_point():
+            raise self.unsupported(n, f"a constant of dtype {t.dtype}")
+        key = (id(t), rank)  # one tensor per constant: a layer scale read twice stays one parameter
+        if key not in self.shaped:
+            self.shaped[key] = (t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)), t)
+        shaped = self.shaped[key][0]
+        return self.emit(n, "const", [], {"shape": tuple(shaped.shape)}, {"value": shaped}, name=f"{n.name}_const")
 
     def f_add(self, n, a, v): return self._binary("add", n, v)
     def f_sub(self, n, a, v): return self._binary("sub", n, v)
@@ -395,11 +552,91 @@ class _Lifter:
         if isinstance(src, _Shape):
             r = src[idx]
             return _Shape(r) if isinstance(r, tuple) else r
+        if self._is_tensor(src):
+            return self._basic_slices(n, src, idx)
         raise self.unsupported(n, "indexing or slicing a tensor")
+
+    def _basic_slices(self, n, x, idx):
+        """`x[:, a:b, ...]` (GhostNet cuts channels so): one slice node per narrowed dim. Integer, None,
+        stepped or tensor indices are not lifted."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        shape = self.spec(x).shape
+        if sum(i is Ellipsis for i in idx) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in idx):
+            raise self.unsupported(n, f"indexing a tensor with {idx!r} (only slices a:b are lifted)")
+        if Ellipsis in idx:
+            k = idx.index(Ellipsis)
+            idx = idx[:k] + (slice(None),) * (len(shape) - len(idx) + 1) + idx[k + 1:]
+        out = x
+        for dim, sl in enumerate(idx):
+            start, end, step = sl.indices(shape[dim])
+            if (start, end, step) == (0, shape[dim], 1):
+                continue
+            if step != 1 or dim == 0 or end <= start:
+                raise self.unsupported(n, f"slice {sl} of dim {dim} (stepped, empty, or of the batch dimension)")
+            out = self.emit(n, "slice", [out], {"dim": dim, "start": start, "end": end})
+        return out if out is not x else self.emit(n, "identity", [x])
 
     def f_size(self, n, a, v):
         shape = _Shape(self.spec(v["input"]).shape)
         return shape if v["dim"] is None else shape[v["dim"]]
+
+    def _const(self, n, v, *names) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in names:
+            if v[k] is None:
+                continue
+            if not isinstance(v[k], _Const):
+                raise self.unsupported(n, f"argument {k!r} must be a parameter or buffer of the model, not computed from the input")
+            out[k] = v[k].t
+        return out
+
+    def f_batch_norm(self, n, a, v):
+        if v["training"]:
+            raise self.unsupported(n, "batch norm with batch statistics (training=True); lift the model in eval mode")
+        p = self._const(n, v, "running_mean", "running_var", "weight", "bias")
+        if "running_mean" not in p or "running_var" not in p:
+            raise self.unsupported(n, "batch norm without running statistics has no inference semantics")
+        attrs = dict(num_features=p["running_mean"].numel(), eps=float(v["eps"]), momentum=v["momentum"])
+        return self.emit(n, "batch_norm", [v["input"]], attrs, p)
+
+    def f_conv2d(self, n, a, v):
+        p = self._const(n, v, "weight", "bias")
+        w = p["weight"]
+        if w.dim() != 4:
+            raise self.unsupported(n, f"conv2d weight of shape {tuple(w.shape)}")
+        k, s, d, pad = _pair(tuple(w.shape[2:])), _pair(v["stride"]), _pair(v["dilation"]), v["padding"]
+        if isinstance(pad, str):
+            if pad == "valid":
+                pad = (0, 0)
+            elif pad == "same" and all(d[i] * (k[i] - 1) % 2 == 0 for i in range(2)):
+                pad = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+            else:
+                raise self.unsupported(n, f"padding={pad!r} with kernel {k} and dilation {d} (asymmetric)")
+        groups = int(v["groups"])
+        attrs = dict(in_channels=w.shape[1] * groups, out_channels=w.shape[0], kernel_size=k, stride=s,
+                     padding=_pair(pad), dilation=d, groups=groups)
+        return self.emit(n, "conv2d", [v["input"]], attrs, {"weight": w, **({"bias": p["bias"]} if "bias" in p else {})})
+
+    def f_linear(self, n, a, v):
+        p = self._const(n, v, "weight", "bias")
+        w = p["weight"]
+        return self.emit(n, "linear", [v["input"]], dict(in_features=w.shape[1], out_features=w.shape[0]), p)
+
+    def f_leaky_relu(self, n, a, v):
+        return self.emit(n, "leaky_relu", [v["input"]], {"negative_slope": float(v["negative_slope"])})
+
+    def f_group_norm(self, n, a, v):
+        p = self._const(n, v, "weight", "bias")
+        c = self.spec(v["input"]).channels
+        return self.emit(n, "group_norm", [v["input"]], {"num_groups": int(v["num_groups"]), "num_channels": c,
+                                                        "eps": float(v["eps"])}, p)
+
+    def f_pad(self, n, a, v):
+        pads = tuple(int(q) for q in v["pad"])
+        rank = len(self.spec(v["input"]).shape)
+        if v["mode"] != "constant" or len(pads) > 2 * (rank - 2) or len(pads) % 2:
+            raise self.unsupported(n, f"pad {list(pads)} in mode {v['mode']!r} (constant padding of spatial dims only)")
+        return self.emit(n, "pad", [v["input"]], {"pads": pads, "value": float(v["value"] or 0.0)})
 
     def f_getattr(self, n, a, v):
         if v["name"] == "shape" and self._is_tensor(v["input"]):
@@ -428,6 +665,30 @@ class _Lifter:
         return self.emit(n, "reshape", [x], {"shape": tuple(shape[1:])})
 
 
+def _has(args, kwargs, cls) -> bool:
+    def walk(v):
+        if isinstance(v, cls):
+            return True
+        if isinstance(v, (list, tuple)):
+            return any(walk(x) for x in v)
+        return False
+    return walk(args) or walk(tuple(kwargs.values()))
+
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _check_dtypes(model: nn.Module, examples: tuple) -> None:
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1:
+        return
+    want = next(iter(dtypes))
+    for i, t in enumerate(examples):
+        if isinstance(t, torch.Tensor) and t.dtype != want:
+            raise ShapeError(f"example input {i} is {t.dtype} but the model's parameters are {want}: hwopt lifts, "
+                             f"prunes and exports in the parameters' dtype; pass x.to({want}) (or convert the model)")
+
+
 def lift(model: nn.Module, example_inputs) -> Graph:
     """Lift `model` into a verified Graph specialised to the shapes of `example_inputs`.
 
@@ -437,5 +698,10 @@ def lift(model: nn.Module, example_inputs) -> Graph:
     if not isinstance(model, nn.Module):
         raise TypeError(f"lift expects a torch.nn.Module, got {type(model).__name__}")
     examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    _check_dtypes(model, examples)
+    if model.training and any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
+                      f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
+                      f"to silence this", stacklevel=2)
     g = _Lifter(model, examples).run()
     return g.verify()

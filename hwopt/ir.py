@@ -160,6 +160,30 @@ def _mean_shape(node: Node, x: TensorSpec) -> Shape:
     return tuple(s for i, s in enumerate(x.shape) if i not in dims)
 
 
+def _pad_shape(node: Node, x: TensorSpec) -> Shape:
+    pads = node.attrs["pads"]  # torch order: last dim (left, right), then the one before, ...
+    if len(pads) % 2 or len(pads) > 2 * (len(x.shape) - 2):
+        raise IRError(f"pad {list(pads)} must pad spatial dims of input {list(x.shape)}", node.name)
+    shape = list(x.shape)
+    for i in range(len(pads) // 2):
+        shape[-1 - i] += pads[2 * i] + pads[2 * i + 1]
+        if shape[-1 - i] < 1:
+            raise IRError(f"pad {list(pads)} leaves no output for input {list(x.shape)}", node.name)
+    return tuple(shape)
+
+
+def _group_norm_shape(node: Node, x: TensorSpec) -> Shape:
+    a = node.attrs
+    if len(x.shape) < 2 or x.shape[1] != a["num_channels"] or a["num_channels"] % a["num_groups"]:
+        raise IRError(f"group_norm of {a['num_channels']} channels in {a['num_groups']} groups got input {list(x.shape)}",
+                      node.name)
+    return x.shape
+
+
+def _const_shape(node: Node) -> Shape:
+    return tuple(node.attrs["shape"])
+
+
 def _conv_params(a: dict) -> dict[str, Shape]:
     w = (a["out_channels"], a["in_channels"] // a["groups"], *_pair(a["kernel_size"]))
     return {"weight": w, "bias": (a["out_channels"],), "weight_mask": w}
@@ -219,6 +243,12 @@ OPS: dict[str, OpDef] = {
                         lambda n, x: (*x.shape[:2], *_spatial(n, x, False, n.attrs["ceil_mode"])), channel_preserving=True),
     "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
     "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
+    "pad": OpDef((1, 1), ("pads", "value"), _pad_shape, channel_preserving=True),
+    "leaky_relu": OpDef((1, 1), ("negative_slope",), channel_preserving=True),
+    "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), _group_norm_shape,
+                        lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)}),
+    # a tensor that does not depend on the input (a layer-scale vector): learnable, batch dim 1
+    "const": OpDef((0, 0), ("shape",), _const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",)),
     "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape),
     "reshape": OpDef((1, 1), ("shape",), _reshape_shape),
     "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape),
@@ -260,7 +290,8 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
     if node.op in ("add", "sub", "mul", "div") and (len(inputs) == 1) != (node.attrs.get("scalar") is not None):
         raise IRError(f"{node.op} needs two tensor inputs, or one and a 'scalar' attribute", node.name)
     shape = d.shape(node, *inputs) if d.shape else inputs[0].shape
-    return TensorSpec(tuple(int(s) for s in shape), inputs[0].dtype)
+    dtype = inputs[0].dtype if inputs else str(node.params["value"].dtype).removeprefix("torch.")
+    return TensorSpec(tuple(int(s) for s in shape), dtype)
 
 
 # Tensors already checked finite. IR tensors are never modified in place, so a check holds for life.
@@ -492,12 +523,14 @@ class Graph:
         """params (learnable, as torch counts them), nonzero_params (after masks), macs, nodes, by op."""
         params = nonzero = macs = 0
         ops: dict[str, int] = {}
+        seen: set[int] = set()  # a module called twice lifts to nodes holding the same tensors: count them once
         for n in self.nodes.values():
             ops[n.op] = ops.get(n.op, 0) + 1
-            for pname in ("weight", "bias"):
+            for pname in ("weight", "bias", "value"):
                 t = n.params.get(pname)
-                if t is None:
+                if t is None or id(t) in seen:
                     continue
+                seen.add(id(t))
                 params += t.numel()
                 eff = t * n.params["weight_mask"] if pname == "weight" and "weight_mask" in n.params else t
                 nonzero += int(torch.count_nonzero(eff))
@@ -515,6 +548,17 @@ class Graph:
     def __repr__(self) -> str:
         s = self.stats()
         return f"<hwopt.Graph {s['nodes']} nodes, {s['params']:,} params, {s['macs']:,} MACs>"
+
+
+def shared_nodes(graph: Graph) -> list[list[str]]:
+    """Sets of (two or more) nodes that hold the very same parameter tensors: one module of the user's
+    model called several times. They count once, lower to one module and must be pruned alike."""
+    by_key: dict[tuple, list[str]] = {}
+    for name in graph.order():
+        n = graph.nodes[name]
+        if n.params:
+            by_key.setdefault((n.op, tuple(sorted((k, id(t)) for k, t in n.params.items()))), []).append(name)
+    return [names for names in by_key.values() if len(names) > 1]
 
 
 def node_macs(graph: Graph, node: Node) -> int:

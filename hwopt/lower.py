@@ -126,7 +126,26 @@ def _bn_module(n: Node, rank: int) -> nn.Module:
     return _assemble(cls, attrs, params, buffers, slow)
 
 
+class Constant(nn.Module):
+    """A learnable tensor that does not depend on the input (a layer-scale vector): the `const` op."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = nn.Parameter(snapshot(value))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+def _group_norm_module(n: Node) -> nn.Module:
+    a, p = n.attrs, n.params
+    m = nn.GroupNorm(a["num_groups"], a["num_channels"], eps=a["eps"], affine="weight" in p)
+    return _set(m, weight=p.get("weight"), bias=p.get("bias"))
+
+
 MODULES = {
+    "leaky_relu": lambda n: nn.LeakyReLU(n.attrs["negative_slope"]), "group_norm": _group_norm_module,
+    "const": lambda n: Constant(n.params["value"]),
     "relu": lambda n: nn.ReLU(), "relu6": lambda n: nn.ReLU6(), "hardswish": lambda n: nn.Hardswish(),
     "hardsigmoid": lambda n: nn.Hardsigmoid(), "sigmoid": lambda n: nn.Sigmoid(), "silu": lambda n: nn.SiLU(),
     "tanh": lambda n: nn.Tanh(), "gelu": lambda n: nn.GELU(approximate=n.attrs["approximate"]),
@@ -174,6 +193,7 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     modules: dict[str, nn.Module] = {}
     taken = _Paths()
     paths: dict[str, str] = {}
+    shared: dict[tuple, str] = {}  # nodes holding the same tensors -> the one module they share
     env: dict[str, fx.Node] = {}
     for node in graph:
         ins = [env[i] for i in node.inputs]
@@ -194,8 +214,14 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op in MODULES:
             module = MODULES[op](node)
         if module is not None:
-            path = paths[node.name] = taken.take(node.name)
-            modules[path] = module
+            key = (op, tuple(sorted((k, id(t)) for k, t in node.params.items()))) if node.params else None
+            if key is not None and key in shared:  # one module of the user's, called again
+                path = paths[node.name] = shared[key]
+            else:
+                path = paths[node.name] = taken.take(node.name)
+                modules[path] = module
+                if key is not None:
+                    shared[key] = path
             env[node.name] = out.call_module(path, tuple(ins))
         elif op in BINARY:
             f = BINARY[op]
@@ -211,6 +237,8 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op == "reshape":
             batch = out.call_method("size", (ins[0], 0))  # the batch dimension stays dynamic
             env[node.name] = out.call_method("reshape", (ins[0], (batch, *a["shape"])))
+        elif op == "pad":
+            env[node.name] = out.call_function(torch.nn.functional.pad, (ins[0], tuple(a["pads"])), {"value": a["value"]})
         elif op == "mean":
             env[node.name] = out.call_function(torch.mean, (ins[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
         else:
@@ -234,6 +262,7 @@ def read_back(graph: Graph, module: nn.Module) -> Graph:
 
     Masks are kept from the graph and multiplied in, so pruned weights are exact zeros."""
     new = graph.copy()
+    copies: dict[int, torch.Tensor] = {}  # a shared module's tensors are read once, so its nodes stay shared
     for name, m in submodules(graph, module).items():
         node = new[name].copy()
         params = {}
@@ -241,10 +270,11 @@ def read_back(graph: Graph, module: nn.Module) -> Graph:
             t = getattr(m, k, None)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(old.shape):
                 raise IRError(f"lowered module has no {k!r} of shape {tuple(old.shape)}", name)
-            params[k] = snapshot(t)
+            params[k] = copies[id(t)] if id(t) in copies else copies.setdefault(id(t), snapshot(t))
         if "weight_mask" in node.params:
             params["weight_mask"] = node.params["weight_mask"]
-            params["weight"] = params["weight"] * params["weight_mask"]
+            key = ("masked", id(params["weight"]), id(params["weight_mask"]))
+            params["weight"] = copies[key] if key in copies else copies.setdefault(key, params["weight"] * params["weight_mask"])
         node.params = params
         new.replace(node)
     return new.verify()

@@ -61,11 +61,12 @@ OP_WORK = {
     "relu": 1, "relu6": 1, "add": 1, "sub": 1, "mul": 1, "div": 4,
     "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
     "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
+    "leaky_relu": 2, "group_norm": 6,  # group norm: mean and variance passes, then scale and shift
 }
 ELEMENTWISE = set(OP_WORK)
-VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout"}
+VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
-DATA_OPS = {"concat", "slice", "channel_shuffle"}
+DATA_OPS = {"concat", "slice", "channel_shuffle", "pad"}
 # Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
 FUSABLE_PRODUCERS = {"conv2d", "linear"}
 
@@ -245,9 +246,9 @@ def peak_sram_elems(g: Graph) -> tuple[int, dict]:
                         None) if name in fused else None
             if host is not None:
                 root[name] = root[host]
-            elif n.op in VIEW_OPS and n.op not in ("input", "output"):
+            elif n.op in VIEW_OPS and n.op not in ("input", "output", "const"):
                 root[name] = root[n.inputs[0]]
-            elif n.op == "output":
+            elif n.op in ("output", "const"):  # a const is a weight (flash), not an activation buffer
                 root[name] = name
                 size[name] = 0
             else:
@@ -325,6 +326,8 @@ def flash(g: Graph, dtype: str) -> dict:
                         out["biases"] += 4 * n.spec.channels
                 else:
                     out["other"] += 8 * n.spec.channels
+            elif n.op in ("const", "group_norm"):  # layer-scale vectors, group-norm scale and shift
+                out["other"] += sum(t.numel() for t in n.params.values()) * 4
         out["total"] = out["weights"] + out["biases"] + out["quant"] + out["other"]
         return out
 
