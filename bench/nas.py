@@ -15,6 +15,21 @@ found model dominates the baseline (higher proxy accuracy at <= its predicted la
 time; per strategy: mean, standard deviation and standard error of the best reward over the seeds, and
 REINFORCE's lead over each baseline paired by seed (mean difference and its standard error). Every run
 checkpoints under --out, so an interrupted bench resumes.
+
+Results log (2026-12-01, shared 2-core machine, so only partial runs; cpu = this process and children):
+- REINFORCE at these defaults, 30 children, seeds 0 and 1 (`--strategies reinforce --children 30`): the
+  best child dominates the baseline on both (acc 0.576 at 0.78 T, 0.586 at 0.50 T vs 0.413 at T; 9
+  distinct children dominate it on each), ~3 CPU-min per search. 30 distinct architectures in 30
+  proposals: after 7 controller updates REINFORCE still samples nearly uniformly, so at this budget it
+  is random search with a slight bias, and domination on a seed is partly luck.
+- Proxy noise (6 architectures x 3 trainer seeds): within-architecture sd 0.059 vs between 0.134 at
+  24 steps, lr 3e-2; 0.068 vs 0.147 at 48 steps (twice the cost, same separation); 0.054 vs 0.038 at
+  24 steps, lr 5e-3 (no separation). The baseline ranks 4th of 6 at 24 steps, 2nd at 48: the short
+  proxy favours small nets, hence --confirm-steps.
+- Surrogate (ridge fit of the 64 measured accuracies on one-hot tokens, r^2 0.82, + noise sd 0.06,
+  cost-model latency; 12 seeds, 40 children): REINFORCE (lr 0.02, batch 4) best reward 0.600 +- 0.008 se,
+  found model truly dominates the baseline 12/12; random 0.560 +- 0.019, 9/12; evolution (population 16)
+  0.559 +- 0.018, 9/12. Higher controller learning rates were not measured (CPU); defaults unchanged.
 """
 from __future__ import annotations
 
