@@ -61,6 +61,7 @@ OP_WORK = {
     "relu": 1, "relu6": 1, "add": 1, "sub": 1, "mul": 1, "div": 4,
     "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
     "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
+    "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
 }
 ELEMENTWISE = set(OP_WORK)
 VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout"}
@@ -120,7 +121,7 @@ def _fused_nodes(g: Graph) -> set[str]:
     fused: set[str] = set()
     anchors = {n.name for n in g.nodes.values() if n.op in FUSABLE_PRODUCERS}
     for n in g:
-        if n.op not in ELEMENTWISE or n.op in ("softmax", "log_softmax"):
+        if n.op not in ELEMENTWISE or n.op in ("softmax", "log_softmax", "quantize", "dequantize"):
             continue
         for i in n.inputs:
             if (i in anchors or i in fused) and len(g.users(i)) == 1:

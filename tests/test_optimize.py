@@ -171,3 +171,8 @@ def test_demo_runs_at_reduced_size(tmp_path):
     before_acc, after_acc = rep["accuracy"]["accuracy"]
     assert before_acc > 0.8 and after_acc > 0.7
     assert (out / "report.md").exists() and (out / "model.pt2").exists()
+    from hwopt.firmware import toolchain_missing
+    fw = info["firmware"]  # the demo ends with an int8 firmware image run in QEMU (where the toolchain is)
+    assert fw["int8_accuracy"] > 0.7
+    if toolchain_missing() is None:
+        assert fw["equal_to_lower"] and fw["elf_flash_bytes"] <= 1048576 and fw["elf_ram_bytes"] <= 327680
