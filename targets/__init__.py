@@ -110,9 +110,8 @@ def _resolve_auto(doc: dict) -> dict:
 
 def _auto_mcpu() -> str:
     try:
-        import tvm  # noqa: F401  (slow import: only when a TVM target is asked for)
-        from tvm.target import codegen
-        return str(codegen.llvm_get_system_cpu())
+        from hwopt.tvm.target import host_cpu  # slow import (TVM): only when a TVM target is asked for
+        return host_cpu()
     except Exception:  # pragma: no cover - no TVM / no LLVM
         return "generic"
 

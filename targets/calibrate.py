@@ -586,7 +586,7 @@ def _export_kwargs(target_dict: dict) -> dict:
 
 def _backend():
     try:
-        from hwopt import tvm_backend  # written by another engineer; used when present
+        from hwopt import tvm as tvm_backend  # written by another engineer; used when present
         return tvm_backend if hasattr(tvm_backend, "compile_module") else None
     except ImportError:
         return None

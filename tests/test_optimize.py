@@ -144,7 +144,7 @@ def test_onnx_export_matches_in_onnxruntime(optimized, tmp_path):
 
 
 def test_tvm_export_for_host_loads_and_matches(optimized, tmp_path):
-    from hwopt import tvm_backend
+    from hwopt import tvm as tvm_backend
     path = optimized.export(tmp_path / "m.so", "tvm")
     loaded = tvm_backend.load_exported(str(path))
     x = torch.randn(1, 1, 28, 28)
