@@ -11,7 +11,7 @@ No keyword-spotting data set is available offline (Speech Commands is a download
 trained and tested on MNIST digits resampled to its 49x10 MFCC input shape: the architecture's
 quantization loss is measured on a real trained network, not on keyword audio.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/quantize.py            # ~10 min on 2 cores
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/quantize.py            # ~12 min on 2 busy cores: MNIST CNN 98.75 -> 98.76 (PTQ), DS-CNN 96.55 -> 96.51
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/quantize.py --smoke    # ~2 min, small data
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(name: str, trainer: data.Trainer, epochs: float, calib_batches: int, qat
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="5k training images, 2k test images")
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--calib-batches", type=int, default=8)
     ap.add_argument("--qat-epochs", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
