@@ -9,7 +9,7 @@ strides, input resolution, plain / MBConv / MBConv-SE / residual blocks) with a 
 does not use (calibration draws its random nets from the streams [calibrate.NET_SEED, i]; the bench
 draws all of its architectures from one stream seeded --seed), lifts each, predicts its latency with
 `hwopt.targets.load_target("host")` (calibration runtime "tvm-default", or "tvm-tuned" with --tune)
-and times it (1) compiled with TVM through hwopt.tvm_backend, the deploy path (default schedules
+and times it (1) compiled with TVM through hwopt.tvm, the deploy path (default schedules
 unless --tune: then MetaSchedule with the backend's shared per-target tuning database; every
 architecture is tuned first, then all are built and timed), and (2) in torch eager (runtime
 "torch-eager"), with the thread count recorded in that calibration table and the same clock (one

@@ -9,7 +9,7 @@ Variants, all from the same random-init MobileNetV2 (L1 criterion):
   macs_fraction=0.5, round_to=1              (widths left wherever the ranking puts them);
   macs_fraction=0.5, round_to=target         (kept widths multiples of the host target's channel_multiple);
   latency_ms=0.5*predicted, round_to=target  (the cost model as the objective, not MACs).
-Each is lowered, compiled with hwopt.tvm_backend for the host, and timed with TVM's time_evaluator
+Each is lowered, compiled with hwopt.tvm for the host, and timed with TVM's time_evaluator
 (median of the repeats). Prints MAC ratio vs measured latency speed-up (goal: >= 1.9x at 2x fewer MACs),
 and says whether the schedules were tuned. Degrades to a clear message if the TVM backend or the
 host target is not available.
@@ -40,9 +40,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     try:
-        from hwopt import tvm_backend
+        from hwopt import tvm as tvm_backend
     except ImportError as e:
-        print(f"hwopt.tvm_backend is not available ({e}); this bench needs it to compile and time on the host. Skipping.")
+        print(f"hwopt.tvm is not available ({e}); this bench needs it to compile and time on the host. Skipping.")
         return 0
     try:
         from hwopt.targets import load_target

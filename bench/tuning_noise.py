@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         ap.error("--tune-only needs --work-dir (where the databases are kept for the timing run)")
     t_start = time.time()
 
-    from hwopt import tvm_backend as tb
+    from hwopt import tvm as tb
     from hwopt.targets import load_target
     from hwopt.targets.calibrate import random_cnn, set_tvm_threads
 

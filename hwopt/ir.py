@@ -252,7 +252,13 @@ OPS: dict[str, OpDef] = {
     "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape),
     "reshape": OpDef((1, 1), ("shape",), _reshape_shape),
     "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape),
+    # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back
+    "quantize": OpDef((1, 1), ("quant",), channel_preserving=True),
+    "dequantize": OpDef((1, 1), channel_preserving=True),
 }
+OUTPUT_DTYPE = {"quantize": "int8", "dequantize": "float32"}  # ops whose output dtype is not their input's
+# Per-node checks other modules add to verify() (hwopt.quant: dtypes and quantization parameters).
+NODE_CHECKS: list[Callable[["Graph", Node], None]] = []
 
 OPTIONAL_ATTRS = {"scalar": None, "reverse": False}
 
@@ -291,7 +297,7 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
         raise IRError(f"{node.op} needs two tensor inputs, or one and a 'scalar' attribute", node.name)
     shape = d.shape(node, *inputs) if d.shape else inputs[0].shape
     dtype = inputs[0].dtype if inputs else str(node.params["value"].dtype).removeprefix("torch.")
-    return TensorSpec(tuple(int(s) for s in shape), dtype)
+    return TensorSpec(tuple(int(s) for s in shape), OUTPUT_DTYPE.get(node.op, dtype))
 
 
 # Tensors already checked finite. IR tensors are never modified in place, so a check holds for life.
@@ -502,12 +508,16 @@ class Graph:
                     raise IRError(f"parameter {pname!r} holds NaN or inf", name)
             if infer_shapes and n.op != "input":
                 n.spec = infer_spec(n, self.input_specs(n))  # checks parameter shapes against the inputs too
+                for check in NODE_CHECKS:
+                    check(self, n)
                 continue
             if n.spec is None:
                 raise IRError("node has no output spec", name)
             expected = infer_spec(n, self.input_specs(n))
             if expected != n.spec:
                 raise IRError(f"stored output spec {list(n.spec.shape)} but op semantics give {list(expected.shape)}", name)
+            for check in NODE_CHECKS:
+                check(self, n)
         for n in self.nodes.values():
             if "weight_mask" in n.params and not ((n.params["weight_mask"] == 0) | (n.params["weight_mask"] == 1)).all():
                 raise IRError("weight_mask must hold only 0 and 1", n.name)

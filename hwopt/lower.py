@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import nn as hnn
+from . import quant
 from .errors import IRError
 from .ir import Graph, Node, snapshot
 
@@ -187,8 +188,11 @@ class _Paths:
 
 
 def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
-    """A torch module computing `graph`, in eval mode. The graph is only read."""
+    """A torch module computing `graph`, in eval mode. The graph is only read. A quantized graph lowers to a
+    hwopt.quant.QuantizedModule computing in the device's integers (not trainable)."""
     graph.verify_once()
+    if quant.is_quantized(graph):
+        return quant.QuantizedModule(graph)
     out = fx.Graph()
     modules: dict[str, nn.Module] = {}
     taken = _Paths()

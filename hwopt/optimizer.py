@@ -145,11 +145,11 @@ def _warnings(pm: PassManager, before, after, ctx: PassContext) -> list[str]:
 
 def _measure(before, after, target, inputs) -> dict:
     """Median latency (ms) before/after, compiled with TVM and timed where the target runs (this host)."""
-    from . import tvm_backend
+    from .tvm import compile_module
     if target.name != "host":
         return {}
     out = {}
     for key, g in (("before", before), ("after", after)):
-        compiled = tvm_backend.compile_module(lower(g, bake_masks=True), inputs, target.tvm_target)
+        compiled = compile_module(lower(g, bake_masks=True), inputs, target.tvm_target)
         out[key] = compiled.benchmark(*inputs)["median_ms"]
     return {"latency_ms (TVM, default schedules)": out}

@@ -170,8 +170,8 @@ class Result:
                                                              input_names=[f"input{i}" for i in range(len(self.example_inputs))],
                                                              output_names=["output"]))
         else:
-            from . import tvm_backend
-            compiled = tvm_backend.compile_module(module, self.example_inputs, self.target.tvm_target)
+            from .tvm import compile_module
+            compiled = compile_module(module, self.example_inputs, self.target.tvm_target)
             compiled.export(str(path))
         return path
 

@@ -62,6 +62,7 @@ OP_WORK = {
     "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
     "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
     "leaky_relu": 2, "group_norm": 6,  # group norm: mean and variance passes, then scale and shift
+    "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
 }
 ELEMENTWISE = set(OP_WORK)
 VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
@@ -121,7 +122,7 @@ def _fused_nodes(g: Graph) -> set[str]:
     fused: set[str] = set()
     anchors = {n.name for n in g.nodes.values() if n.op in FUSABLE_PRODUCERS}
     for n in g:
-        if n.op not in ELEMENTWISE or n.op in ("softmax", "log_softmax"):
+        if n.op not in ELEMENTWISE or n.op in ("softmax", "log_softmax", "quantize", "dequantize"):
             continue
         for i in n.inputs:
             if (i in anchors or i in fused) and len(g.users(i)) == 1:

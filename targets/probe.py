@@ -1,6 +1,6 @@
 """What this machine is: the one place hwopt probes the host CPU (clock, cores, SIMD width, caches,
 LLVM CPU name) for the "auto" fields of a target file. hwopt's TVM backend asks two of the same
-questions (host CPU name, physical cores) in hwopt/tvm_backend.py; they belong here.
+questions (host CPU name, physical cores) in hwopt/tvm/target.py; they belong here.
 """
 from __future__ import annotations
 

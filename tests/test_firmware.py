@@ -76,9 +76,11 @@ def test_op_without_kernel_names_node(tmp_path):
         export_firmware(g, hwopt.load_target("cortex-m4"), tmp_path, build=False)
 
 
+BOTH_BOARDS = [(name, t) for name in ("mnist_cnn", "ds_cnn") for t in ("cortex-m4", "cortex-m7")]
+
+
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7")])
 def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
@@ -96,3 +98,23 @@ def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
     assert fw.sizes["flash_bytes"] <= tgt.flash_bytes and fw.sizes["ram_bytes"] <= tgt.sram_bytes
     for f in ("Makefile", "link.ld", "model.c", "weights.c", "kernels.o", "README.md"):
         assert (tmp_path / "fw" / f).exists()
+
+
+@NEEDS_TOOLCHAIN
+@pytest.mark.parametrize("name,target", BOTH_BOARDS)
+def test_int8_firmware_in_qemu_is_bit_exact_with_lower(name, target, tmp_path):
+    factory, shape = CASES[name]
+    g = _graph(factory(), shape)
+    gen = torch.Generator().manual_seed(5)
+    calib = [(torch.randn((16,) + shape[1:], generator=gen), None) for _ in range(2)]
+    qg = hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=calib))
+    tgt = hwopt.load_target(target)
+    fw = export_firmware(qg, tgt, tmp_path / "fw")
+    x = torch.randn((3,) + shape[1:], generator=torch.Generator().manual_seed(7))  # 3 samples, one QEMU session
+    run = fw.run(x)
+    with torch.no_grad():
+        ref = hwopt.lower(qg)(x).numpy()
+    assert run.outputs[0].shape == ref.shape and np.array_equal(run.outputs[0], ref)
+    cost = tgt.cost(qg)
+    assert fw.sizes["weights_bytes"] == cost.flash_bytes
+    assert fw.sizes["arena_bytes"] == fw.plan.arena_bytes <= 1.05 * cost.peak_sram_bytes

@@ -270,7 +270,7 @@ def test_onnx_export_matches_in_onnxruntime(optimized, tmp_path):
 
 
 def test_tvm_export_for_host_loads_and_matches(optimized, tmp_path):
-    from hwopt import tvm_backend
+    from hwopt import tvm as tvm_backend
     path = optimized.export(tmp_path / "m.so", "tvm")
     loaded = tvm_backend.load_exported(str(path))
     x = torch.randn(1, 1, 28, 28)
@@ -307,3 +307,8 @@ def test_demo_runs_at_reduced_size(tmp_path):
     before_acc, after_acc = rep["accuracy"]["accuracy"]
     assert before_acc > 0.8 and after_acc > 0.7
     assert (out / "report.md").exists() and (out / "model.pt2").exists()
+    from hwopt.firmware import toolchain_missing
+    fw = info["firmware"]  # the demo ends with an int8 firmware image run in QEMU (where the toolchain is)
+    assert fw["int8_accuracy"] > 0.7
+    if toolchain_missing() is None:
+        assert fw["equal_to_lower"] and fw["elf_flash_bytes"] <= 1048576 and fw["elf_ram_bytes"] <= 327680

@@ -1,4 +1,4 @@
-"""hwopt.tvm_backend: torch -> TVM 0.27 Relax -> host/aarch64/Cortex-M artifacts, RPC and tuning."""
+"""hwopt.tvm: torch -> TVM 0.27 Relax -> host/aarch64/Cortex-M artifacts, RPC and tuning."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-tb = pytest.importorskip("hwopt.tvm_backend")
+tb = pytest.importorskip("hwopt.tvm")
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
 M7 = {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m7"}
@@ -158,7 +158,7 @@ def test_aarch64_export_is_elf_aarch64(net, a72_model, tmp_path):
 
 def test_missing_cross_compiler_is_named(a72_model, tmp_path, monkeypatch):
     real_which = shutil.which
-    monkeypatch.setattr(tb.shutil, "which", lambda n, *a, **k: None if "aarch64" in n else real_which(n))
+    monkeypatch.setattr(shutil, "which", lambda n, *a, **k: None if "aarch64" in n else real_which(n))
     with pytest.raises(tb.CompileError, match="aarch64-linux-gnu-gcc") as ei:
         a72_model.export(tmp_path / "a72.so")
     assert ei.value.stage == "export-lib"
@@ -375,7 +375,8 @@ def test_calibration_runner_times_a_prepared_model_without_the_tuning_check(tmp_
     def no_tuning(*args, **kwargs):
         raise AssertionError("a prepared model was tuned (or checked) again")
 
-    monkeypatch.setattr(tb, "_tune", no_tuning)
+    import hwopt.tvm.compile as tvm_compile
+    monkeypatch.setattr(tvm_compile, "_tune", no_tuning)  # compile_module calls tuning through its module
     built = runner.build(m, x)
     assert built.tuned and set(built.schedules.values()) == {"tuned"} and built.tuning_trials == 0
     assert runner.measure(m, x) > 0
@@ -387,3 +388,13 @@ def test_database_is_opened_once_until_its_files_change(tmp_path):
     st = os.stat(tmp_path / "database_workload.json")  # another process wrote to it
     os.utime(tmp_path / "database_workload.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert tb._open_database(str(tmp_path)) is not db
+
+
+def test_one_tuning_store_names_the_database(tmp_path):
+    store = tb.TuningStore(str(tmp_path))
+    d = store.directory("host")
+    assert d == tb.database_dir("host", tmp_path) and d.startswith(str(tmp_path)) and not store.exists("host")
+    assert tb.TuningStore.at(d).directory("cortex-a72-anything") == d  # one directory, as is
+    assert tb.as_store(work_dir=tmp_path) == store and tb.as_store(database=d) == tb.TuningStore.at(d)
+    with pytest.raises(ValueError, match="one of store="):
+        tb.as_store(store, work_dir=tmp_path)

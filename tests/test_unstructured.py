@@ -82,9 +82,9 @@ def test_masks_survive_tvm_compile():
     module = hwopt.lower(g, bake_masks=True)
     with torch.no_grad():
         ref = hwopt.lower(g)(x).numpy()
-    backend = importlib.util.find_spec("hwopt.tvm_backend")
+    backend = importlib.util.find_spec("hwopt.tvm")
     if backend is not None:
-        tb = importlib.import_module("hwopt.tvm_backend")
+        tb = importlib.import_module("hwopt.tvm")
         compiled = tb.compile_module(module, x, {"kind": "llvm"})
         out = compiled(x)
         out = out.numpy() if hasattr(out, "numpy") else np.asarray(out)

@@ -33,7 +33,11 @@ typedef struct {
 enum { kTVMFFINone = 0, kTVMFFIDLTensorPtr = 7 };
 typedef int32_t (*hwopt_kernel_fn)(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result);
 
-int hwopt_semihost_read_file(const char* path, void* buf, uint32_t nbytes);
+int hwopt_semihost_open(const char* path, int mode);
+int hwopt_semihost_read(int fd, void* buf, uint32_t nbytes);
+int hwopt_semihost_write(int fd, const void* buf, uint32_t nbytes);
+int hwopt_semihost_flen(int fd);
+void hwopt_semihost_close(int fd);
 int hwopt_semihost_write_file(const char* path, const void* buf, uint32_t nbytes);
 void hwopt_print(const char* s);
 void hwopt_print_u32(const char* label, uint32_t v);
@@ -53,30 +57,35 @@ static int semihost(int op, const void* arg) {
   __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
   return r0;
 }
-enum { SYS_OPEN = 0x01, SYS_CLOSE = 0x02, SYS_WRITE0 = 0x04, SYS_WRITE = 0x05, SYS_READ = 0x06, SYS_EXIT = 0x18 };
+enum { SYS_OPEN = 0x01, SYS_CLOSE = 0x02, SYS_WRITE0 = 0x04, SYS_WRITE = 0x05, SYS_READ = 0x06, SYS_FLEN = 0x0C,
+       SYS_EXIT = 0x18 };
 
 static uint32_t cstrlen(const char* s) { uint32_t n = 0; while (s[n]) n++; return n; }
 
-static int sh_open(const char* path, int mode) {
+int hwopt_semihost_open(const char* path, int mode) {
   uint32_t block[3] = {(uint32_t)path, (uint32_t)mode, cstrlen(path)};
   return semihost(SYS_OPEN, block);
 }
 
-int hwopt_semihost_read_file(const char* path, void* buf, uint32_t nbytes) {
-  int fd = sh_open(path, 1 /* "rb" */);
-  if (fd < 0) return -1;
+/* read / write return 0 when all `nbytes` were transferred */
+int hwopt_semihost_read(int fd, void* buf, uint32_t nbytes) {
   uint32_t block[3] = {(uint32_t)fd, (uint32_t)buf, nbytes};
-  int left = semihost(SYS_READ, block);
-  semihost(SYS_CLOSE, &fd);
-  return left == 0 ? 0 : -2;
+  return semihost(SYS_READ, block);
 }
 
-int hwopt_semihost_write_file(const char* path, const void* buf, uint32_t nbytes) {
-  int fd = sh_open(path, 5 /* "wb" */);
-  if (fd < 0) return -1;
+int hwopt_semihost_write(int fd, const void* buf, uint32_t nbytes) {
   uint32_t block[3] = {(uint32_t)fd, (uint32_t)buf, nbytes};
-  int left = semihost(SYS_WRITE, block);
-  semihost(SYS_CLOSE, &fd);
+  return semihost(SYS_WRITE, block);
+}
+
+int hwopt_semihost_flen(int fd) { return semihost(SYS_FLEN, &fd); }
+void hwopt_semihost_close(int fd) { semihost(SYS_CLOSE, &fd); }
+
+int hwopt_semihost_write_file(const char* path, const void* buf, uint32_t nbytes) {
+  int fd = hwopt_semihost_open(path, 5 /* "wb" */);
+  if (fd < 0) return -1;
+  int left = hwopt_semihost_write(fd, buf, nbytes);
+  hwopt_semihost_close(fd);
   return left == 0 ? 0 : -2;
 }
 
@@ -159,30 +168,49 @@ const void* const hwopt_vectors[16] = {
 };
 """
 
-MAIN_C = r"""/* Reads input<i>.bin (semihosting), runs the network, writes output<i>.bin and ticks.bin
-   (per-kernel SysTick counts, then the total, as little-endian uint32). */
+MAIN_C = r"""/* Runs the network on every sample of input<i>.bin (semihosting; the file holds N samples back to back),
+   appends each sample's outputs to output<i>.bin, and writes ticks.bin: the first sample's SysTick counts
+   per kernel, then its total, as little-endian uint32. */
 #include "runtime.h"
 #include "model.h"
 
 int main(void) {
-  for (int i = 0; i < HWOPT_NUM_INPUTS; i++)
-    if (hwopt_semihost_read_file(hwopt_input_files[i], hwopt_inputs[i], hwopt_input_bytes[i]) != 0) {
+  int in_fd[HWOPT_NUM_INPUTS], out_fd[HWOPT_NUM_OUTPUTS];
+  uint32_t samples = 0xFFFFFFFFu;
+  for (int i = 0; i < HWOPT_NUM_INPUTS; i++) {
+    in_fd[i] = hwopt_semihost_open(hwopt_input_files[i], 1 /* rb */);
+    int len = in_fd[i] < 0 ? -1 : hwopt_semihost_flen(in_fd[i]);
+    if (len < 0 || len % hwopt_input_bytes[i]) {
       hwopt_print("hwopt: cannot read "); hwopt_print(hwopt_input_files[i]); hwopt_print("\n");
       return 1;
     }
-  uint64_t t0 = hwopt_ticks();
-  int failed = hwopt_run();
-  uint32_t total = (uint32_t)(hwopt_ticks() - t0);
-  if (failed) {
-    hwopt_print_u32("hwopt: kernel failed: ", (uint32_t)(failed - 1));
-    hwopt_print(hwopt_last_error()); hwopt_print("\n");
-    return 1;
+    uint32_t n = (uint32_t)len / hwopt_input_bytes[i];
+    if (n < samples) samples = n;
   }
-  hwopt_kernel_ticks[HWOPT_NUM_KERNELS] = total;
   for (int i = 0; i < HWOPT_NUM_OUTPUTS; i++)
-    if (hwopt_semihost_write_file(hwopt_output_files[i], hwopt_outputs[i], hwopt_output_bytes[i]) != 0) return 1;
-  if (hwopt_semihost_write_file("ticks.bin", hwopt_kernel_ticks, sizeof hwopt_kernel_ticks) != 0) return 1;
-  hwopt_print_u32("hwopt: ok, SysTick ticks ", total);
+    if ((out_fd[i] = hwopt_semihost_open(hwopt_output_files[i], 5 /* wb */)) < 0) return 1;
+  for (uint32_t s = 0; s < samples; s++) {
+    for (int i = 0; i < HWOPT_NUM_INPUTS; i++)
+      if (hwopt_semihost_read(in_fd[i], hwopt_inputs[i], hwopt_input_bytes[i]) != 0) return 1;
+    uint64_t t0 = hwopt_ticks();
+    int failed = hwopt_run();
+    uint32_t total = (uint32_t)(hwopt_ticks() - t0);
+    if (failed) {
+      hwopt_print_u32("hwopt: kernel failed: ", (uint32_t)(failed - 1));
+      hwopt_print(hwopt_last_error()); hwopt_print("\n");
+      return 1;
+    }
+    for (int i = 0; i < HWOPT_NUM_OUTPUTS; i++)
+      if (hwopt_semihost_write(out_fd[i], hwopt_outputs[i], hwopt_output_bytes[i]) != 0) return 1;
+    if (s == 0) {
+      hwopt_kernel_ticks[HWOPT_NUM_KERNELS] = total;
+      if (hwopt_semihost_write_file("ticks.bin", hwopt_kernel_ticks, sizeof hwopt_kernel_ticks) != 0) return 1;
+      hwopt_print_u32("hwopt: first sample, SysTick ticks ", total);
+    }
+  }
+  for (int i = 0; i < HWOPT_NUM_INPUTS; i++) hwopt_semihost_close(in_fd[i]);
+  for (int i = 0; i < HWOPT_NUM_OUTPUTS; i++) hwopt_semihost_close(out_fd[i]);
+  hwopt_print_u32("hwopt: ok, samples ", samples);
   return 0;
 }
 """

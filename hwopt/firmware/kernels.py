@@ -109,6 +109,8 @@ class _Builder:
         return self.g[name].spec
 
     def build(self):
+        if any(self.g[m].spec.dtype == "int8" or self.g[m].op == "dequantize" for m in self.kernel.nodes):
+            return self.build_int8()
         relax = self.relax
         g, grp = self.g, self.kernel.nodes
         members = set(grp)
@@ -127,20 +129,8 @@ class _Builder:
                 scale, shift = _bn_affine(n)
                 bshape = (1, n.attrs["num_features"]) + (1,) * (len(n.spec.shape) - 2)
                 plan_w[m] = {"scale": scale.reshape(bshape), "shift": shift.reshape(bshape)}
-        # activation inputs: one parameter per (buffer, shape read): a view (flatten/reshape) of a buffer is
-        # the same memory described by another DLTensor shape, so it costs no kernel
-        act_vars = {}
-        params = []
-        for m in grp:
-            for src in g[m].inputs:
-                if src in members:
-                    continue
-                key = (self.plan.root[src], tuple(self.spec(src).shape))
-                if key not in act_vars:
-                    s = self.spec(src)
-                    v = relax.Var(f"in_{len(params)}", relax.TensorType(s.shape, s.dtype))
-                    act_vars[key] = v
-                    params.append(v)
+        params: list = []
+        act_vars = self._act_params(params)
         wvars: dict[tuple[str, str], object] = {}
         for node_name, ws in plan_w.items():
             for k, arr in ws.items():
@@ -171,6 +161,58 @@ class _Builder:
                 out = bb.emit_output(env[grp[-1]])
             bb.emit_func_output(out)
         return bb.get(), [p for p in params], act_vars
+
+    def _act_params(self, params: list) -> dict:
+        """One Relax parameter per (buffer, shape read) of the kernel's activation inputs: a view (flatten,
+        reshape) of a buffer is the same memory described by another DLTensor shape, so it costs no kernel."""
+        relax, g, members = self.relax, self.g, set(self.kernel.nodes)
+        act_vars = {}
+        for m in self.kernel.nodes:
+            for src in g[m].inputs:
+                if src in members:
+                    continue
+                key = (self.plan.root[src], tuple(self.spec(src).shape))
+                if key not in act_vars:
+                    s = self.spec(src)
+                    v = relax.Var(f"in_{len(params)}", relax.TensorType(s.shape, s.dtype))
+                    act_vars[key] = v
+                    params.append(v)
+        return act_vars
+
+    def build_int8(self):
+        """The kernel as one TE computation (integer arithmetic of hwopt.quant), hence one TIR function."""
+        from . import int8 as I8
+        relax, g, grp = self.relax, self.g, self.kernel.nodes
+        members = set(grp)
+        params: list = []
+        act_vars = self._act_params(params)
+        wkeys = []
+        for m in grp:
+            for k, arr in I8.weights(g, g[m]).items():
+                v = relax.Var(f"w{len(self.weights)}", relax.TensorType(arr.shape, str(arr.dtype)))
+                self.weights.append((f"{m}.{k}", arr))
+                wkeys.append((m, k))
+                params.append(v)
+        n_act = len(act_vars)
+        act_keys = list(act_vars)
+
+        def group(*ts):
+            acts = dict(zip(act_keys, ts[:n_act]))
+            ws = dict(zip(wkeys, ts[n_act:]))
+            env = {}
+            for m in grp:
+                n = g[m]
+                ins = [env[src] if src in members else acts[(self.plan.root[src], tuple(self.spec(src).shape))]
+                       for src in n.inputs]
+                env[m] = I8.compute(g, n, ins, {k: t for (mm, k), t in ws.items() if mm == m})
+            return env[grp[-1]]
+
+        bb = relax.BlockBuilder()
+        with bb.function(self.kernel.name, params):
+            with bb.dataflow():
+                out = bb.emit_output(bb.emit_te(group, *params, primfunc_name_hint=f"{self.kernel.name}_int8"))
+            bb.emit_func_output(out)
+        return bb.get(), params, act_vars
 
 
 def _emit(relax, n: Node, ins: list, w: dict):

@@ -75,8 +75,8 @@ SOURCES = ["startup.c", "runtime.c", "model.c", "weights.c", "main.c"]
 @dataclass
 class FirmwareRun:
     outputs: list[np.ndarray]
-    kernel_ticks: list[int]    # SysTick ticks per kernel, in call order
-    total_ticks: int
+    kernel_ticks: list[int]    # SysTick ticks per kernel, in call order (first sample)
+    total_ticks: int           # SysTick ticks of the whole network (first sample)
 
     @property
     def instructions(self) -> float:
@@ -145,8 +145,9 @@ class Firmware:
         return {"sections": sec, "flash_bytes": flash, "ram_bytes": ram, "weights_bytes": weights,
                 "arena_bytes": arena, "kernel_code_bytes": kernels, "stack_bytes": sec.get(".stack", 0)}
 
-    def run(self, *inputs, timeout: float = 300.0) -> FirmwareRun:
-        """Run the image in QEMU on `inputs` (arrays or tensors of the graph's input shapes); outputs read back."""
+    def run(self, *inputs, timeout: float = 600.0) -> FirmwareRun:
+        """Run the image in QEMU on `inputs`, read the outputs back. Each input is an array or tensor of the graph's
+        input shape or a batch of N such samples stacked on the batch axis (one QEMU session runs them all)."""
         why = toolchain_missing()
         if why:
             raise FirmwareError(f"cannot run firmware: {why}")
@@ -155,10 +156,15 @@ class Firmware:
         if len(inputs) != len(self.input_specs):
             raise FirmwareError(f"firmware takes {len(self.input_specs)} input(s), got {len(inputs)}")
         with tempfile.TemporaryDirectory(prefix="hwopt_qemu_") as work:
+            samples = None
             for i, (x, (shape, dtype)) in enumerate(zip(inputs, self.input_specs)):
                 arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
-                if tuple(arr.shape) != tuple(shape):
-                    raise FirmwareError(f"input {i}: shape {tuple(arr.shape)} != the firmware's {tuple(shape)}")
+                if tuple(arr.shape[1:]) != tuple(shape[1:]) or arr.shape[0] % shape[0]:
+                    raise FirmwareError(f"input {i}: shape {tuple(arr.shape)} is not a batch of the firmware's {tuple(shape)}")
+                n = arr.shape[0] // shape[0]
+                if samples is not None and n != samples:
+                    raise FirmwareError(f"inputs hold different numbers of samples ({samples} and {n})")
+                samples = n
                 np.ascontiguousarray(arr.astype(dtype)).tofile(os.path.join(work, f"input{i}.bin"))
             cmd = ["qemu-system-arm", "-M", self.board, "-nographic", "-monitor", "none", "-serial", "none",
                    "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(self.elf.resolve())]
@@ -171,7 +177,8 @@ class Firmware:
                                     f"{(r.stdout + r.stderr).strip()[-2000:]}")
             outs = []
             for i, (shape, dtype) in enumerate(self.output_specs):
-                outs.append(np.fromfile(os.path.join(work, f"output{i}.bin"), dtype=dtype).reshape(shape))
+                outs.append(np.fromfile(os.path.join(work, f"output{i}.bin"), dtype=dtype)
+                            .reshape((samples * shape[0],) + tuple(shape[1:])))
             ticks = np.fromfile(os.path.join(work, "ticks.bin"), dtype="<u4").astype(int).tolist()
         return FirmwareRun(outs, ticks[:-1], ticks[-1])
 
@@ -218,7 +225,7 @@ firmware.elf: $(SRCS) kernels.o link.ld runtime.h model.h
 \t$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SRCS) kernels.o -lm -lc -lgcc
 \tarm-none-eabi-size $@
 
-# Runs on input0.bin in this directory; writes output0.bin and ticks.bin.
+# Runs on every sample in input0.bin in this directory; writes output0.bin and ticks.bin.
 run: firmware.elf
 \tqemu-system-arm -M {BOARDS[mcpu]} -nographic -monitor none -serial none -semihosting-config enable=on,target=native -icount shift=0 -kernel firmware.elf
 

@@ -137,8 +137,9 @@ def cost_of(space: SearchSpace, tokens: Sequence[int], target: Any, seed: int = 
                peak_sram_bytes=int(c.peak_sram_bytes), energy_mj=float(c.energy_mj), macs=int(s["macs"]),
                params=int(s["params"]))
     if latency == "tvm":
-        from hwopt import lower, tvm_backend
-        compiled = tvm_backend.compile_module(lower(g, bake_masks=True), space.example_input(), target.tvm_target)
+        from hwopt import lower
+        from hwopt.tvm import compile_module
+        compiled = compile_module(lower(g, bake_masks=True), space.example_input(), target.tvm_target)
         fig["latency_ms"] = float(compiled.benchmark()["median_ms"])
     elif latency != "model":
         raise ValueError(f"latency must be 'model' or 'tvm', got {latency!r}")

@@ -12,7 +12,7 @@
    `random_cnn` drawn from the calibration's own seed streams (`NET_SEED`; bench/cost_fidelity.py
    draws its test architectures from another seed).
 2. Each workload is lifted (for its features) and timed by a *runner*: TVM (compiled through
-   hwopt.tvm_backend for the target's TVM target, default schedules or MetaSchedule-tuned with --tune
+   hwopt.tvm for the target's TVM target, default schedules or MetaSchedule-tuned with --tune
    into the shared tuning database, run on this machine or over TVM RPC / an RPC tracker) or torch
    eager on this machine (one thread by default, timed by the thread's CPU time; see TorchRunner).
    With --tune every workload is tuned first (`TVMRunner.prepare`), then all are built and timed.

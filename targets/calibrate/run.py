@@ -75,7 +75,7 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
     if runtime == "torch":
         runner = TorchRunner(1 if threads is None else (threads or None))
     elif runtime == "tvm":
-        # tuned: the deploy path's shared per-target tuning database (hwopt.tvm_backend's default,
+        # tuned: the deploy path's shared per-target tuning database (hwopt.tvm's default,
         # $HWOPT_TVM_TUNING_DIR or ~/.cache/hwopt/tvm_tuning), so deploy builds reuse the schedules
         runner = TVMRunner(t.tvm_target, rpc=rpc, tracker=tracker, key=key, tune_trials=tune, threads=threads or None)
     else:

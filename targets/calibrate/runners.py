@@ -1,5 +1,5 @@
 """Runners: time a torch module on a runtime. `TorchRunner` (torch eager on this machine, one thread,
-thread CPU time) and `TVMRunner` (compiled through hwopt.tvm_backend, the deploy path: default
+thread CPU time) and `TVMRunner` (compiled through hwopt.tvm, the deploy path: default
 schedules or MetaSchedule-tuned, on this machine or over TVM RPC / an RPC tracker)."""
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def set_tvm_threads(threads: int) -> None:
 
 
 class TVMRunner:
-    """TVM through hwopt.tvm_backend (default schedules, or MetaSchedule-tuned with `tune_trials` into
+    """TVM through hwopt.tvm (default schedules, or MetaSchedule-tuned with `tune_trials` into
     the deploy path's shared database) for `target_dict`; timed by the VM's time_evaluator on this
     machine or over TVM RPC (`rpc=(host, port)` or `tracker=(host, port)` + `key`)."""
 
@@ -111,7 +111,7 @@ class TVMRunner:
                 + (f"-threads{self.threads}" if self.threads else ""))
 
     def build(self, module, example):
-        """Compile through hwopt.tvm_backend (the deploy path, so deploy builds reuse tuned schedules)."""
+        """Compile through hwopt.tvm (the deploy path, so deploy builds reuse tuned schedules)."""
         backend = _backend()
         if self._database is not None:
             # tuned by prepare(): build with the records as they are. With tune_trials the backend
@@ -144,7 +144,7 @@ class TVMRunner:
         return self.time_built(self.build(module, example), example)
 
     def time_built(self, ex, example) -> float:
-        """Time what `build` returned (a hwopt.tvm_backend.CompiledModel; a caller timing one model
+        """Time what `build` returned (a hwopt.tvm.CompiledModel; a caller timing one model
         several times builds it once: LLVM code generation takes seconds per model, timing it tens of
         milliseconds). Minimum of 7 repeats of >= 20 ms after a warm-up (robust to other load)."""
         remote = self._remote() if (self.rpc or self.tracker) else None
@@ -155,7 +155,7 @@ class TVMRunner:
 def _backend():
     """hwopt's TVM backend (imported on first use: TVM takes seconds to import). Names used:
     compile_module, tune_module, database_dir, remote_session, CompiledModel.benchmark."""
-    from hwopt import tvm_backend
-    return tvm_backend
+    from hwopt import tvm
+    return tvm
 
 

@@ -1,0 +1,251 @@
+"""Integer arithmetic of int8-quantized graphs, exactly as CMSIS-NN / TFLite Micro kernels compute it.
+
+A quantized node has output dtype "int8" and `attrs["quant"] = {"scale": s, "zero_point": z}` (real value
+= s * (q - z)). A quantized conv2d / linear holds int8 weights quantized symmetrically per output channel
+(`quant["weight_scale"]`, one scale per channel, zero point 0) and an int32 bias in units of
+s_in * s_w[c]; it computes
+
+    acc[c] = sum((x_q - z_in) * w_q[c]) + bias_q[c]                           (int32)
+    y_q[c] = clamp(requantize(acc[c], M[c], shift[c]) + z_out, act_min, act_max)
+
+with (M, shift) = quantize_multiplier(s_in * s_w[c] / s_out) and `requantize` = CMSIS-NN's
+arm_nn_requantize (doubling high multiply with rounding, then rounding right shift). Average pools
+divide their int32 sums rounding half away from zero (CMSIS-NN arm_avgpool_s8). `quantize` rounds
+x / s half away from zero; `dequantize` is s * (q - z) in float32.
+
+`QuantizedModule(graph)` runs a quantized graph in these integers on the CPU (`hwopt.lower` returns it
+for a quantized graph), so the accuracy measured on it is the device's; the firmware's TIR kernels
+(hwopt.firmware) compute the same integers.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import IRError
+from .ir import NODE_CHECKS, Graph, Node, _pair
+
+QMIN, QMAX = -128, 127
+INT8_OPS = {"conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "relu", "relu6",
+            "flatten", "reshape", "identity", "dropout"}
+VIEWS = {"flatten", "reshape", "identity", "dropout"}
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """(M, shift) with real = M * 2^(shift - 31), M an int32 in [2^30, 2^31) (TFLite QuantizeMultiplier)."""
+    if real <= 0 or not math.isfinite(real):
+        raise ValueError(f"requantization multiplier must be positive and finite, got {real}")
+    mant, exp = math.frexp(real)
+    q = int(round(mant * (1 << 31)))
+    if q == 1 << 31:
+        q //= 2
+        exp += 1
+    if exp < -31:  # too small to represent: the output is the zero point
+        return 0, 0
+    return q, exp
+
+
+def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """CMSIS-NN arm_nn_requantize on int64 tensors holding int32 values (broadcast over channels)."""
+    left = torch.clamp(shift, min=0)
+    right = torch.clamp(-shift, min=0)
+    v = acc * torch.pow(2, left)  # per-channel left shifts
+    v = ((v * mult + (1 << 30)) >> 31)  # doubling high multiply, no saturation (as arm_nn_doubling_high_mult_no_sat)
+    mask = torch.pow(2, right) - 1
+    rem = v & mask
+    res = v >> right
+    threshold = (mask >> 1) + (res < 0).to(v.dtype)
+    return res + (rem > threshold).to(v.dtype)
+
+
+def round_half_away(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(v >= 0, torch.floor(v + 0.5), torch.ceil(v - 0.5))
+
+
+def qparams(node: Node) -> tuple[float, int]:
+    q = node.attrs.get("quant")
+    if q is None:
+        raise IRError("int8 node has no quantization parameters (attrs['quant'])", node.name)
+    return float(q["scale"]), int(q["zero_point"])
+
+
+def layer_multipliers(g: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (M, shift) of a quantized conv2d / linear, as int32 arrays."""
+    s_in, _ = qparams(g[n.inputs[0]])
+    s_out, _ = qparams(n)
+    pairs = [quantize_multiplier(s_in * float(sw) / s_out) for sw in n.attrs["quant"]["weight_scale"]]
+    return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32)
+
+
+def act_range(n: Node) -> tuple[int, int]:
+    q = n.attrs["quant"]
+    return int(q.get("act_min", QMIN)), int(q.get("act_max", QMAX))
+
+
+def quantize_tensor(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    inv = torch.tensor(np.float32(1.0 / scale))
+    v = round_half_away(x.to(torch.float32) * inv) + zero_point
+    return torch.clamp(v, QMIN, QMAX).to(torch.int8)
+
+
+def dequantize_tensor(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    return (q.to(torch.int32) - zero_point).to(torch.float32) * torch.tensor(np.float32(scale))
+
+
+def avg_divide(total: torch.Tensor, count: int) -> torch.Tensor:
+    """int32 sum / count rounded half away from zero (arm_avgpool_s8), on int64 tensors."""
+    half = count // 2
+    num = torch.where(total > 0, total + half, total - half)
+    return torch.sign(num) * (num.abs() // count)  # C division truncates toward zero
+
+
+def is_quantized(g: Graph) -> bool:
+    return any(n.spec is not None and n.spec.dtype == "int8" for n in g.nodes.values())
+
+
+class QuantizedModule(nn.Module):
+    """Runs a quantized hwopt graph in the device's integer arithmetic (eval only, not trainable)."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        graph.verify_once()
+        self.graph = graph
+        self.order = graph.order()
+        self._mults = {n.name: tuple(torch.from_numpy(a.astype(np.int64)) for a in layer_multipliers(graph, n))
+                       for n in graph if n.op in ("conv2d", "linear") and n.spec.dtype == "int8"}
+
+    def forward(self, *inputs):
+        g = self.graph
+        env: dict[str, torch.Tensor] = {}
+        ins = iter(inputs)
+        for name in self.order:
+            n = g[name]
+            if n.op == "input":
+                env[name] = next(ins)
+                continue
+            if n.op == "output":
+                outs = [env[i] for i in n.inputs]
+                return outs[0] if len(outs) == 1 else tuple(outs)
+            env[name] = self._node(n, [env[i] for i in n.inputs])
+        raise IRError("graph has no output node")
+
+    def _node(self, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+        g, op, a = self.graph, n.op, n.attrs
+        if op == "quantize":
+            return quantize_tensor(xs[0], *qparams(n))
+        if op == "dequantize":
+            return dequantize_tensor(xs[0], *qparams(g[n.inputs[0]]))
+        if n.spec.dtype != "int8":  # float nodes after the dequantize at the tail
+            return _float_op(n, xs)
+        x = xs[0]
+        if op in VIEWS:
+            return x.reshape(x.shape[0], *n.spec.shape[1:])
+        if op in ("conv2d", "linear"):
+            _, z_in = qparams(g[n.inputs[0]])
+            _, z_out = qparams(n)
+            xd = x.to(torch.float64) - z_in   # exact: products and sums of these integers stay below 2^53
+            w = n.params["weight"].to(torch.float64)
+            if op == "conv2d":
+                p = _pair(a["padding"])
+                acc = F.conv2d(xd, w, None, _pair(a["stride"]), p, _pair(a["dilation"]), a["groups"])
+                shape = (1, -1, 1, 1)
+            else:
+                acc = F.linear(xd, w)
+                shape = (1, -1)
+            acc = acc.round().to(torch.int64)
+            if "bias" in n.params:
+                acc = acc + n.params["bias"].to(torch.int64).reshape(shape)
+            m, s = self._mults[n.name]
+            y = requantize(acc, m.reshape(shape), s.reshape(shape)) + z_out
+            lo, hi = act_range(n)
+            return torch.clamp(y, lo, hi).to(torch.int8)
+        if op == "max_pool2d":
+            y = F.max_pool2d(x.to(torch.float32), _pair(a["kernel_size"]), _pair(a["stride"] or a["kernel_size"]),
+                             _pair(a["padding"]), _pair(a.get("dilation", 1)), a["ceil_mode"])
+            return y.to(torch.int8)
+        if op in ("avg_pool2d", "adaptive_avg_pool2d", "mean"):
+            return _int_avg(n, x, g)
+        if op in ("relu", "relu6"):
+            _, z = qparams(n)
+            lo = z
+            hi = QMAX if op == "relu" else int(min(QMAX, round(6.0 / qparams(n)[0]) + z))
+            return torch.clamp(x.to(torch.int32), lo, hi).to(torch.int8)
+        raise IRError(f"no integer kernel for op {op!r}", n.name)
+
+
+def avg_windows(n: Node, in_shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(kernel, stride) of an average over windows without padding: avg_pool2d (padding 0),
+    adaptive_avg_pool2d with an output size dividing the input, mean over H and W."""
+    a = n.attrs
+    h, w = in_shape[2], in_shape[3]
+    if n.op == "avg_pool2d":
+        if _pair(a["padding"]) != (0, 0) or a["ceil_mode"]:
+            raise IRError("int8 avg_pool2d supports padding 0 and ceil_mode False only", n.name)
+        k = _pair(a["kernel_size"])
+        return k, _pair(a["stride"] or a["kernel_size"])
+    if n.op == "adaptive_avg_pool2d":
+        oh, ow = _pair(a["output_size"])
+        if h % oh or w % ow:
+            raise IRError(f"int8 adaptive_avg_pool2d needs output {oh}x{ow} to divide input {h}x{w}", n.name)
+        return (h // oh, w // ow), (h // oh, w // ow)
+    if sorted(d % 4 for d in a["dims"]) != [2, 3]:
+        raise IRError("int8 mean supports the mean over H and W only", n.name)
+    return (h, w), (h, w)
+
+
+def _int_avg(n: Node, x: torch.Tensor, g: Graph) -> torch.Tensor:
+    k, s = avg_windows(n, tuple(g[n.inputs[0]].spec.shape))
+    total = F.avg_pool2d(x.to(torch.float64), k, s) * (k[0] * k[1])  # exact integer sums
+    y = avg_divide(total.round().to(torch.int64), k[0] * k[1])
+    return y.reshape(x.shape[0], *n.spec.shape[1:]).to(torch.int8)
+
+
+def _float_op(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    if n.op == "softmax":
+        return torch.softmax(xs[0], n.attrs["dim"])
+    if n.op == "log_softmax":
+        return torch.log_softmax(xs[0], n.attrs["dim"])
+    if n.op in VIEWS:
+        return xs[0].reshape(xs[0].shape[0], *n.spec.shape[1:])
+    raise IRError(f"op {n.op!r} after the dequantize of a quantized graph has no CPU kernel here", n.name)
+
+
+def check_node(g: Graph, n: Node) -> None:
+    """verify()'s checks of a node's dtypes and quantization parameters (IRError naming the node)."""
+    dt = n.spec.dtype if n.spec is not None else None
+    if n.op == "quantize" or dt == "int8":
+        q = n.attrs.get("quant")
+        if not isinstance(q, dict) or "scale" not in q or "zero_point" not in q:
+            raise IRError("int8 output needs attrs['quant'] with 'scale' and 'zero_point'", n.name)
+        if not (float(q["scale"]) > 0 and math.isfinite(float(q["scale"]))):
+            raise IRError(f"quantization scale must be positive and finite, got {q['scale']}", n.name)
+        if not QMIN <= int(q["zero_point"]) <= QMAX:
+            raise IRError(f"int8 zero point {q['zero_point']} outside [{QMIN}, {QMAX}]", n.name)
+    in_dtypes = [g[i].spec.dtype for i in n.inputs]
+    if n.op == "quantize" and in_dtypes != ["float32"]:
+        raise IRError(f"quantize reads a float32 tensor, got {in_dtypes}", n.name)
+    if n.op == "dequantize" and in_dtypes != ["int8"]:
+        raise IRError(f"dequantize reads an int8 tensor, got {in_dtypes}", n.name)
+    if dt == "int8" and n.op not in ("quantize",):
+        if n.op not in INT8_OPS:
+            raise IRError(f"op {n.op!r} has no int8 kernel", n.name)
+        if any(d != "int8" for d in in_dtypes):
+            raise IRError(f"int8 {n.op} reads non-int8 input(s) {in_dtypes}", n.name)
+    if dt == "int8" and n.op in ("conv2d", "linear"):
+        w, b = n.params["weight"], n.params.get("bias")
+        if w.dtype != torch.int8 or int(w.min()) < -127:
+            raise IRError("int8 layer weights must be torch.int8 in [-127, 127] (symmetric)", n.name)
+        if b is not None and b.dtype != torch.int32:
+            raise IRError(f"int8 layer bias must be int32, got {b.dtype}", n.name)
+        ws = n.attrs["quant"].get("weight_scale")
+        if ws is None or len(ws) != w.shape[0] or not all(float(v) > 0 for v in ws):
+            raise IRError(f"int8 layer needs {w.shape[0]} positive per-channel weight scales", n.name)
+    elif dt == "float32" and n.op in ("conv2d", "linear") and not n.params["weight"].is_floating_point():
+        raise IRError("float32 layer holds integer weights", n.name)
+
+
+NODE_CHECKS.append(check_node)
