@@ -3,7 +3,7 @@
     python -m hwopt.opsdoc > docs/ops.md     # tests/test_opsdoc.py checks the file is up to date
 
 Each row is read from the code, never written by hand: `hwopt.ir.OPS` (arity, attributes, parameters,
-shape / channel-axis / MAC rules), `hwopt.ir.OP_DOCS` (semantics), `hwopt.frontend` (what torch code
+shape / channel-axis / MAC rules), `hwopt.ir.OP_DOCS` (semantics), `hwopt.frontend_rules` (what torch code
 lifts to it), `hwopt.lower` (how it lowers), `hwopt.channels` (how it couples channels) and
 `hwopt.targets.cost` (its cost kind).
 """
@@ -33,9 +33,10 @@ An op is one entry of `hwopt.ir.OPS` plus one line in each table that consumes i
    axis rule (none: the input's) and MACs (none) are now known to `Graph.verify`, `infer_shapes`,
    `stats` and every pass. `channel_preserving=True` is the channel-coupling rule: `hwopt.channels`
    ties channel i of input and output, so pruning flows through it with no code of its own.
-2. **Lifting** (`hwopt/frontend.py`): `nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val,
+2. **Lifting** (`hwopt/frontend_rules.py`): `nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val,
    "max_val": m.max_val}, {})` in `MODULE_RULES`; for the functional form, `F.hardtanh: "hardtanh"` in
-   `FUNCTIONS`, its signature in `SIGS` and an `f_hardtanh` method that emits the node.
+   `FUNCTIONS` and its signature in `SIGS`, plus an `f_hardtanh` method of `_Lifter` (`hwopt/frontend.py`)
+   that emits the node.
 3. **Lowering** (`hwopt/lower.py`): `"hardtanh": lambda n: nn.Hardtanh(n.attrs["min_val"], n.attrs["max_val"])`
    in `MODULES`.
 4. **Cost** (`hwopt/targets/cost.py`): `"hardtanh": 2` in `OP_WORK` (two compares per element) makes it
