@@ -50,6 +50,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="only the fast subset")
     ap.add_argument("--only", default="", help="comma-separated substrings of model names")
+    ap.add_argument("--exclude", default="", help="comma-separated substrings of model names to leave out")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning even when installed")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--size", type=int, default=96)
@@ -62,6 +63,9 @@ def main() -> int:
     if args.only:
         keys = [k for k in args.only.split(",") if k]
         names = [n for n in names if any(k in n for k in keys)]
+    if args.exclude:
+        drop = [k for k in args.exclude.split(",") if k]
+        names = [n for n in names if not any(k in n for k in drop)]
     tp = None
     if not args.no_tp:
         try:

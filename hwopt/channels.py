@@ -20,7 +20,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import IRError
-from .ir import OPS, Graph, Node, selected, shared_nodes
+from .ir import OPS, Graph, Node, reshape_axis, selected, shared_nodes
+
+_NCHW = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
 
 
 @dataclass
@@ -82,6 +84,8 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         c.pin(out)
     elif op == "output":
         c.pin(out, *ins)
+    elif op in _NCHW and g[ins[0]].spec.axis != 1:
+        c.pin(out, *ins)  # an NCHW kernel over a tensor whose channels sit elsewhere
     elif op == "conv2d":
         groups = a["groups"]
         if groups > 1:  # a group's inputs and outputs live and die together
@@ -90,18 +94,24 @@ def _couple_node(c: _Coupler, n: Node) -> None:
             c.tie(ins[0], cin, ins[0], (cin // ig) * ig)
             c.tie(ins[0], (cout // og) * ig, out, cout)
     elif op == "linear":
-        pass  # fresh output features; input features are contracted away
+        x = g[ins[0]].spec
+        if x.axis != len(x.shape) - 1:
+            c.pin(ins[0])  # contracts a dim that is not the input's channel axis
+        # else: fresh output features; input features are contracted away
     elif op in ("add", "sub", "mul", "div"):
-        co = n.spec.channels
+        co, axis = n.spec.channels, n.spec.axis
         for i in ins:
-            if _rank(g, i) != _rank(g, out):
-                c.pin(out, *ins)  # broadcasting across ranks misaligns dim 1
-            elif g[i].spec.channels == co:
+            x = g[i].spec
+            if len(x.shape) != _rank(g, out):
+                c.pin(out, *ins)  # broadcasting across ranks misaligns the channel axis
+            elif x.shape[axis] == co and (x.axis == axis or g[i].op == "const"):
                 c.same(i, out)
-            else:
+            elif x.shape[axis] == 1 and x.axis == axis:
                 c.pin(i)  # a broadcast singleton channel cannot be removed
+            else:
+                c.pin(out, *ins)  # operands whose channel axes differ
     elif op == "concat":
-        if a["dim"] == 1:
+        if a["dim"] == n.spec.axis:
             off = 0
             for i in ins:
                 ci = g[i].spec.channels
@@ -111,21 +121,30 @@ def _couple_node(c: _Coupler, n: Node) -> None:
             for i in ins:
                 c.same(i, out)
     elif op == "slice":
-        if a["dim"] == 1:
+        if a["dim"] == n.spec.axis:
             c.tie(ins[0], a["start"] + np.arange(n.spec.channels), out, np.arange(n.spec.channels))
         else:
             c.same(ins[0], out)
-    elif op == "flatten":
+    elif op in ("flatten", "reshape"):
         x = g[ins[0]].spec
-        if a["start_dim"] == 1:
+        how = reshape_axis(x.shape, n.spec.shape, x.axis)[1]
+        if how == "block":  # channel c owns a contiguous block of the merged dim
             block = n.spec.channels // x.channels
             c.tie(ins[0], np.repeat(np.arange(x.channels), block), out, np.arange(n.spec.channels))
-        else:
+        elif how == "same":
             c.same(ins[0], out)
+        else:
+            c.pin(out, *ins)
+    elif op == "permute":
+        c.same(ins[0], out)  # the channel axis moves, its channels do not
+    elif op == "layer_norm":
+        x = g[ins[0]].spec
+        (c.same(ins[0], out) if x.axis == len(x.shape) - 1 else c.pin(out, *ins))
     elif op in ("softmax", "log_softmax"):
-        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == 1 else c.same(ins[0], out))
+        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
     elif op == "mean":
-        (c.pin(out, *ins) if 1 in a["dims"] else c.same(ins[0], out))
+        x = g[ins[0]].spec
+        (c.pin(out, *ins) if x.axis in {d % len(x.shape) for d in a["dims"]} else c.same(ins[0], out))
     elif op == "group_norm":  # a group's statistics mix its channels: whole groups go together
         cpg = a["num_channels"] // a["num_groups"]
         ch = np.arange(a["num_channels"])
@@ -133,8 +152,13 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         c.same(ins[0], out)
     elif op == "const":
         pass  # its channels are tied by the op that reads it (a layer scale ties them to the scaled tensor)
-    elif op in ("reshape", "channel_shuffle"):
-        c.pin(out, *ins)
+    elif op == "channel_shuffle":
+        # out[j] = in[(j % g) * cpg + j // g]; removing the same offset r from every group keeps a valid
+        # shuffle of g groups, so a unit is offset r of all g groups (ties them, like a grouped conv)
+        groups, ch = a["groups"], np.arange(n.spec.channels)
+        cpg = n.spec.channels // groups
+        c.tie(ins[0], (ch % groups) * cpg + ch // groups, out, ch)
+        c.tie(ins[0], ch, ins[0], ch % cpg)
     elif OPS[op].channel_preserving:
         c.same(ins[0], out)
     else:
@@ -354,19 +378,32 @@ def _resize_group_norm(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -
 
 def _resize_const(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
     if keep_out is not None:
-        m.params = {"value": _cols(n.params["value"], keep_out)}
+        m.params = {"value": selected(n.params["value"], n.spec.axis, keep_out)}
         m.attrs = {**n.attrs, "shape": tuple(m.params["value"].shape)}
 
 
+def _resize_layer_norm(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
+    m.attrs = {**n.attrs, "normalized_size": len(keep_out) if keep_out is not None else n.attrs["normalized_size"]}
+
+
+def _resize_reshape(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    if keep_out is not None:  # the channel dim (or the block it was merged into) shrank
+        shape = list(n.spec.shape)
+        shape[n.spec.axis] = len(keep_out)
+        m.attrs = {**n.attrs, "shape": tuple(shape[1:])}
+
+
 def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    if n.attrs["dim"] != 1 or removed_in is None:
+    if n.attrs["dim"] != n.spec.axis or removed_in is None:
         return
     before = lambda pos: pos - int(np.searchsorted(removed_in, pos))  # kept channels in [0, pos)
     m.attrs = {**n.attrs, "start": before(n.attrs["start"]), "end": before(n.attrs["end"])}
 
 
 _RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice,
-           "group_norm": _resize_group_norm, "const": _resize_const}
+           "group_norm": _resize_group_norm, "const": _resize_const, "layer_norm": _resize_layer_norm,
+           "reshape": _resize_reshape}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,15 +522,22 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
             p = {k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()}
             a["num_features"] = len(src_out)
+        elif n.op == "layer_norm" and src_out is not None:
+            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
+            a["normalized_size"] = len(src_out)
+        elif n.op == "reshape" and src_out is not None:
+            shape = list(n.spec.shape)
+            shape[n.spec.axis] = len(src_out)
+            a["shape"] = tuple(shape[1:])
         elif n.op == "group_norm":
             p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
             cpg = a["num_channels"] // a["num_groups"]
             a["num_channels"], a["num_groups"] = len(src_out), len(src_out) // cpg
         elif n.op == "const" and src_out is not None:  # new channels of a layer scale start at its mean
             v = p["value"]
-            p["value"] = _grow_dim(v, src_out, 1, v.mean(dim=1, keepdim=True))
+            p["value"] = _grow_dim(v, src_out, n.spec.axis, v.mean(dim=n.spec.axis, keepdim=True))
             a["shape"] = tuple(p["value"].shape)
-        elif n.op == "slice" and a["dim"] == 1 and src_in is not None:
+        elif n.op == "slice" and a["dim"] == n.spec.axis and src_in is not None:
             key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
             inside = (key >= a["start"]) & (key < a["end"])
             positions = np.flatnonzero(inside)

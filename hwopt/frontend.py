@@ -1,162 +1,32 @@
-"""Lift a torch.nn.Module into an hwopt Graph, exactly, through torch.fx.symbolic_trace.
+"""Lift a torch.nn.Module into an hwopt Graph, exactly, through torch.fx with concrete shapes.
 
 Why fx and not torch.export: symbolic tracing keeps module boundaries (a Conv2d stays one call with
 its module path and parameters), costs ~15 ms on ResNet-50 where torch.export costs ~0.45 s, and needs
-no decomposition back from aten ops. Its limit is data-dependent Python control flow in `forward`;
-such a model fails with an error that says so, never with a silent fallback. Every op is mapped by
-the tables below (rules as data); anything else raises UnsupportedOpError naming the op and the module
-path. The user's model is only read: parameters are copied into the graph (copy-on-write: `ir.snapshot`).
+no decomposition back from aten ops. Its classic limit, Python that inspects shapes (`x.ndim` asserts,
+TF "same" padding computed from `x.size()`, `len(x)`), is lifted by `frontend_trace.ConcreteTracer`:
+the graph is specialised to the example input anyway, so shape questions get concrete answers (the
+example is run op by op only when something asks). Control flow on tensor *data* is refused with an
+error naming the module. Every op is mapped by the tables below (rules as data); anything else is an
+UnsupportedOpError naming each unsupported op found and its module path. Tensors written in place are
+lifted only when no alias can see the write. The user's model is only read: parameters are copied into
+the graph once per tensor (copy-on-write: `ir.snapshot`), so a module called twice shares its weights.
 """
 from __future__ import annotations
 
+import math
 import operator
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from . import nn as hnn
 from .errors import IRError, ShapeError, UnsupportedOpError
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, SIGS, _bind, _layer_norm, _out_size,  # noqa: F401
+                             _pool_attrs, _REFUSED)
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
-
-
-def _params(**kw) -> dict[str, torch.Tensor]:
-    """The tensors a node takes from the model (the lifter snapshots each source tensor once)."""
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-def _conv(m: nn.Conv2d):
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise ValueError(f"padding={m.padding!r}, padding_mode={m.padding_mode!r} (only numeric zero padding)")
-    return "conv2d", dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_pair(m.kernel_size),
-                          stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation), groups=m.groups), \
-        _params(weight=m.weight, bias=m.bias, weight_mask=getattr(m, "weight_mask", None))
-
-
-def _linear(m: nn.Linear):
-    return "linear", dict(in_features=m.in_features, out_features=m.out_features), \
-        _params(weight=m.weight, bias=m.bias, weight_mask=getattr(m, "weight_mask", None))
-
-
-def _bn(m: nn.modules.batchnorm._BatchNorm):
-    if not m.track_running_stats:
-        raise ValueError("batch norm without running statistics has no inference semantics")
-    return "batch_norm", dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum), \
-        _params(weight=m.weight, bias=m.bias, running_mean=m.running_mean, running_var=m.running_var)
-
-
-def _pool_attrs(k, s, p, ceil):
-    return dict(kernel_size=_pair(k), stride=_pair(s if s is not None and s != [] else k), padding=_pair(p), ceil_mode=bool(ceil))
-
-
-def _out_size(size):
-    if size is None or (isinstance(size, (tuple, list)) and None in size):
-        raise ValueError("adaptive pooling with a None output size")
-    return _pair(size)
-
-
-MODULE_RULES: dict[type, Callable[[nn.Module], tuple[str, dict, dict]]] = {
-    nn.Conv2d: _conv, hnn.MaskedConv2d: _conv, nn.Linear: _linear, hnn.MaskedLinear: _linear,
-    nn.BatchNorm1d: _bn, nn.BatchNorm2d: _bn,
-    nn.ReLU: lambda m: ("relu", {}, {}), nn.ReLU6: lambda m: ("relu6", {}, {}),
-    nn.Hardswish: lambda m: ("hardswish", {}, {}), nn.Hardsigmoid: lambda m: ("hardsigmoid", {}, {}),
-    nn.Sigmoid: lambda m: ("sigmoid", {}, {}), nn.SiLU: lambda m: ("silu", {}, {}), nn.Tanh: lambda m: ("tanh", {}, {}),
-    nn.GELU: lambda m: ("gelu", {"approximate": m.approximate}, {}), nn.Identity: lambda m: ("identity", {}, {}),
-    nn.Dropout: lambda m: ("dropout", {"p": float(m.p)}, {}),
-    nn.Softmax: lambda m: ("softmax", {"dim": m.dim}, {}), nn.LogSoftmax: lambda m: ("log_softmax", {"dim": m.dim}, {}),
-    nn.MaxPool2d: lambda m: ("max_pool2d", {**_pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode),
-                                            "dilation": _pair(m.dilation)}, {}) if not m.return_indices else _no("return_indices=True"),
-    nn.AvgPool2d: lambda m: ("avg_pool2d", {**_pool_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode),
-                                            "count_include_pad": bool(m.count_include_pad)}, {})
-    if m.divisor_override is None else _no("divisor_override"),
-    nn.AdaptiveAvgPool2d: lambda m: ("adaptive_avg_pool2d", {"output_size": _out_size(m.output_size)}, {}),
-    nn.AdaptiveMaxPool2d: lambda m: ("adaptive_max_pool2d", {"output_size": _out_size(m.output_size)}, {})
-    if not m.return_indices else _no("return_indices=True"),
-    nn.Flatten: lambda m: ("flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}, {}),
-    nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": float(m.negative_slope)}, {}),
-    nn.GroupNorm: lambda m: ("group_norm", {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps},
-                             _params(weight=m.weight, bias=m.bias)),
-    nn.ChannelShuffle: lambda m: ("channel_shuffle", {"groups": m.groups}, {}),
-}
-
-
-def _no(what: str):
-    raise ValueError(f"{what} is not supported")
-
-
-# Functions and methods: canonical name and signature (names, defaults). Methods get `self` first.
-_REQ = object()
-SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "add": (("input", _REQ), ("other", _REQ), ("alpha", 1)), "sub": (("input", _REQ), ("other", _REQ), ("alpha", 1)),
-    "mul": (("input", _REQ), ("other", _REQ)), "div": (("input", _REQ), ("other", _REQ), ("rounding_mode", None)),
-    "cat": (("tensors", _REQ), ("dim", 0)), "flatten": (("input", _REQ), ("start_dim", 0), ("end_dim", -1)),
-    **{a: (("input", _REQ), ("inplace", False)) for a in ("relu", "relu6", "hardswish", "hardsigmoid", "silu")},
-    "sigmoid": (("input", _REQ),), "tanh": (("input", _REQ),), "gelu": (("input", _REQ), ("approximate", "none")),
-    "dropout": (("input", _REQ), ("p", 0.5), ("training", True), ("inplace", False)),
-    "softmax": (("input", _REQ), ("dim", None), ("_stacklevel", 3), ("dtype", None)),
-    "log_softmax": (("input", _REQ), ("dim", None), ("_stacklevel", 3), ("dtype", None)),
-    "adaptive_avg_pool2d": (("input", _REQ), ("output_size", _REQ)),
-    "adaptive_max_pool2d": (("input", _REQ), ("output_size", _REQ), ("return_indices", False)),
-    "avg_pool2d": (("input", _REQ), ("kernel_size", _REQ), ("stride", None), ("padding", 0), ("ceil_mode", False),
-                   ("count_include_pad", True), ("divisor_override", None)),
-    "max_pool2d": (("input", _REQ), ("kernel_size", _REQ), ("stride", None), ("padding", 0), ("dilation", 1),
-                   ("ceil_mode", False), ("return_indices", False)),
-    "mean": (("input", _REQ), ("dim", None), ("keepdim", False), ("dtype", None)),
-    "chunk": (("input", _REQ), ("chunks", _REQ), ("dim", 0)), "split": (("input", _REQ), ("split_size", _REQ), ("dim", 0)),
-    "channel_shuffle": (("input", _REQ), ("groups", _REQ)), "getitem": (("input", _REQ), ("index", _REQ)),
-    "size": (("input", _REQ), ("dim", None)), "contiguous": (("input", _REQ),), "getattr": (("input", _REQ), ("name", _REQ)),
-    "reshape": (("input", _REQ), ("shape", _REQ)), "floordiv": (("input", _REQ), ("other", _REQ)),
-    "narrow": (("input", _REQ), ("dim", _REQ), ("start", _REQ), ("length", _REQ)),
-    "batch_norm": (("input", _REQ), ("running_mean", _REQ), ("running_var", _REQ), ("weight", None), ("bias", None),
-                   ("training", False), ("momentum", 0.1), ("eps", 1e-5)),
-    "conv2d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
-               ("groups", 1)),
-    "linear": (("input", _REQ), ("weight", _REQ), ("bias", None)),
-    "pad": (("input", _REQ), ("pad", _REQ), ("mode", "constant"), ("value", None)),
-    "leaky_relu": (("input", _REQ), ("negative_slope", 0.01), ("inplace", False)),
-    "group_norm": (("input", _REQ), ("num_groups", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
-}
-FUNCTIONS: dict[Any, str] = {
-    operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
-    operator.isub: "sub!", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul!", operator.truediv: "div",
-    torch.div: "div", operator.itruediv: "div!", torch.cat: "cat", torch.concat: "cat", torch.flatten: "flatten",
-    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu",
-    F.dropout: "dropout", F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
-    F.adaptive_avg_pool2d: "adaptive_avg_pool2d", F.adaptive_max_pool2d: "adaptive_max_pool2d",
-    F.avg_pool2d: "avg_pool2d", F.max_pool2d: "max_pool2d", torch.mean: "mean", torch.chunk: "chunk",
-    torch.split: "split", F.channel_shuffle: "channel_shuffle", torch.channel_shuffle: "channel_shuffle",
-    operator.getitem: "getitem", torch.reshape: "reshape", getattr: "getattr", operator.floordiv: "floordiv",
-    torch.narrow: "narrow", F.batch_norm: "batch_norm", F.conv2d: "conv2d", torch.conv2d: "conv2d", F.linear: "linear",
-    F.pad: "pad", F.leaky_relu: "leaky_relu", F.group_norm: "group_norm",
-}
-METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
-           "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
-           "reshape": "reshape", "mean": "mean", "chunk": "chunk", "split": "split", "contiguous": "contiguous",
-           "size": "size", "softmax": "softmax", "log_softmax": "log_softmax", "narrow": "narrow"}
-
-
-def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:
-    sig = SIGS[name]
-    if name == "reshape" and len(args) > 2:  # x.view(a, b, c)
-        args = (args[0], tuple(args[1:]))
-    if len(args) > len(sig):
-        raise ValueError(f"{name} got {len(args)} positional arguments")
-    out = {k: v for (k, _), v in zip(sig, args)}
-    for k, v in kwargs.items():
-        if k not in dict(sig):
-            raise ValueError(f"{name} got unexpected argument {k!r}")
-        out[k] = v
-    for k, default in sig:
-        if k not in out:
-            if default is _REQ:
-                raise ValueError(f"{name} is missing argument {k!r}")
-            out[k] = default
-    return out
 
 
 class _Tensor(str):
@@ -169,6 +39,14 @@ class _Const:
 
     def __init__(self, t: torch.Tensor):
         self.t = t
+
+
+class _GroupedChannels:
+    """`x.view(N, g, C // g, H, W)` of an NCHW tensor, and after `.transpose(1, 2)` (`swapped`): the first
+    steps of a channel shuffle, lifted as one channel_shuffle op when the view back to NCHW follows."""
+
+    def __init__(self, x: str, groups: int, swapped: bool = False):
+        self.x, self.groups, self.swapped = x, groups, swapped
 
 
 class _Unsupported:
@@ -307,7 +185,8 @@ class _Lifter:
             raise UnsupportedOpError("data-dependent control flow or untraceable Python", stack[-1][0] if stack else "",
                                      f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         placeholders = [n for n in fxg.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(self.examples):
+        required = [p for p in placeholders if not p.args]  # fx keeps a parameter's default as its arg
+        if not len(required) <= len(self.examples) <= len(placeholders):
             raise ShapeError(f"the model's forward takes {len(placeholders)} input(s) "
                              f"({', '.join(p.name for p in placeholders)}), got {len(self.examples)} example input(s)")
         for n in fxg.nodes:
@@ -342,6 +221,8 @@ class _Lifter:
 
     def lift_node(self, n: fx.Node, placeholders: list[fx.Node]):
         if n.op == "placeholder":
+            if placeholders.index(n) >= len(self.examples):
+                return n.args[0]  # an optional forward argument left at its default (e.g. attn_mask=None)
             t = self.examples[placeholders.index(n)]
             if not isinstance(t, torch.Tensor) or t.dim() < 2:
                 raise ShapeError(f"example input {n.name!r} must be a tensor with a batch dimension, got "
@@ -356,9 +237,13 @@ class _Lifter:
             return self.g.add("output", "output", [self.env[o] for o in outs]).name
         if n.op == "call_module":
             m = self.modules[str(n.target)]
+            args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
+            if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
+                return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid
             rule = MODULE_RULES.get(type(m))
             if rule is None:
-                raise self.unsupported(n, f"no rule for {type(m).__module__}.{type(m).__name__}")
+                why = _REFUSED.get(type(m), "")
+                raise self.unsupported(n, f"no rule for {type(m).__module__}.{type(m).__name__}" + (f": {why}" if why else ""))
             if len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], fx.Node):
                 raise self.unsupported(n, "expected exactly one tensor argument")
             op, attrs, params = rule(m)
@@ -390,7 +275,12 @@ class _Lifter:
         args = tuple(real(a) if not isinstance(a, (list, tuple)) else type(a)(real(x) for x in a) for a in args)
         kwargs = {k: real(v) for k, v in kwargs.items()}
         with torch.no_grad():
-            out = n.target(*args, **kwargs) if n.op == "call_function" else getattr(args[0], n.target)(*args[1:], **kwargs)
+            if n.op == "call_module":
+                out = self.modules[str(n.target)](*args, **kwargs)
+            elif n.op == "call_function":
+                out = n.target(*args, **kwargs)
+            else:
+                out = getattr(args[0], n.target)(*args[1:], **kwargs)
         if not isinstance(out, torch.Tensor):
             raise self.unsupported(n, "an op on constant tensors that does not return a tensor")
         return _Const(out)
@@ -431,7 +321,7 @@ class _Lifter:
             return v
         t = v.t
         if t.numel() == 1:
-            return float(t.reshape(()))
+            return float(t.detach().reshape(()))
         if not self._is_tensor(other):
             raise self.unsupported(n, "an op on two constants")
         rank = len(self.spec(other).shape)
@@ -443,7 +333,9 @@ class _Lifter:
         if key not in self.shaped:
             self.shaped[key] = (t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)), t)
         shaped = self.shaped[key][0]
-        return self.emit(n, "const", [], {"shape": tuple(shaped.shape)}, {"value": shaped}, name=f"{n.name}_const")
+        axis = self.spec(other).axis
+        return self.emit(n, "const", [], {"shape": tuple(shaped.shape), "axis": axis}, {"value": shaped},
+                         name=f"{n.name}_const")
 
     def f_add(self, n, a, v): return self._binary("add", n, v)
     def f_sub(self, n, a, v): return self._binary("sub", n, v)
@@ -461,7 +353,41 @@ class _Lifter:
         return f
 
     f_relu, f_relu6, f_hardswish, f_hardsigmoid = _unary("relu"), _unary("relu6"), _unary("hardswish"), _unary("hardsigmoid")
-    f_sigmoid, f_silu, f_tanh, f_contiguous = _unary("sigmoid"), _unary("silu"), _unary("tanh"), _unary("identity")
+    f_sigmoid, f_silu, f_tanh = _unary("sigmoid"), _unary("silu"), _unary("tanh")
+
+    def f_contiguous(self, n, a, v):
+        return v["input"] if isinstance(v["input"], _GroupedChannels) else self.emit(n, "identity", [v["input"]])
+
+    def f_permute(self, n, a, v):
+        x, dims = v["input"], v["dims"]
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        if isinstance(x, _GroupedChannels):
+            return self._swap(n, x, dims)
+        rank = len(self.spec(x).shape)
+        dims = tuple(int(d) % rank for d in dims)
+        if len(dims) != rank or dims[0] != 0:
+            raise self.unsupported(n, f"permute {list(dims)} (the batch dimension must stay first)")
+        return self.emit(n, "permute", [x], {"dims": dims})
+
+    def f_transpose(self, n, a, v):
+        x = v["input"]
+        if isinstance(x, _GroupedChannels):
+            return self._swap(n, x, tuple(sorted((v["dim0"] % 5, v["dim1"] % 5))))
+        rank = len(self.spec(x).shape)
+        d0, d1 = v["dim0"] % rank, v["dim1"] % rank
+        dims = list(range(rank))
+        dims[d0], dims[d1] = dims[d1], dims[d0]
+        return self.f_permute(n, a, {"input": x, "dims": tuple(dims)})
+
+    def _swap(self, n, x: "_GroupedChannels", dims) -> "_GroupedChannels":
+        if dims not in ((1, 2), (0, 2, 1, 3, 4)) or x.swapped:
+            raise self.unsupported(n, f"a permute {list(dims)} of channels viewed as groups (only a channel shuffle is lifted)")
+        return _GroupedChannels(x.x, x.groups, swapped=True)
+
+    def f_layer_norm(self, n, a, v):
+        p = self._const(n, v, "weight", "bias")
+        op, attrs, _ = _layer_norm(v["normalized_shape"], v["eps"], None, None)
+        return self.emit(n, op, [v["input"]], attrs, p)
 
     def f_gelu(self, n, a, v): return self.emit(n, "gelu", [v["input"]], {"approximate": v["approximate"]})
 
@@ -651,8 +577,17 @@ class _Lifter:
 
     def f_reshape(self, n, a, v):
         x, shape = v["input"], v["shape"]
-        in_shape = self.spec(x).shape
         shape = list(shape if isinstance(shape, (tuple, list)) else (shape,))
+        if isinstance(x, _GroupedChannels):
+            in_shape = self.spec(x.x).shape
+            if x.swapped and _resolve(shape, in_shape) == list(in_shape):
+                return self.emit(n, "channel_shuffle", [x.x], {"groups": x.groups})
+            raise self.unsupported(n, f"a view {shape} of channels viewed as groups (only a channel shuffle is lifted)")
+        in_shape = self.spec(x).shape
+        target = _resolve(shape, in_shape) if all(isinstance(s, int) for s in shape) else None
+        if (target is not None and len(in_shape) == 4 and len(target) == 5 and target[0] == in_shape[0]
+                and target[1] * target[2] == in_shape[1] and target[3:] == list(in_shape[2:]) and self.spec(x).axis == 1):
+            return _GroupedChannels(x, target[1])
         if not all(isinstance(s, int) for s in shape):
             raise self.unsupported(n, "reshape to a shape that is not made of integers")
         if -1 in shape:
@@ -663,6 +598,15 @@ class _Lifter:
         if len(shape) == 2 and len(in_shape) > 2:
             return self.emit(n, "flatten", [x], {"start_dim": 1, "end_dim": len(in_shape) - 1})
         return self.emit(n, "reshape", [x], {"shape": tuple(shape[1:])})
+
+
+def _resolve(shape: list, in_shape) -> list | None:
+    """`shape` with its -1 worked out for an input of `in_shape`."""
+    shape = list(shape)
+    if shape.count(-1) == 1:
+        known = -math.prod(shape)
+        shape[shape.index(-1)] = math.prod(in_shape) // known if known else 0
+    return shape if math.prod(shape) == math.prod(in_shape) else None
 
 
 def _has(args, kwargs, cls) -> bool:

@@ -111,7 +111,8 @@ class ConcreteTracer(fx.Tracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if kind == "placeholder":
-            proxy.node.meta[VALUE] = self.examples[self._placeholders] if self._placeholders < len(self.examples) else None
+            i = self._placeholders  # past the examples: the parameter's default (fx passes it as the arg)
+            proxy.node.meta[VALUE] = self.examples[i] if i < len(self.examples) else (args[0] if args else None)
             self._placeholders += 1
         else:
             # computed when something asks (a shape, a truth value): a model whose forward never asks costs

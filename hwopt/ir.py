@@ -26,6 +26,7 @@ Shape = tuple[int, ...]
 class TensorSpec:
     shape: Shape
     dtype: str = "float32"
+    axis: int = 1  # the channel axis: 1 for NCHW and [N, features]; tracked through permutes and reshapes
 
     @property
     def numel(self) -> int:
@@ -33,8 +34,8 @@ class TensorSpec:
 
     @property
     def channels(self) -> int:
-        """Size of dim 1, the channel / feature dimension hwopt prunes along (1 for rank < 2)."""
-        return self.shape[1] if len(self.shape) > 1 else 1
+        """Size of the channel axis, the dimension hwopt prunes along (1 for rank < 2)."""
+        return self.shape[self.axis] if len(self.shape) > 1 else 1
 
 
 @dataclass
@@ -91,9 +92,10 @@ def _conv_shape(node: Node, x: TensorSpec) -> Shape:
 
 
 def _linear_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) != 2 or x.shape[1] != node.attrs["in_features"]:
-        raise IRError(f"linear expects input [N, {node.attrs['in_features']}], got {list(x.shape)}", node.name)
-    return (x.shape[0], node.attrs["out_features"])
+    if len(x.shape) < 2 or x.shape[-1] != node.attrs["in_features"]:
+        lead = "N, " if len(x.shape) <= 2 else "N, ..., "
+        raise IRError(f"linear expects input [{lead}{node.attrs['in_features']}], got {list(x.shape)}", node.name)
+    return (*x.shape[:-1], node.attrs["out_features"])
 
 
 def _bn_shape(node: Node, x: TensorSpec) -> Shape:
@@ -160,6 +162,73 @@ def _mean_shape(node: Node, x: TensorSpec) -> Shape:
     return tuple(s for i, s in enumerate(x.shape) if i not in dims)
 
 
+def _permute_shape(node: Node, x: TensorSpec) -> Shape:
+    dims = tuple(node.attrs["dims"])
+    if sorted(dims) != list(range(len(x.shape))) or dims[0] != 0:
+        raise IRError(f"permute {list(dims)} must reorder all dims of input {list(x.shape)} and keep the batch first", node.name)
+    return tuple(x.shape[d] for d in dims)
+
+
+def _layer_norm_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) < 2 or x.shape[-1] != node.attrs["normalized_size"]:
+        raise IRError(f"layer_norm over the last dim of size {node.attrs['normalized_size']} got input {list(x.shape)}", node.name)
+    return x.shape
+
+
+# Where the channel axis goes (rules as data, beside the shape rules): (node, *input specs) -> output axis.
+def _last_axis(node: Node, x: TensorSpec, *rest) -> int:
+    return len(x.shape) - 1
+
+
+def _permute_axis(node: Node, x: TensorSpec) -> int:
+    return list(node.attrs["dims"]).index(x.axis)
+
+
+def _flatten_axis(node: Node, x: TensorSpec) -> int:
+    s, e = node.attrs["start_dim"], node.attrs["end_dim"] % len(x.shape)
+    return x.axis if x.axis < s else s if x.axis <= e else x.axis - (e - s)
+
+
+def reshape_axis(in_shape: Shape, out_shape: Shape, axis: int) -> tuple[int, str]:
+    """(output axis, how): "same" when the channel dim survives a reshape whole, "block" when it is merged
+    with the dims after it (each channel owns a contiguous block, as in flatten), "lost" otherwise."""
+    before = math.prod(in_shape[1:axis])  # the batch dim maps to itself (and may be 1)
+    acc = 1
+    for k, size in enumerate(out_shape[1:], start=1):
+        if acc == before:
+            if size == in_shape[axis]:
+                return k, "same"
+            merged = in_shape[axis]
+            for j in range(axis + 1, len(in_shape)):
+                merged *= in_shape[j]
+                if merged >= size:
+                    break
+            if merged == size and size != in_shape[axis]:
+                return k, "block"
+            break
+        acc *= size
+        if acc > before:
+            break
+    return min(axis, len(out_shape) - 1), "lost"
+
+
+def _reshape_axis(node: Node, x: TensorSpec) -> int:
+    return reshape_axis(x.shape, (x.shape[0], *node.attrs["shape"]), x.axis)[0]
+
+
+def _mean_axis(node: Node, x: TensorSpec) -> int:
+    dims = {d % len(x.shape) for d in node.attrs["dims"]}
+    if node.attrs["keepdim"] or x.axis in dims:
+        return min(x.axis, len(x.shape) - 1 - (0 if node.attrs["keepdim"] else len(dims)))
+    return x.axis - sum(d < x.axis for d in dims)
+
+
+def _binary_axis(node: Node, *xs: TensorSpec) -> int:
+    out_rank = max(len(x.shape) for x in xs)
+    full = [x for x in xs if len(x.shape) == out_rank and x.shape[x.axis] != 1] or [x for x in xs if len(x.shape) == out_rank]
+    return full[0].axis
+
+
 def _pad_shape(node: Node, x: TensorSpec) -> Shape:
     pads = node.attrs["pads"]  # torch order: last dim (left, right), then the one before, ...
     if len(pads) % 2 or len(pads) > 2 * (len(x.shape) - 2):
@@ -213,10 +282,11 @@ class OpDef:
     required_params: tuple[str, ...] = ()
     macs: Callable[[Node, list], int] | None = None
     channel_preserving: bool = False  # output channel i depends only on input channel i
+    axis: Callable[..., int] | None = None  # (node, *input specs) -> output channel axis; None: input 0's (or 1)
 
 
 _UNARY = OpDef((1, 1), channel_preserving=True)
-_BINARY = OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True)
+_BINARY = OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True, axis=_binary_axis)
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "ceil_mode")
 
 OPS: dict[str, OpDef] = {
@@ -225,7 +295,7 @@ OPS: dict[str, OpDef] = {
     "conv2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
                     _conv_shape, _conv_params, ("weight",), _conv_macs),
     "linear": OpDef((1, 1), ("in_features", "out_features"), _linear_shape, _linear_params, ("weight",),
-                    lambda n, ins: n.spec.numel * n.attrs["in_features"]),
+                    lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=_last_axis),
     "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), _bn_shape, _bn_params,
                         ("running_mean", "running_var"), channel_preserving=True),
     **{op: _UNARY for op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "tanh", "identity")},
@@ -248,10 +318,16 @@ OPS: dict[str, OpDef] = {
     "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), _group_norm_shape,
                         lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)}),
     # a tensor that does not depend on the input (a layer-scale vector): learnable, batch dim 1
-    "const": OpDef((0, 0), ("shape",), _const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",)),
-    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape),
-    "reshape": OpDef((1, 1), ("shape",), _reshape_shape),
-    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape),
+    "const": OpDef((0, 0), ("shape",), _const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",),
+                   axis=lambda n: n.attrs.get("axis", 1)),
+    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape, axis=_flatten_axis),
+    "reshape": OpDef((1, 1), ("shape",), _reshape_shape, axis=_reshape_axis),
+    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
+    "permute": OpDef((1, 1), ("dims",), _permute_shape, axis=_permute_axis),
+    # LayerNorm over the last dim (channels-last blocks, tokens); over the channels it couples them like
+    # batch norm (weight and bias per channel)
+    "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), _layer_norm_shape,
+                        lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)}),
     # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back
     "quantize": OpDef((1, 1), ("quant",), channel_preserving=True),
     "dequantize": OpDef((1, 1), channel_preserving=True),
@@ -260,7 +336,31 @@ OUTPUT_DTYPE = {"quantize": "int8", "dequantize": "float32"}  # ops whose output
 # Per-node checks other modules add to verify() (hwopt.quant: dtypes and quantization parameters).
 NODE_CHECKS: list[Callable[["Graph", Node], None]] = []
 
-OPTIONAL_ATTRS = {"scalar": None, "reverse": False}
+# What each op computes, for the generated op list (docs/ops.md, `python -m hwopt.opsdoc`).
+OP_DOCS: dict[str, str] = {
+    "input": "a graph input (its spec is the example input's)", "output": "the graph's result(s)",
+    "conv2d": "2-D convolution (grouped, depthwise, dilated); optional weight_mask", "linear": "x @ Wᵀ + b over the last dim (any rank)",
+    "batch_norm": "inference batch norm with running statistics", "relu": "max(x, 0)", "relu6": "min(max(x, 0), 6)",
+    "hardswish": "x · relu6(x + 3) / 6", "hardsigmoid": "relu6(x + 3) / 6", "sigmoid": "1 / (1 + e⁻ˣ)",
+    "silu": "x · sigmoid(x)", "tanh": "tanh(x)", "identity": "x", "gelu": "x · Φ(x) (exact or tanh)",
+    "dropout": "dropout (identity at inference)", "softmax": "softmax along `dim`", "log_softmax": "log-softmax along `dim`",
+    "add": "x + y, or x + scalar", "sub": "x - y (scalar, reversed)", "mul": "x · y, or x · scalar", "div": "x / y (scalar, reversed)",
+    "concat": "concatenate along `dim`", "slice": "x[start:end] along `dim`", "channel_shuffle": "ShuffleNet channel shuffle",
+    "max_pool2d": "2-D max pooling", "avg_pool2d": "2-D average pooling", "adaptive_avg_pool2d": "adaptive average pooling",
+    "adaptive_max_pool2d": "adaptive max pooling", "pad": "constant padding of spatial dims (TF 'same')",
+    "leaky_relu": "max(x, 0) + slope · min(x, 0)", "group_norm": "group norm with per-channel scale and shift",
+    "const": "a learnable tensor that does not depend on the input (layer scale)", "flatten": "merge dims start..end",
+    "reshape": "reshape keeping the batch dim", "mean": "mean over `dims` (not the batch)",
+    "permute": "reorder dims, batch first (channels-last blocks)", "layer_norm": "layer norm over the last dim",
+    "quantize": "float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
+    "dequantize": "int8 -> float32 with the producer's scale and zero point",
+}
+assert set(OP_DOCS) == set(OPS), sorted(set(OPS) ^ set(OP_DOCS))
+
+OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1}
+# Ops whose output channels are dim 1 whatever their input's channel axis (NCHW kernels).
+_NCHW_OPS = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+             "channel_shuffle", "output"}
 
 
 def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
@@ -295,9 +395,10 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
         return node.spec
     if node.op in ("add", "sub", "mul", "div") and (len(inputs) == 1) != (node.attrs.get("scalar") is not None):
         raise IRError(f"{node.op} needs two tensor inputs, or one and a 'scalar' attribute", node.name)
-    shape = d.shape(node, *inputs) if d.shape else inputs[0].shape
+    shape = tuple(int(s) for s in (d.shape(node, *inputs) if d.shape else inputs[0].shape))
     dtype = inputs[0].dtype if inputs else str(node.params["value"].dtype).removeprefix("torch.")
-    return TensorSpec(tuple(int(s) for s in shape), OUTPUT_DTYPE.get(node.op, dtype))
+    axis = d.axis(node, *inputs) if d.axis else inputs[0].axis if inputs and node.op not in _NCHW_OPS else 1
+    return TensorSpec(shape, OUTPUT_DTYPE.get(node.op, dtype), axis if len(shape) > 1 else 1)
 
 
 # Tensors already checked finite. IR tensors are never modified in place, so a check holds for life.

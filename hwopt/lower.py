@@ -138,6 +138,12 @@ class Constant(nn.Module):
         return self.value
 
 
+def _layer_norm_module(n: Node) -> nn.Module:
+    a, p = n.attrs, n.params
+    m = nn.LayerNorm(a["normalized_size"], eps=a["eps"], elementwise_affine="weight" in p, bias="bias" in p)
+    return _set(m, weight=p.get("weight"), bias=p.get("bias"))
+
+
 def _group_norm_module(n: Node) -> nn.Module:
     a, p = n.attrs, n.params
     m = nn.GroupNorm(a["num_groups"], a["num_channels"], eps=a["eps"], affine="weight" in p)
@@ -146,6 +152,7 @@ def _group_norm_module(n: Node) -> nn.Module:
 
 MODULES = {
     "leaky_relu": lambda n: nn.LeakyReLU(n.attrs["negative_slope"]), "group_norm": _group_norm_module,
+    "layer_norm": _layer_norm_module,
     "const": lambda n: Constant(n.params["value"]),
     "relu": lambda n: nn.ReLU(), "relu6": lambda n: nn.ReLU6(), "hardswish": lambda n: nn.Hardswish(),
     "hardsigmoid": lambda n: nn.Hardsigmoid(), "sigmoid": lambda n: nn.Sigmoid(), "silu": lambda n: nn.SiLU(),
@@ -241,6 +248,8 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op == "reshape":
             batch = out.call_method("size", (ins[0], 0))  # the batch dimension stays dynamic
             env[node.name] = out.call_method("reshape", (ins[0], (batch, *a["shape"])))
+        elif op == "permute":
+            env[node.name] = out.call_method("permute", (ins[0], *a["dims"]))
         elif op == "pad":
             env[node.name] = out.call_function(torch.nn.functional.pad, (ins[0], tuple(a["pads"])), {"value": a["value"]})
         elif op == "mean":

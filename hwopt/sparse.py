@@ -203,6 +203,8 @@ def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
         prod = graph[gr.producers[0]]
         if prod.op not in ("conv2d", "linear") or (prod.op == "conv2d" and prod.attrs["groups"] != 1):
             continue
+        if any(graph[m].spec.axis != 1 for m in gr.members):
+            continue  # channels-last / token tensors: the bias folding below assumes NCHW or [N, features]
         members = set(gr.members)
         if any(graph[m].op not in _CHAIN_OPS for m in members if m != prod.name):
             continue

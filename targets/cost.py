@@ -61,13 +61,13 @@ OP_WORK = {
     "relu": 1, "relu6": 1, "add": 1, "sub": 1, "mul": 1, "div": 4,
     "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
     "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
-    "leaky_relu": 2, "group_norm": 6,  # group norm: mean and variance passes, then scale and shift
+    "leaky_relu": 2, "group_norm": 6, "layer_norm": 6,  # norms: mean and variance passes, then scale and shift
     "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
 }
 ELEMENTWISE = set(OP_WORK)
 VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
-DATA_OPS = {"concat", "slice", "channel_shuffle", "pad"}
+DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute"}
 # Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
 FUSABLE_PRODUCERS = {"conv2d", "linear"}
 

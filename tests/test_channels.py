@@ -122,12 +122,25 @@ def test_pinned_groups_refuse_removal_and_full_removal_is_refused():
         hwopt.remove_channels(g, {prunable.id: [prunable.size]})
 
 
-def test_shuffle_and_reshape_pin_their_channels():
-    g = hwopt.lift(models.get("shufflenet_v2_x0_5"), torch.randn(1, 3, 64, 64))
-    shuffles = [n.name for n in g if n.op == "channel_shuffle"]
-    for gr in hwopt.channel_groups(g):
-        if any(s in gr.members for s in shuffles):
-            assert not gr.prunable
+def test_shuffle_units_are_the_same_offset_in_every_group():
+    """A channel shuffle of g groups stays valid only if every group loses the same offsets: each unit
+    of a group through a shuffle is offset r of all g groups (Torch-Pruning divides by zero here)."""
+    x = torch.randn(1, 3, 64, 64)
+    g = hwopt.lift(models.get("shufflenet_v2_x0_5"), x)
+    shuffles = [n for n in g if n.op == "channel_shuffle"]
+    assert shuffles
+    for sh in shuffles:
+        src = sh.inputs[0]
+        cpg = g[src].spec.channels // sh.attrs["groups"]
+        gr = next(gr for gr in hwopt.channel_groups(g) if src in gr.members)
+        assert gr.prunable
+        c = g[src].spec.channels
+        for row in gr.members[src]:  # a unit's channels: whole offsets, present in every group
+            assert {(int(i) + cpg) % c for i in row} == {int(i) for i in row}
+    zeroed, removal = prune_some(g, x, np.random.default_rng(1), fraction=0.3)
+    pruned = hwopt.remove_channels(zeroed, removal, groups=hwopt.channel_groups(zeroed))
+    assert_close_outputs(zeroed, pruned, x, atol=1e-5, rtol=1e-4)
+    assert pruned.stats()["params"] < g.stats()["params"]
 
 
 @settings(max_examples=40)

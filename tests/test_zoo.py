@@ -12,7 +12,8 @@ from hwopt.testing import zoo
 pytestmark = pytest.mark.skipif(not zoo.available(), reason="timm and torchvision are not installed (the zoo extra)")
 
 # The fast subset's models this branch lifts and prunes; the rest of FAST must fail with a clear error.
-EXPECTED_TO_LIFT = ("timm/mobilenetv3_small_050", "torchvision/efficientnet_b0")
+EXPECTED_TO_LIFT = ("timm/mobilenetv3_small_050", "timm/convnext_atto", "timm/ghostnet_050",
+                    "torchvision/shufflenet_v2_x0_5", "torchvision/efficientnet_b0")
 
 
 @pytest.mark.parametrize("name", zoo.FAST)
@@ -39,3 +40,15 @@ def test_zoo_sweep():
     lifted = [o for o in outcomes if o.exact]
     pruned = [o for o in lifted if o.pruned]
     assert len(pruned) >= 0.95 * len(lifted), [(o.name, o.error) for o in lifted if not o.pruned]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timm/mobilenetv3_small_050", "timm/convnext_atto"])
+def test_optimize_to_half_the_latency(name):
+    """Issue 15 Done-when 3 (the zoo part): optimize() meets half the predicted cortex-a72 latency."""
+    import hwopt
+    model, x = zoo.build(name, 96)
+    target = hwopt.load_target("cortex-a72")
+    half = target.cost(hwopt.lift(model, x)).latency_ms / 2
+    result = hwopt.optimize(model, "cortex-a72", x, budget={"latency_ms": half})
+    assert target.cost(result.graph).latency_ms <= half * 1.0001

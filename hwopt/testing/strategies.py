@@ -95,6 +95,48 @@ class SplitMerge(nn.Module):
         return torch.cat([a, self.conv(b)], dim=1)
 
 
+class ChannelsLast(nn.Module):
+    """A ConvNeXt block: depthwise conv, permute to NHWC, LayerNorm and an MLP of Linear layers on the last
+    dim, a channels-last layer scale, permute back, residual add."""
+
+    def __init__(self, c, hidden):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(c), nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class Shuffle(nn.Module):
+    """A grouped 1x1 conv, then ShuffleNet's channel shuffle spelled as view / transpose / view."""
+
+    def __init__(self, c, groups):
+        super().__init__()
+        self.conv, self.groups = nn.Conv2d(c, c, 1, groups=groups), groups
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        x = x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous()
+        return x.view(n, -1, h, w)
+
+
+class GroupNormScale(nn.Module):
+    """conv, GroupNorm, activation, and a residual scaled by a layer-scale vector read in forward."""
+
+    def __init__(self, c, groups, act):
+        super().__init__()
+        self.conv, self.norm, self.act = nn.Conv2d(c, c, 3, 1, 1), nn.GroupNorm(groups, c), ACTIVATIONS[act]()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, c))
+
+    def forward(self, x):
+        return x + self.act(self.norm(self.conv(x))) * self.scale.view(1, -1, 1, 1)
+
+
 class DrawnNet(nn.Module):
     def __init__(self, spec: NetSpec):
         super().__init__()
@@ -130,6 +172,15 @@ class DrawnNet(nn.Module):
                 (maxpool,) = a
                 blocks.append(nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2))
                 cout = c
+            elif kind == "channels_last":
+                blocks.append(ChannelsLast(c, a[0]))
+                cout = c
+            elif kind == "shuffle":
+                blocks.append(Shuffle(c, a[0]))
+                cout = c
+            elif kind == "group_norm":
+                blocks.append(GroupNormScale(c, a[0], a[1]))
+                cout = c
             else:
                 raise ValueError(kind)
             if kind in ("conv", "depthwise"):
@@ -152,6 +203,9 @@ class DrawnNet(nn.Module):
     def _randomize(self, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         for m in self.modules():
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in ** 0.5)
@@ -175,8 +229,10 @@ class DrawnNet(nn.Module):
 
 
 @st.composite
-def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), max_batch: int = 3) -> NetSpec:
-    """Plain-data descriptions of random CNNs; each is valid by construction."""
+def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), max_batch: int = 3,
+              modern: bool = False) -> NetSpec:
+    """Plain-data descriptions of random CNNs; each is valid by construction. `modern=True` also draws
+    ConvNeXt-style channels-last blocks, view/transpose/view channel shuffles and GroupNorm + layer scale."""
     c = draw(st.integers(1, 4))
     in_channels = c
     size = initial_size = draw(st.integers(*sizes))
@@ -190,6 +246,10 @@ def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), 
             kinds.append("grouped")
         if size >= 4:
             kinds.append("pool")
+        if modern:
+            kinds.append("channels_last")
+            if c >= 2 and any(c % g == 0 for g in (2, 3, 4)):
+                kinds += ["shuffle", "group_norm"]
         kind = draw(st.sampled_from(kinds))
         if kind == "conv":
             cout = draw(st.integers(1, max_channels))
@@ -226,6 +286,11 @@ def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), 
         elif kind == "pool":
             blocks.append(("pool", draw(st.booleans())))
             size //= 2
+        elif kind == "channels_last":
+            blocks.append(("channels_last", draw(st.integers(1, 2 * max_channels))))
+        elif kind in ("shuffle", "group_norm"):
+            g = draw(st.sampled_from([g for g in (2, 3, 4) if c % g == 0]))
+            blocks.append((kind, g) if kind == "shuffle" else (kind, g, draw(act)))
     head = draw(st.sampled_from(["pool", "flatten"])) if c * size * size <= 512 else "pool"
     return NetSpec(in_channels, initial_size, draw(st.integers(1, max_batch)), tuple(blocks), head,
                    draw(st.sampled_from([0, 0, 8])), draw(st.integers(2, 6)), draw(st.integers(0, 2**31 - 1)))

@@ -1,0 +1,167 @@
+"""The supported-op list, generated from the op table and the tables that consume it.
+
+    python -m hwopt.opsdoc > docs/ops.md     # tests/test_opsdoc.py checks the file is up to date
+
+Each row is read from the code, never written by hand: `hwopt.ir.OPS` (arity, attributes, parameters,
+shape / channel-axis / MAC rules), `hwopt.ir.OP_DOCS` (semantics), `hwopt.frontend_rules` (what torch code
+lifts to it), `hwopt.lower` (how it lowers), `hwopt.channels` (how it couples channels) and
+`hwopt.targets.cost` (its cost kind).
+"""
+from __future__ import annotations
+
+import builtins
+import importlib
+import operator
+import sys
+
+import torch
+from torch.nn import functional as F
+
+from . import frontend
+from .ir import OP_DOCS, OPS
+
+lower = importlib.import_module("hwopt.lower")  # `hwopt.lower` the attribute is the function
+
+_HOW_TO_ADD = """
+## Adding an op: a worked example (`hardtanh`)
+
+An op is one entry of `hwopt.ir.OPS` plus one line in each table that consumes it. For
+`nn.Hardtanh(min_val, max_val)`, a unary op whose output channel i reads only input channel i:
+
+1. **The op** (`hwopt/ir.py`): `"hardtanh": OpDef((1, 1), ("min_val", "max_val"), channel_preserving=True)`
+   and a line in `OP_DOCS`. Arity, attributes, the shape rule (none: same as the input), the channel
+   axis rule (none: the input's) and MACs (none) are now known to `Graph.verify`, `infer_shapes`,
+   `stats` and every pass. `channel_preserving=True` is the channel-coupling rule: `hwopt.channels`
+   ties channel i of input and output, so pruning flows through it with no code of its own.
+2. **Lifting** (`hwopt/frontend_rules.py`): `nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val,
+   "max_val": m.max_val}, {})` in `MODULE_RULES`; for the functional form, `F.hardtanh: "hardtanh"` in
+   `FUNCTIONS` and its signature in `SIGS`, plus an `f_hardtanh` method of `_Lifter` (`hwopt/frontend.py`)
+   that emits the node.
+3. **Lowering** (`hwopt/lower.py`): `"hardtanh": lambda n: nn.Hardtanh(n.attrs["min_val"], n.attrs["max_val"])`
+   in `MODULES`.
+4. **Cost** (`hwopt/targets/cost.py`): `"hardtanh": 2` in `OP_WORK` (two compares per element) makes it
+   an elementwise kernel, fusable into a preceding conv.
+5. **Tests**: add it to the activations the hypothesis strategies draw (`hwopt/testing/strategies.py`
+   `ACTIVATIONS`); every property test (lift/lower exact, channel removal exact, cost monotone) then
+   covers it. Regenerate this file: `python -m hwopt.opsdoc > docs/ops.md`.
+
+An op whose channels do not map one to one (a shuffle, a reshape, a norm over channel groups) adds a
+branch to `hwopt.channels._couple_node` (which channels are one unit) and, when it holds parameters or
+channel-count attributes, a resize function in `hwopt.channels._RESIZE` so `remove_channels` and
+`resize_groups` stay exact.
+"""
+
+
+def _lifted_from() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for cls, rule in frontend.MODULE_RULES.items():
+        for op in _ops_of_rule(rule, cls):
+            out.setdefault(op, []).append(f"nn.{cls.__name__}" if cls.__module__.startswith("torch") else cls.__name__)
+    names = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "cat": "concat", "chunk": "slice", "split": "slice",
+             "narrow": "slice", "getitem": "slice", "contiguous": "identity", "reshape": "reshape", "transpose": "permute"}
+    for fn, name in frontend.FUNCTIONS.items():
+        op = names.get(name.rstrip("!"), name.rstrip("!"))
+        if op in OPS:
+            out.setdefault(op, []).append(_function_name(fn))
+    for meth, name in frontend.METHODS.items():
+        op = names.get(name.rstrip("!"), name.rstrip("!"))
+        if op in OPS:
+            out.setdefault(op, []).append(f"Tensor.{meth}")
+    out.setdefault("channel_shuffle", []).append("view/transpose/view")
+    out.setdefault("const", []).append("parameters read in forward (layer scale)")
+    out.setdefault("identity", []).append("stochastic depth / drop-path at inference")
+    return out
+
+
+def _function_name(fn) -> str:
+    name = getattr(fn, "__name__", str(fn))
+    for prefix, mod in (("F.", F), ("torch.", torch), ("operator.", operator), ("", builtins)):
+        if getattr(mod, name, None) is fn:
+            return prefix + name
+    return name
+
+
+def _ops_of_rule(rule, cls) -> list[str]:
+    probes = {"flatten": "flatten", "Conv": "conv2d", "Linear": "linear", "BatchNorm": "batch_norm", "ReLU6": "relu6",
+              "LayerNorm": "layer_norm", "GroupNorm": "group_norm", "LeakyReLU": "leaky_relu"}
+    name = cls.__name__
+    for key, op in probes.items():
+        if key in name:
+            return [op]
+    lowered = name.lower().replace("2d", "2d")
+    table = {"relu": "relu", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "silu": "silu",
+             "tanh": "tanh", "gelu": "gelu", "identity": "identity", "dropout": "dropout", "softmax": "softmax",
+             "logsoftmax": "log_softmax", "maxpool2d": "max_pool2d", "avgpool2d": "avg_pool2d",
+             "adaptiveavgpool2d": "adaptive_avg_pool2d", "adaptivemaxpool2d": "adaptive_max_pool2d",
+             "channelshuffle": "channel_shuffle"}
+    return [table[lowered]] if lowered in table else []
+
+
+def _coupling(op: str) -> str:
+    special = {"conv2d": "groups tie their in/out channels", "linear": "contracts its input's channels; fresh outputs",
+               "concat": "offsets along the concat dim", "slice": "a window of its input's channels",
+               "flatten": "channel owns its H·W block", "reshape": "tracked if the channel dim survives (whole or as a block)",
+               "permute": "channels move with their axis", "channel_shuffle": "unit = one offset of every shuffle group",
+               "group_norm": "unit = one norm group", "layer_norm": "per channel (channels-last)",
+               "softmax": "pins the channels it normalizes over", "log_softmax": "pins the channels it normalizes over",
+               "mean": "pins channels it averages over", "input": "pinned", "output": "pinned",
+               "const": "tied by the op reading it", "add": "operands tied channel by channel",
+               "sub": "operands tied channel by channel", "mul": "operands tied channel by channel",
+               "div": "operands tied channel by channel"}
+    if op in special:
+        return special[op]
+    return "channel i ↔ channel i" if OPS[op].channel_preserving else "pins"
+
+
+def _cost_kind(op: str) -> str:
+    try:
+        from .targets import cost
+    except Exception:  # noqa: BLE001 - the doc lists what it can
+        return "?"
+    if op in cost.VIEW_OPS:
+        return "view (no kernel)"
+    if op in ("conv2d",):
+        return "conv / pointwise / depthwise"
+    if op == "linear":
+        return "dense"
+    if op in cost.POOL_OPS:
+        return "pooling"
+    if op in cost.DATA_OPS:
+        return "data movement"
+    if op in cost.ELEMENTWISE:
+        return f"elementwise ({cost.OP_WORK[op]} ops/element)"
+    return "—"
+
+
+def _lowering(op: str) -> str:
+    if op in lower.MODULES:
+        return "module"
+    if op in ("conv2d", "linear", "batch_norm"):
+        return "module (weights kept)"
+    if op in lower.BINARY:
+        return "operator"
+    return {"input": "placeholder", "output": "output"}.get(op, "torch call")
+
+
+def markdown() -> str:
+    froms = _lifted_from()
+    lines = ["# Supported ops", "",
+             "Generated by `python -m hwopt.opsdoc` from `hwopt.ir.OPS` and the tables that consume it "
+             "(front end, lowering, channel coupling, cost). Do not edit by hand.", "",
+             "| op | semantics | inputs | attributes | parameters | lifted from | channel coupling | cost kind | lowers to |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for op, d in OPS.items():
+        lo, hi = d.arity
+        arity = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
+        params = ", ".join(d.params({a: 1 for a in d.attrs} | {"kernel_size": (1, 1), "groups": 1, "shape": (1,)}).keys()) \
+            if d.params else ""
+        lines.append(f"| `{op}` | {OP_DOCS[op]} | {arity} | {', '.join(d.attrs)} | {params} | "
+                     f"{', '.join(f'`{f}`' for f in sorted(set(froms.get(op, []))))} | {_coupling(op)} | "
+                     f"{_cost_kind(op)} | {_lowering(op)} |")
+    lines += ["", f"{len(OPS)} ops. A model using anything else fails to lift with `UnsupportedOpError`, which "
+              "names every unsupported op found and its module path (`err.found` lists them).", _HOW_TO_ADD.rstrip(), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())
