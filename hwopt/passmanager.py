@@ -42,6 +42,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "obd": "hwopt.passes.obd",
     "morphnet": "hwopt.passes.morphnet",
     "nas": "hwopt.passes.nas",
+    "quantize": "hwopt.passes.quantize",
 }
 
 
