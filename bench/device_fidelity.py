@@ -4,7 +4,7 @@
     python bench/device_fidelity.py --smoke         # 300 test rows (a minute)
     python bench/device_fidelity.py --write-tables  # (re)write targets/data/nasbench201_*.csv (the shipped fits' data)
 
-Data: ../shared/data/nasbench201_cifar10_latency_ms.csv (all 15,625 NAS-Bench-201 cells measured end to end
+Data: bench/data/nasbench201_cifar10_latency_ms.csv (all 15,625 NAS-Bench-201 cells measured end to end
 with TFLite by HW-NAS-Bench, redistributed by HELP; MIT). Each cell is built with hwopt.nasbench201, lifted,
 and costed by the "terms" form fitted to a random sample of rows (`hwopt.targets.calibrate.table`, the
 code `hwopt calibrate --from-table` runs); every figure is on rows never fit. No scaling after the fit.
@@ -30,10 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# ../shared/data relative to the repo (CI); a worktree one level deeper finds it two levels up
-DATA = next((p / "shared" / "data" / "nasbench201_cifar10_latency_ms.csv" for p in (ROOT.parent, ROOT.parent.parent)
-             if (p / "shared" / "data" / "nasbench201_cifar10_latency_ms.csv").is_file()),
-            ROOT.parent / "shared" / "data" / "nasbench201_cifar10_latency_ms.csv")
+DATA = ROOT / "bench" / "data" / "nasbench201_cifar10_latency_ms.csv"  # published measurements (bench/data/README.md)
 DEVICES = {"raspi4_ms": ("Raspberry Pi 4 (cortex-a72)", "cortex-a72"), "pixel3_ms": ("Pixel 3 (pixel-3)", "pixel-3")}
 TABLE_SEED = 2026       # the shipped tables' sample (targets/data); the bench's own splits use --seed
 
@@ -145,7 +142,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     path = Path(a.csv)
     if not path.is_file():
-        print(f"no data at {path} (see the brief: ../shared/data relative to the repo)", file=sys.stderr)
+        print(f"no data at {path} (bench/data/README.md says what it is)", file=sys.stderr)
         return 1
     rows = read_rows(path)
     if a.write_tables:
