@@ -3,13 +3,15 @@
 Compiler practice (e.g. Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", sec. 3.2). With s = γ / sqrt(var + eps) per channel:
 W' = W · s (rows), b' = (b − mean) · s + β; the BN node is removed and its users read the layer.
-Folds only when the BN is the layer's sole user, so no other reader sees the rescaled output.
+Folds only when the BN is the layer's sole user, so no other reader sees the rescaled output, and not
+into a layer whose weights another call shares (one module of the user's called twice): folding would
+give that call its own weights, and the "optimized" model would grow by a copy of the layer.
 """
 from __future__ import annotations
 
 import torch
 
-from hwopt.ir import Graph
+from hwopt.ir import Graph, shared_nodes
 from hwopt.passmanager import Pass, PassContext, register_pass
 
 
@@ -17,13 +19,14 @@ from hwopt.passmanager import Pass, PassContext, register_pass
 class FoldBatchNorm(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         out = None
+        shared = {name for names in shared_nodes(graph) for name in names}
         for bn in list(graph):
             if bn.op != "batch_norm":
                 continue
             src_name = bn.inputs[0]
             g = out if out is not None else graph
             src = g[src_name]
-            if src.op not in ("conv2d", "linear") or len(g.users(src_name)) != 1:
+            if src.op not in ("conv2d", "linear") or len(g.users(src_name)) != 1 or src_name in shared:
                 continue
             if out is None:
                 out = graph.copy()

@@ -309,7 +309,12 @@ def flash(g: Graph, dtype: str) -> dict:
     def compute():
         wb = DTYPE_BYTES[dtype]
         out = {"weights": 0, "weights_dense": 0, "biases": 0, "quant": 0, "other": 0, "formats": {}}
+        stored_once: set[int] = set()  # a module called twice lifts to nodes holding the same tensors: stored once
         for n in g:
+            if n.params and n.op != "batch_norm":
+                if id(next(iter(n.params.values()))) in stored_once:
+                    continue
+                stored_once.update(id(t) for t in n.params.values())
             if n.op in ("conv2d", "linear"):
                 dense, stored, fmt = weight_storage(n, wb)
                 out["weights"] += stored

@@ -233,3 +233,42 @@ def test_modern_blocks_lift_exactly_and_removing_unread_channels_is_exact(mx, se
     assert_close_outputs(zeroed, pruned, x, atol=1e-5, rtol=1e-5)
     if removal:
         assert pruned.stats()["params"] < g.stats()["params"]
+
+
+def test_optimize_keeps_a_reused_conv_shared_through_bn_folding():
+    """issue 19 item 2 through optimize(): a conv called twice, once before a batch norm. Folding the BN
+    into that call would un-share the conv and the "optimized" model would be larger than the user's."""
+    import hwopt
+
+    class Reuse(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.c = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.bn, self.fc = torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.c(self.stem(x)))
+            return self.fc(torch.relu(self.bn(self.c(x))).mean((2, 3)))
+
+    model = Reuse().eval()
+    real = sum(p.numel() for p in model.parameters())
+    result = hwopt.optimize(model, "cortex-a72", torch.randn(1, 3, 16, 16))
+    lowered = sum(p.numel() for p in result.model.parameters())
+    assert result.before["params"] == real
+    assert result.after["params"] == lowered <= real
+
+
+def test_flash_stores_a_reused_conv_once():
+    """issue 19 item 2: the cost model's flash counts a module called twice once, like params."""
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.c(x)))
+
+    target = hwopt.load_target("cortex-a72")
+    once = target.cost(hwopt.lift(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1)).eval(), torch.randn(1, 4, 8, 8)))
+    twice = target.cost(hwopt.lift(Twice().eval(), torch.randn(1, 4, 8, 8)))
+    assert twice.flash_bytes == once.flash_bytes
