@@ -1,6 +1,8 @@
 """torch -> Relax (torch.export + from_exported_program) and the Relax pass pipelines hwopt builds with."""
 from __future__ import annotations
 
+import warnings
+
 import re
 from typing import Any
 
@@ -42,9 +44,11 @@ def to_relax(module, example_inputs, *, target: Any = None) -> tvm.IRModule:
         try:
             from tvm.relax.frontend.torch import from_exported_program
 
-            mod = from_exported_program(
-                ep, keep_params_as_input=False, unwrap_unit_return_tuple=True
-            )
+            # torch 2.13 warns about its own pytree internals (LeafSpec) when TVM reads the exported
+            # program, at every compile: nothing a user can act on
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+                mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
         except Exception as exc:

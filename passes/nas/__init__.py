@@ -153,7 +153,8 @@ class NAS(Pass):
         out = lift(module.eval(), space.example_input())
         plot = self.plot or (os.path.join(ctx.workdir, "nas-pareto.png") if ctx.workdir else None)
         if plot:
-            pareto_plot({self.strategy: main, **others}, plot, baseline=main.baseline, target_ms=main.target_ms)
+            pareto_plot({self.strategy: main, **others}, plot, baseline=main.baseline, target_ms=main.target_ms,
+                        title=f"NAS for {ctx.target.name}: accuracy vs predicted latency")
         ctx.records.append({"pass": "nas.search", "space": space.__dict__, "target_ms": main.target_ms,
                             "search": main.summary(), "baseline": main.baseline,
                             "baselines": {k: v.summary() for k, v in others.items()},

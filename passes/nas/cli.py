@@ -1,4 +1,4 @@
-"""`hwopt search`: the nas pass from the command line (wired in hwopt/cli.py by `add_arguments` + `run`).
+"""`hwopt search`: neural architecture search (MnasNet space, REINFORCE controller) from the command line.
 
     hwopt search --target cortex-a72 --samples 40 --executor ray --workers 2 --plot pareto.png
     hwopt search --target cortex-m7 --input-shape 1,1,28,28 --classes 10 --reward hard --checkpoint s.jsonl
@@ -24,29 +24,33 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="cortex-a72", help="target name or .toml path")
     p.add_argument("--input-shape", default="1,1,28,28", help="N,C,H,W of the input")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--strategy", choices=("reinforce", "random", "evolution"), default="reinforce")
+    p.add_argument("--classes", type=int, default=10, help="output classes of the searched networks")
+    p.add_argument("--strategy", choices=("reinforce", "random", "evolution"), default="reinforce",
+                   help="REINFORCE controller (MnasNet), random search, or regularized evolution")
     p.add_argument("--samples", type=int, default=32, help="children proposed (duplicates are not retrained)")
     p.add_argument("--children", type=int, default=None,
                    help="stop after this many distinct children were trained (--samples then caps the proposals)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--blocks", type=int, default=7)
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--head", type=int, default=1280)
-    p.add_argument("--reward", choices=("soft", "hard"), default="soft")
+    p.add_argument("--batch", type=int, default=4, help="children sampled per controller update")
+    p.add_argument("--blocks", type=int, default=7, help="blocks of the factorized hierarchical space")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the space's channel counts")
+    p.add_argument("--head", type=int, default=1280, help="channels of the last 1x1 conv before the classifier")
+    p.add_argument("--reward", choices=("soft", "hard"), default="soft",
+                   help="MnasNet reward ACC*(LAT/T)^w: w=-0.07 on both sides of T (soft), or w=0 at or under T and -1 above (hard)")
     p.add_argument("--target-ms", type=float, default=None, help="T in the reward (default: the MobileNetV2-style member's latency)")
-    p.add_argument("--latency", choices=("model", "tvm"), default="model")
-    p.add_argument("--proxy-steps", type=int, default=48)
-    p.add_argument("--executor", choices=("serial", "process", "ray"), default="serial")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--latency", choices=("model", "tvm"), default="model",
+                   help="latency from the target's cost model, or compiled with TVM and timed on this host")
+    p.add_argument("--proxy-steps", type=int, default=48, help="training steps of the proxy that scores each child")
+    p.add_argument("--executor", choices=("serial", "process", "ray"), default="serial",
+                   help="where children train: in this process, a process pool, or Ray")
+    p.add_argument("--workers", type=int, default=2, help="parallel workers for --executor process/ray")
+    p.add_argument("--checkpoint", default=None, help="JSONL file every trained child is appended to; resumes a killed search")
     p.add_argument("--baselines", default="", help="comma-separated: random,evolution")
     p.add_argument("--plot", default=None, help="Pareto plot PNG")
     p.add_argument("--save", default=None, help="save the best model: FILE.pt2 (torch.export program) or any other name "
                                                 "(state dict, loads with torch.load(weights_only=True)); see above")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the controller and the proxy training")
+    p.add_argument("--workdir", default=None, help="directory for the default checkpoint and plot")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def check_args(args) -> tuple[int, int, int, int]:

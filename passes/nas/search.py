@@ -299,7 +299,8 @@ def pareto_plot(results: dict[str, SearchResult], path: str | os.PathLike, *, ba
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # outside the axes: inside, the legend covered the baseline star and the low-latency front
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     atomic_write(path, buf.getvalue())
