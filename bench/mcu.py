@@ -148,6 +148,8 @@ def calibration_table(t, table: dict, fit_error: float) -> str:
              'NOT CYCLES (one instruction taken as one cycle); kinds with no kernel measured copy the cmsis-nn value; '
              'overhead 0 (call overhead is inside the counts)"',
              'schedules = "TVM 0.27 default lowering of hwopt.firmware int8 kernels (inlined padding and epilogues), no tuning"',
+             # measured: instruction counts of hwopt's own firmware in QEMU, not cycles on a board
+             'provenance = "measured"',
              f"samples = {len(MODELS)}",
              f"fit_error = {fit_error:.4f}",
              "soft_max_p = 4.0",
