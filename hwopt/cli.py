@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import HwoptError
+from .fileio import check_output_dir
 
 
 class Parser(argparse.ArgumentParser):
@@ -205,7 +206,7 @@ def load_data(spec: str | None, option: str = "--data"):
 
 def cmd_optimize(args) -> int:
     from .optimizer import optimize
-    from .report import EXPORT_FORMATS, EXPORT_SUFFIX, check_output_dir
+    from .report import EXPORT_FORMATS, EXPORT_SUFFIX
     formats = [f for f in (args.export or "").split(",") if f]
     for f in formats:
         if f not in EXPORT_FORMATS:
@@ -213,7 +214,7 @@ def cmd_optimize(args) -> int:
     if formats and not args.out:
         raise HwoptError(f"--export {args.export} needs --out DIR to write the model into")
     if args.out:
-        check_output_dir(args.out)  # before the work, not after it
+        check_output_dir(args.out, "--out")  # before the work, not after it
     budget = parse_budget(args.budget)
     model = build_model(args.model)
     x = example_input(parse_shape(args.input_shape))
@@ -235,19 +236,6 @@ def cmd_optimize(args) -> int:
     return 0
 
 
-def check_output_dir(path: str, flag: str = "--out") -> None:
-    """Refuse an output directory that cannot be one (an existing file, a parent that is a file, no write
-    permission) before any long work starts."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise HwoptError(f"{flag} {path}: exists and is not a directory")
-    parent = next((q for q in (p, *p.parents) if q.exists()), Path("."))
-    if not parent.is_dir():
-        raise HwoptError(f"{flag} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HwoptError(f"{flag} {path}: {parent} is not writable")
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
     from .targets import load_target
@@ -258,7 +246,7 @@ def cmd_demo(args) -> int:
     if not args.epochs > 0 or not math.isfinite(args.epochs):
         raise HwoptError(f"--epochs must be a positive number, got {args.epochs}")
     load_target(args.target)  # a bad target fails now, not after training
-    check_output_dir(args.out)
+    check_output_dir(args.out, "--out")
     logs = []
     info = run_demo(args.target, args.out, train_limit=args.train_limit, epochs=args.epochs,
                     eval_limit=args.eval_limit, tvm_export=not args.no_tvm,

@@ -25,7 +25,7 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
              epochs: float = 1.0, eval_limit: int | None = None, seed: int = 0, tvm_export: bool = True,
              firmware_samples: int = 200, log=print) -> dict:
     from .optimizer import optimize
-    from .report import check_output_dir
+    from .fileio import check_output_dir
     from .targets import load_target
     t0 = time.perf_counter()
     check_output_dir(out)

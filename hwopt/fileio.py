@@ -35,18 +35,31 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             os.fsync(fh.fileno())
 
 
-def check_output_file(path: str | os.PathLike, what: str = "output") -> None:
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse, before any long work, a directory that cannot receive files: an existing file, a parent that
+    is a file, or a folder without write permission. Raises HwoptError naming `what` (e.g. "--out")."""
+    from .errors import HwoptError
+
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise HwoptError(f"{what} {path} is an existing file (it exists and is not a directory)")
+    parent = d if d.exists() else next((q for q in d.parents if q.exists()), Path("."))
+    if not parent.is_dir():
+        raise HwoptError(f"{what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HwoptError(f"{what} {path}: {parent} is not writable")
+    return d
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any long work, an output file path that cannot be written: a directory, a parent that
-    is a file, or a folder without write permission. Raises HwoptError naming `what` (e.g. "--save")."""
+    is a file, a folder without write permission, a read-only file. Raises HwoptError naming `what`."""
     from .errors import HwoptError
 
     p = Path(path)
     if p.is_dir():
-        raise HwoptError(f"{what} {path}: is a directory, expected a file path")
-    parent = next((q for q in p.parents if q.exists()), Path("."))
-    if not parent.is_dir():
-        raise HwoptError(f"{what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HwoptError(f"{what} {path}: cannot write in {parent} (permission denied)")
+        raise HwoptError(f"{what} {path}: is a directory; give a file name inside it")
+    check_output_dir(p.parent if str(p.parent) else ".", what)
     if p.exists() and not os.access(p, os.W_OK):
         raise HwoptError(f"{what} {path}: the file is not writable")
+    return p

@@ -15,7 +15,7 @@ import torch
 
 from .channels import channel_groups
 from .errors import HwoptError
-from .fileio import atomic_output, atomic_write
+from .fileio import atomic_output, atomic_write, check_output_dir, check_output_file
 from .ir import Graph
 from .lower import lower
 from .passkit import group_label, unit_channels
@@ -23,31 +23,6 @@ from .passkit import group_label, unit_channels
 EXPORT_FORMATS = ("torch", "onnx", "tvm", "firmware")
 EXPORT_SUFFIX = {"torch": ".pt2", "onnx": ".onnx", "tvm": ".so", "firmware": "-firmware"}
 TABLE_ROWS = ("latency_ms", "macs", "params", "flash_bytes", "peak_sram_bytes", "energy_mj")
-
-
-# --- output checks, before the work ----------------------------------------------------------------
-
-
-def check_output_dir(directory: str | os.PathLike) -> Path:
-    """`directory` can receive files: an existing writable directory, or a new one under a writable parent."""
-    d = Path(directory)
-    if d.exists() and not d.is_dir():
-        raise HwoptError(f"output directory {str(d)!r} is an existing file")
-    probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise HwoptError(f"cannot create output directory {str(d)!r}: {str(probe)!r} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise HwoptError(f"output directory {str(d)!r} is not writable ({str(probe)!r} denies writing)")
-    return d
-
-
-def check_output_file(path: str | os.PathLike) -> Path:
-    """`path` can be written as a file: not a directory, its directory writable (or creatable)."""
-    p = Path(path)
-    if p.is_dir():
-        raise HwoptError(f"export path {str(p)!r} is a directory; give a file name such as {str(p / 'model.pt2')!r}")
-    check_output_dir(p.parent if str(p.parent) else ".")
-    return p
 
 
 # --- the result ------------------------------------------------------------------------------------
@@ -155,7 +130,7 @@ class Result:
             path = Path(path)
             export_firmware(self.graph, self.target, path)
             return path
-        path = check_output_file(path)
+        path = check_output_file(path, "export path")
         path.parent.mkdir(parents=True, exist_ok=True)
         module = lower(self.graph, bake_masks=True)
         if format == "torch":
