@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import IRError
-from .ir import OPS, Graph, Node, reshape_axis, selected, shared_nodes
+from .ir import OPS, Graph, Node, reshape_axis, selected, shared_nodes, split_dims
 
 _NCHW = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
 
@@ -120,6 +120,8 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         else:
             for i in ins:
                 c.same(i, out)
+    elif op == "slice" and a.get("step", 1) != 1:
+        (c.pin(out, *ins) if a["dim"] == n.spec.axis else c.same(ins[0], out))
     elif op == "slice":
         if a["dim"] == n.spec.axis:
             c.tie(ins[0], a["start"] + np.arange(n.spec.channels), out, np.arange(n.spec.channels))
@@ -131,6 +133,10 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         if how == "block":  # channel c owns a contiguous block of the merged dim
             block = n.spec.channels // x.channels
             c.tie(ins[0], np.repeat(np.arange(x.channels), block), out, np.arange(n.spec.channels))
+        elif how == "split":  # features -> [.., heads, head_dim]: a head owns every feature whose index has it
+            first, end, chosen = split_dims(x.shape, n.spec.shape, x.axis)
+            digit = np.unravel_index(np.arange(x.channels), n.spec.shape[first:end])[chosen - first]
+            c.tie(ins[0], np.arange(x.channels), out, digit)
         elif how == "same":
             c.same(ins[0], out)
         else:
@@ -142,7 +148,14 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         (c.same(ins[0], out) if x.axis == len(x.shape) - 1 else c.pin(out, *ins))
     elif op in ("softmax", "log_softmax"):
         (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
-    elif op == "mean":
+    elif op in ("matmul", "attention"):
+        _couple_heads(c, n)
+    elif op == "normalize":
+        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
+    elif op == "expand":
+        x = g[ins[0]].spec
+        (c.pin(out, *ins) if x.channels != n.spec.channels else c.same(ins[0], out))
+    elif op in ("mean", "sum"):
         x = g[ins[0]].spec
         (c.pin(out, *ins) if x.axis in {d % len(x.shape) for d in a["dims"]} else c.same(ins[0], out))
     elif op == "group_norm":  # a group's statistics mix its channels: whole groups go together
@@ -163,6 +176,25 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         c.same(ins[0], out)
     else:
         raise IRError(f"no channel-coupling rule for op {op!r}", out)
+
+
+def _couple_heads(c: _Coupler, n: Node) -> None:
+    """matmul / attention: operands whose channel axis is the same leading (batch-like) dim -- the heads of
+    q, k, v and of the scores -- keep head h in every operand and the output together: removing a head
+    removes it everywhere, exactly. Any other layout (a contracted or row/column channel axis, a broadcast
+    head dim, a mask) pins all operands: exactness first."""
+    g, out = c.g, n.name
+    ins = list(n.inputs)
+    r = len(n.spec.shape)
+    specs = [g[i].spec for i in ins]
+    lead = n.spec.axis
+    heads = lead < r - 2 and len(ins) <= (3 if n.op == "attention" else 2) and all(
+        s.axis + r - len(s.shape) == lead and s.shape[s.axis] == n.spec.shape[lead] for s in specs)
+    if heads:
+        for i in ins:
+            c.same(i, out)
+    else:
+        c.pin(out, *ins)
 
 
 def channel_groups(graph: Graph) -> list[ChannelGroup]:
@@ -394,6 +426,13 @@ def _resize_reshape(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> N
         m.attrs = {**n.attrs, "shape": tuple(shape[1:])}
 
 
+def _resize_expand(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    if keep_out is not None:
+        shape = list(n.spec.shape)
+        shape[n.spec.axis] = len(keep_out)
+        m.attrs = {**n.attrs, "shape": tuple(shape[1:])}
+
+
 def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
     if n.attrs["dim"] != n.spec.axis or removed_in is None:
         return
@@ -403,7 +442,7 @@ def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> Non
 
 _RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice,
            "group_norm": _resize_group_norm, "const": _resize_const, "layer_norm": _resize_layer_norm,
-           "reshape": _resize_reshape}
+           "reshape": _resize_reshape, "expand": _resize_expand}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -525,7 +564,7 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
         elif n.op == "layer_norm" and src_out is not None:
             p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
             a["normalized_size"] = len(src_out)
-        elif n.op == "reshape" and src_out is not None:
+        elif n.op in ("reshape", "expand") and src_out is not None:
             shape = list(n.spec.shape)
             shape[n.spec.axis] = len(src_out)
             a["shape"] = tuple(shape[1:])

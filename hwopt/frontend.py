@@ -23,8 +23,8 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, SIGS, _bind, _layer_norm, _out_size,  # noqa: F401
-                             _pool_attrs, _REFUSED)
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_LIFTERS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
+                             _out_size, _pool_attrs, _REFUSED)
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
 
@@ -47,6 +47,45 @@ class _GroupedChannels:
 
     def __init__(self, x: str, groups: int, swapped: bool = False):
         self.x, self.groups, self.swapped = x, groups, swapped
+
+
+class _Lazy:
+    """A value the IR does not hold as one tensor, lifted once a consumer that knows it reads it. Any
+    other consumer is an unsupported op, with `why`."""
+    accepted: frozenset = frozenset()
+    why = ""
+
+
+class _Moved(_Lazy):
+    """`x.permute(dims)` that moves the batch dim from the front (timm's qkv.reshape(B, N, 3, H, D)
+    .permute(2, 0, 3, 1, 4)): unbinding or indexing its first dim selects along x's dim dims[0], after
+    which the batch is first again."""
+    accepted = frozenset({"unbind", "getitem", "select", "contiguous"})
+
+    def __init__(self, x: str, dims: tuple[int, ...]):
+        self.x, self.dims = x, dims
+        self.why = f"permute {list(dims)} moves the batch dimension from the front (only unbinding/indexing the new first dim is lifted)"
+
+
+class _Unbound(_Lazy):
+    """`x.unbind(dim)` (of a tensor, or of a _Moved along its first dim): one selection per index, made
+    when read (q, k, v = qkv.unbind(0) reads each once)."""
+    accepted = frozenset({"getitem"})
+    why = "the tuple unbind() returns, used other than by indexing"
+
+    def __init__(self, x, dim: int, count: int):
+        self.x, self.dim, self.count = x, dim, count
+        self.made: dict[int, Any] = {}
+
+
+class _BatchMerged(_Lazy):
+    """`x.flatten(0, 1)` of tokens [B, N, C] (LeViT's Linear + BatchNorm1d): a BatchNorm1d over its
+    features is a batch norm of x's channels-last features; reshaping back to x's shape ends it."""
+    accepted = frozenset({"reshape", "reshape_as", "contiguous"})
+    why = "flatten of the batch dimension with other dims (only a BatchNorm1d and a reshape back are lifted)"
+
+    def __init__(self, x: str):
+        self.x = x
 
 
 class _Unsupported:
@@ -104,7 +143,7 @@ class _Lifter:
     def known(self, n: fx.Node) -> bool:
         """Is `n`'s op in the tables (whether or not its arguments will fit)?"""
         if n.op == "call_module":
-            return type(self.modules[str(n.target)]) in MODULE_RULES
+            return type(self.modules[str(n.target)]) in MODULE_RULES or type(self.modules[str(n.target)]) in MODULE_LIFTERS
         if n.op == "call_function":
             return n.target in FUNCTIONS
         if n.op == "call_method":
@@ -174,7 +213,7 @@ class _Lifter:
         return a
 
     def run(self) -> Graph:
-        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES)
+        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or type(m) in MODULE_LIFTERS)
         try:
             fxg = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not symbolically traceable"
@@ -240,6 +279,13 @@ class _Lifter:
             args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
             if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
                 return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid
+            lifter = MODULE_LIFTERS.get(type(m))
+            if lifter is not None:
+                self.check_lazy(n, None, (args, kwargs))
+                return getattr(self, "m_" + lifter)(n, m, args, kwargs)
+            if isinstance(m, nn.BatchNorm1d) and len(args) == 1 and isinstance(args[0], _BatchMerged):
+                return self.batch_norm_tokens(n, m, args[0])
+            self.check_lazy(n, None, (args, kwargs))
             rule = MODULE_RULES.get(type(m))
             if rule is None:
                 why = _REFUSED.get(type(m), "")
@@ -264,10 +310,17 @@ class _Lifter:
         args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
         if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
             return self.fold(n, args, kwargs)
+        self.check_lazy(n, name, (args, kwargs))
         if name is None:
             return self.passthrough(n)
         a = _bind(name.rstrip("!"), n.args, n.kwargs)
         return getattr(self, "f_" + name.rstrip("!"))(n, a, {k: self.val(v) for k, v in a.items()})
+
+    def check_lazy(self, n: fx.Node, name: str | None, values) -> None:
+        """A lazy value (`_Lazy`) may only reach the handlers that know it."""
+        for v in _flat(values):
+            if isinstance(v, _Lazy) and (name is None or name.rstrip("!") not in v.accepted):
+                raise self.unsupported(n, v.why)
 
     def fold(self, n: fx.Node, args, kwargs) -> _Const:
         """An op on constants only (e.g. `self.gamma.view(1, -1, 1, 1)`): computed now, on the real tensors."""
@@ -337,6 +390,17 @@ class _Lifter:
         return self.emit(n, "const", [], {"shape": tuple(shaped.shape), "axis": axis}, {"value": shaped},
                          name=f"{n.name}_const")
 
+    def _batch_const(self, n, c: _Const, ref: str) -> str:
+        """A constant operand of a concat with tensor `ref`: a `const` node of batch 1 (the lowering expands
+        it to the batch); a constant made for the example's batch (`cls_token.expand(B, -1, -1)`) must hold
+        the same value for every sample."""
+        t, rank = c.t, len(self.spec(ref).shape)
+        if t.dim() == rank and t.shape[0] > 1:
+            if not bool((t == t[:1]).all()):
+                raise self.unsupported(n, f"a constant of shape {tuple(t.shape)} that varies along the batch dimension")
+            t = t[:1]
+        return self._scalar_or_const(n, _Const(t) if t is not c.t else c, ref)
+
     def f_add(self, n, a, v): return self._binary("add", n, v)
     def f_sub(self, n, a, v): return self._binary("sub", n, v)
     def f_mul(self, n, a, v): return self._binary("mul", n, v)
@@ -356,7 +420,7 @@ class _Lifter:
     f_sigmoid, f_silu, f_tanh = _unary("sigmoid"), _unary("silu"), _unary("tanh")
 
     def f_contiguous(self, n, a, v):
-        return v["input"] if isinstance(v["input"], _GroupedChannels) else self.emit(n, "identity", [v["input"]])
+        return v["input"] if isinstance(v["input"], (_GroupedChannels, _Lazy)) else self.emit(n, "identity", [v["input"]])
 
     def f_permute(self, n, a, v):
         x, dims = v["input"], v["dims"]
@@ -365,8 +429,12 @@ class _Lifter:
             return self._swap(n, x, dims)
         rank = len(self.spec(x).shape)
         dims = tuple(int(d) % rank for d in dims)
-        if len(dims) != rank or dims[0] != 0:
-            raise self.unsupported(n, f"permute {list(dims)} (the batch dimension must stay first)")
+        if len(dims) != rank or sorted(dims) != list(range(rank)):
+            raise self.unsupported(n, f"permute {list(dims)} of a rank-{rank} tensor")
+        if dims[0] != 0:
+            return _Moved(x, dims)
+        if dims == tuple(range(rank)):
+            return self.emit(n, "identity", [x])
         return self.emit(n, "permute", [x], {"dims": dims})
 
     def f_transpose(self, n, a, v):
@@ -406,6 +474,9 @@ class _Lifter:
 
     def f_cat(self, n, a, v):
         xs = list(v["tensors"])
+        ref = next((x for x in xs if self._is_tensor(x)), None)
+        if ref is not None:  # a class token (a parameter, expanded to the batch)
+            xs = [self._batch_const(n, x, ref) if isinstance(x, _Const) else x for x in xs]
         if not all(self._is_tensor(x) for x in xs):
             raise self.unsupported(n, "concat of non-tensors")
         rank = len(self.spec(xs[0]).shape)
@@ -414,6 +485,8 @@ class _Lifter:
     def f_flatten(self, n, a, v):
         rank = len(self.spec(v["input"]).shape)
         if v["start_dim"] % rank == 0:
+            if v["end_dim"] % rank == 1 and rank == 3:
+                return _BatchMerged(v["input"])
             raise self.unsupported(n, "flatten over the batch dimension (use torch.flatten(x, 1))")
         return self.emit(n, "flatten", [v["input"]], {"start_dim": v["start_dim"] % rank, "end_dim": v["end_dim"] % rank})
 
@@ -437,13 +510,17 @@ class _Lifter:
         return self.emit(n, "max_pool2d", [v["input"]], {**_pool_attrs(v["kernel_size"], v["stride"], v["padding"], v["ceil_mode"]),
                                                          "dilation": _pair(v["dilation"])})
 
-    def f_mean(self, n, a, v):
-        rank = len(self.spec(v["input"]).shape)
-        dims = v["dim"]
-        if dims is None or v["dtype"] is not None:
-            raise self.unsupported(n, "mean needs explicit dims (the batch dimension is kept)")
-        dims = tuple(sorted(d % rank for d in ((dims,) if isinstance(dims, int) else dims)))
-        return self.emit(n, "mean", [v["input"]], {"dims": dims, "keepdim": bool(v["keepdim"])})
+    def _reduce(op):
+        def f(self, n, a, v):
+            rank = len(self.spec(v["input"]).shape)
+            dims = v["dim"]
+            if dims is None or v["dtype"] is not None:
+                raise self.unsupported(n, f"{op} needs explicit dims (the batch dimension is kept)")
+            dims = tuple(sorted(d % rank for d in ((dims,) if isinstance(dims, int) else dims)))
+            return self.emit(n, op, [v["input"]], {"dims": dims, "keepdim": bool(v["keepdim"])})
+        return f
+
+    f_mean, f_sum = _reduce("mean"), _reduce("sum")
 
     def f_channel_shuffle(self, n, a, v):
         return self.emit(n, "channel_shuffle", [v["input"]], {"groups": int(v["groups"])})
@@ -471,6 +548,22 @@ class _Lifter:
 
     def f_getitem(self, n, a, v):
         src, idx = v["input"], v["index"]
+        if isinstance(src, _Unbound):
+            if not isinstance(idx, int):
+                raise self.unsupported(n, f"indexing the result of unbind() with {idx!r}")
+            idx %= src.count
+            if idx not in src.made:
+                src.made[idx] = self.select(n, src.x, src.dim, idx)
+            return src.made[idx]
+        if isinstance(src, _Moved):
+            if not isinstance(idx, int):
+                raise self.unsupported(n, src.why)
+            return self.select(n, src, 0, idx)
+        if isinstance(src, _Multi):
+            item = src.items[idx]
+            if isinstance(item, str) and not isinstance(item, _Tensor):
+                raise self.unsupported(n, item)
+            return item
         if isinstance(src, tuple) and src and src[0] == "pieces":
             _, x, dim, bounds = src
             start, end = bounds[idx]
@@ -483,24 +576,57 @@ class _Lifter:
         raise self.unsupported(n, "indexing or slicing a tensor")
 
     def _basic_slices(self, n, x, idx):
-        """`x[:, a:b, ...]` (GhostNet cuts channels so): one slice node per narrowed dim. Integer, None,
-        stepped or tensor indices are not lifted."""
+        """`x[:, a:b, ...]` (GhostNet cuts channels so), `x[:, 0]` (a class token), `x[:, None]`, `x[:, ::2]`:
+        one slice per narrowed dim, a select per integer, a reshape per None. Tensor indices are not lifted."""
         idx = idx if isinstance(idx, tuple) else (idx,)
-        shape = self.spec(x).shape
-        if sum(i is Ellipsis for i in idx) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in idx):
-            raise self.unsupported(n, f"indexing a tensor with {idx!r} (only slices a:b are lifted)")
+        if sum(i is Ellipsis for i in idx) > 1 or not all(isinstance(i, (slice, int)) or i is Ellipsis or i is None
+                                                          for i in idx):
+            raise self.unsupported(n, f"indexing a tensor with {idx!r} (slices, integers and None are lifted)")
+        rank = len(self.spec(x).shape)
         if Ellipsis in idx:
             k = idx.index(Ellipsis)
-            idx = idx[:k] + (slice(None),) * (len(shape) - len(idx) + 1) + idx[k + 1:]
-        out = x
-        for dim, sl in enumerate(idx):
-            start, end, step = sl.indices(shape[dim])
-            if (start, end, step) == (0, shape[dim], 1):
+            used = sum(isinstance(i, (slice, int)) for i in idx)
+            idx = idx[:k] + (slice(None),) * (rank - used) + idx[k + 1:]
+        out, dim = x, 0  # dim: position in `out` of the next input dim
+        for i in idx:
+            shape = self.spec(out).shape
+            if i is None:
+                if dim == 0:
+                    raise self.unsupported(n, "a new dim before the batch dimension")
+                out = self.emit(n, "reshape", [out], {"shape": (*shape[1:dim], 1, *shape[dim:])})
+                dim += 1
                 continue
-            if step != 1 or dim == 0 or end <= start:
-                raise self.unsupported(n, f"slice {sl} of dim {dim} (stepped, empty, or of the batch dimension)")
-            out = self.emit(n, "slice", [out], {"dim": dim, "start": start, "end": end})
+            if dim == 0 and i != slice(None):
+                raise self.unsupported(n, f"indexing the batch dimension with {i!r}")
+            if isinstance(i, int):
+                out = self.select(n, out, dim, i)
+                continue
+            start, end, step = i.indices(shape[dim])
+            if (start, end, step) != (0, shape[dim], 1):
+                if step < 1 or end <= start:
+                    raise self.unsupported(n, f"slice {i} of dim {dim} (reversed or empty)")
+                attrs = {"dim": dim, "start": start, "end": min(end, shape[dim])}
+                out = self.emit(n, "slice", [out], attrs if step == 1 else {**attrs, "step": step})
+            dim += 1
         return out if out is not x else self.emit(n, "identity", [x])
+
+    def select(self, n, x, dim: int, index: int):
+        """`x.select(dim, index)`: a one-wide slice, then a reshape that drops the dim. On a `_Moved`
+        tensor, dim 0 is its dims[0]; the permute of the other dims follows (the batch first again)."""
+        if isinstance(x, _Moved):
+            if dim != 0:
+                raise self.unsupported(n, x.why)
+            inner, rest = x.dims[0], [d - (d > x.dims[0]) for d in x.dims[1:]]
+            y = self.select(n, x.x, inner, index)
+            return self.f_permute(n, {}, {"input": y, "dims": tuple(rest)})
+        shape = self.spec(x).shape
+        dim %= len(shape)
+        if dim == 0:
+            raise self.unsupported(n, "selecting from the batch dimension")
+        index %= shape[dim]
+        if shape[dim] > 1:
+            x = self.emit(n, "slice", [x], {"dim": dim, "start": index, "end": index + 1})
+        return self.emit(n, "reshape", [x], {"shape": (*shape[1:dim], *shape[dim + 1:])})
 
     def f_size(self, n, a, v):
         shape = _Shape(self.spec(v["input"]).shape)
@@ -578,6 +704,10 @@ class _Lifter:
     def f_reshape(self, n, a, v):
         x, shape = v["input"], v["shape"]
         shape = list(shape if isinstance(shape, (tuple, list)) else (shape,))
+        if isinstance(x, _BatchMerged):
+            if _resolve(shape, self.spec(x.x).shape) == list(self.spec(x.x).shape):
+                return x.x
+            raise self.unsupported(n, x.why)
         if isinstance(x, _GroupedChannels):
             in_shape = self.spec(x.x).shape
             if x.swapped and _resolve(shape, in_shape) == list(in_shape):
@@ -598,6 +728,150 @@ class _Lifter:
         if len(shape) == 2 and len(in_shape) > 2:
             return self.emit(n, "flatten", [x], {"start_dim": 1, "end_dim": len(in_shape) - 1})
         return self.emit(n, "reshape", [x], {"shape": tuple(shape[1:])})
+
+
+    # --- tokens and attention ---------------------------------------------------------------------
+    def f_matmul(self, n, a, v):
+        x, y = v["input"], v["other"]
+        if isinstance(x, _Const) and isinstance(y, _Const):
+            raise self.unsupported(n, "a matmul of two constants")
+        x, y = self._scalar_or_const(n, x, y), self._scalar_or_const(n, y, x)
+        if not (self._is_tensor(x) and self._is_tensor(y)):
+            raise self.unsupported(n, "matmul operands must be tensors")
+        if len(self.spec(x).shape) < 2 or len(self.spec(y).shape) < 2:
+            raise self.unsupported(n, "matmul of a vector (rank 1)")
+        return self.emit(n, "matmul", [x, y])
+
+    def f_scaled_dot_product_attention(self, n, a, v):
+        q, k, val, mask = v["query"], v["key"], v["value"], v["attn_mask"]
+        if v["dropout_p"] or v["enable_gqa"]:
+            raise self.unsupported(n, "attention dropout (dropout_p > 0) or enable_gqa")
+        if not all(self._is_tensor(t) for t in (q, k, val)):
+            raise self.unsupported(n, "query, key and value must be computed from the input")
+        if mask is not None:
+            mask = self._scalar_or_const(n, mask, q)
+            if not self._is_tensor(mask) or self.spec(mask).dtype == "bool":
+                raise self.unsupported(n, "an attention mask that is not a float tensor")
+        scale = v["scale"] if v["scale"] is not None else 1.0 / math.sqrt(self.spec(q).shape[-1])
+        return self.emit(n, "attention", [q, k, val] + ([mask] if mask is not None else []),
+                         {"scale": float(scale), "causal": bool(v["is_causal"])})
+
+    def f_unsqueeze(self, n, a, v):
+        shape = self.spec(v["input"]).shape
+        dim = v["dim"] % (len(shape) + 1)
+        if dim == 0:
+            raise self.unsupported(n, "unsqueeze(0): a new dim before the batch dimension")
+        return self.emit(n, "reshape", [v["input"]], {"shape": (*shape[1:dim], 1, *shape[dim:])})
+
+    def f_squeeze(self, n, a, v):
+        shape = self.spec(v["input"]).shape
+        dims = v["dim"]
+        dims = [d for d in range(1, len(shape)) if shape[d] == 1] if dims is None else \
+            [d % len(shape) for d in ((dims,) if isinstance(dims, int) else dims) if shape[d % len(shape)] == 1]
+        if 0 in dims:
+            raise self.unsupported(n, "squeezing the batch dimension")
+        if v["dim"] is None and shape[0] == 1:
+            raise self.unsupported(n, "squeeze() with no dim of a batch of one would also drop the batch dimension")
+        return self.emit(n, "reshape", [v["input"]], {"shape": tuple(s for d, s in enumerate(shape) if d and d not in dims)})
+
+    def f_unbind(self, n, a, v):
+        x = v["input"]
+        if isinstance(x, _Moved):
+            if v["dim"] != 0:
+                raise self.unsupported(n, x.why)
+            return _Unbound(x, 0, self.spec(x.x).shape[x.dims[0]])
+        shape = self.spec(x).shape
+        return _Unbound(x, v["dim"] % len(shape), shape[v["dim"] % len(shape)])
+
+    def f_select(self, n, a, v):
+        return self.select(n, v["input"], v["dim"], v["index"])
+
+    def f_expand(self, n, a, v):
+        x, size = v["input"], v["size"]
+        size = list(size if isinstance(size, (tuple, list)) else (size,))
+        shape = self.spec(x).shape
+        if len(size) != len(shape) or not all(isinstance(s, int) for s in size) or size[0] not in (-1, shape[0]):
+            raise self.unsupported(n, f"expand of {list(shape)} to {size} (same rank, the batch dimension kept)")
+        target = tuple(s if t == -1 else t for s, t in zip(shape, size))
+        return self.emit(n, "expand", [x], {"shape": target[1:]}) if target != shape else x
+
+    def f_expand_as(self, n, a, v):
+        return self.f_expand(n, a, {"input": v["input"], "size": self.spec(v["other"]).shape})
+
+    def f_reshape_as(self, n, a, v):
+        return self.f_reshape(n, a, {"input": v["input"], "shape": self.spec(v["other"]).shape})
+
+    def f_normalize(self, n, a, v):
+        if v["p"] != 2 or v["out"] is not None:
+            raise self.unsupported(n, f"normalize with p={v['p']} (the L2 norm is lifted)")
+        return self.emit(n, "normalize", [v["input"]], {"dim": v["dim"] % len(self.spec(v["input"]).shape),
+                                                        "eps": float(v["eps"])})
+
+    def batch_norm_tokens(self, n, m: nn.BatchNorm1d, x: _BatchMerged) -> _BatchMerged:
+        """BatchNorm1d over x.flatten(0, 1) of tokens [B, N, C]: the same as a batch norm over the channels of
+        x.transpose(1, 2), lifted so (permute, batch_norm, permute back)."""
+        op, attrs, params = MODULE_RULES[nn.BatchNorm1d](m)
+        t = self.emit(n, "permute", [x.x], {"dims": (0, 2, 1)}, name=f"{n.target}_in")
+        t = self.emit(n, op, [t], attrs, params, name=str(n.target))
+        return _BatchMerged(self.emit(n, "permute", [t], {"dims": (0, 2, 1)}, name=f"{n.target}_out"))
+
+    def m_multihead_attention(self, n, m: nn.MultiheadAttention, args, kwargs) -> "_Multi":
+        """nn.MultiheadAttention as the ops it computes: q, k, v projections (Linear nodes over the rows of
+        in_proj_weight), a split into heads, attention, the heads merged, the output projection. So heads
+        prune like any attention block's."""
+        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+        v = dict(zip(names, args)) | kwargs
+        q, k, val = v.get("query"), v.get("key"), v.get("value")
+        if not all(self._is_tensor(t) for t in (q, k, val)):
+            raise self.unsupported(n, "query, key and value must be computed from the input")
+        if v.get("key_padding_mask") is not None or v.get("attn_mask") is not None or v.get("is_causal"):
+            raise self.unsupported(n, "attention masks (key_padding_mask, attn_mask, is_causal)")
+        if not m.batch_first:
+            raise self.unsupported(n, "batch_first=False (the sequence dim first): hwopt keeps the batch dim first")
+        if m.bias_k is not None or m.add_zero_attn:
+            raise self.unsupported(n, "add_bias_kv / add_zero_attn")
+        e, h = m.embed_dim, m.num_heads
+        if m._qkv_same_embed_dim:
+            ws = m.in_proj_weight.split(e)
+        else:
+            ws = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+        bs = m.in_proj_bias.split(e) if m.in_proj_bias is not None else (None, None, None)
+        path = str(n.target)
+        heads = []
+        for part, x, w, b in zip("qkv", (q, k, val), ws, bs):
+            shape = self.spec(x).shape
+            if len(shape) != 3:
+                raise self.unsupported(n, f"{part} of shape {list(shape)} (batch, sequence, features)")
+            t = self.emit(n, "linear", [x], {"in_features": w.shape[1], "out_features": w.shape[0]},
+                          {"weight": w, **({"bias": b} if b is not None else {})}, name=f"{path}.{part}_proj")
+            t = self.emit(n, "reshape", [t], {"shape": (shape[1], h, e // h)}, name=f"{path}.{part}_heads")
+            heads.append(self.emit(n, "permute", [t], {"dims": (0, 2, 1, 3)}, name=f"{path}.{part}_heads_first"))
+        t = self.emit(n, "attention", heads, {"scale": 1.0 / math.sqrt(e // h), "causal": False}, name=f"{path}.attention")
+        t = self.emit(n, "permute", [t], {"dims": (0, 2, 1, 3)}, name=f"{path}.heads_last")
+        t = self.emit(n, "reshape", [t], {"shape": (self.spec(q).shape[1], e)}, name=f"{path}.merge_heads")
+        out = m.out_proj
+        t = self.emit(n, "linear", [t], {"in_features": out.in_features, "out_features": out.out_features},
+                      {"weight": out.weight, **({"bias": out.bias} if out.bias is not None else {})}, name=f"{path}.out_proj")
+        weights = "the attention weights MultiheadAttention returns (need_weights=True) are not lifted"
+        return _Multi((t, weights if v.get("need_weights", True) else None))
+
+
+class _Multi:
+    """A module's tuple result (MultiheadAttention: output, weights); a str item is why it is not lifted."""
+
+    def __init__(self, items: tuple):
+        self.items = items
+
+
+def _flat(v):
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _flat(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _flat(x)
+    else:
+        yield v
 
 
 def _resolve(shape: list, in_shape) -> list | None:

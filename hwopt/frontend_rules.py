@@ -129,7 +129,19 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "permute": (("input", _REQ), ("dims", _REQ)), "transpose": (("input", _REQ), ("dim0", _REQ), ("dim1", _REQ)),
     "layer_norm": (("input", _REQ), ("normalized_shape", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
     "group_norm": (("input", _REQ), ("num_groups", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
+    # tokens and attention
+    "matmul": (("input", _REQ), ("other", _REQ)),
+    "scaled_dot_product_attention": (("query", _REQ), ("key", _REQ), ("value", _REQ), ("attn_mask", None),
+                                     ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False)),
+    "sum": (("input", _REQ), ("dim", None), ("keepdim", False), ("dtype", None)),
+    "unsqueeze": (("input", _REQ), ("dim", _REQ)), "squeeze": (("input", _REQ), ("dim", None)),
+    "unbind": (("input", _REQ), ("dim", 0)), "select": (("input", _REQ), ("dim", _REQ), ("index", _REQ)),
+    "expand": (("input", _REQ), ("size", _REQ)), "expand_as": (("input", _REQ), ("other", _REQ)),
+    "reshape_as": (("input", _REQ), ("other", _REQ)),
+    "normalize": (("input", _REQ), ("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None)),
 }
+# Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
+MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
     operator.isub: "sub!", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul!", operator.truediv: "div",
@@ -144,17 +156,22 @@ FUNCTIONS: dict[Any, str] = {
     torch.narrow: "narrow", F.batch_norm: "batch_norm", F.conv2d: "conv2d", torch.conv2d: "conv2d", F.linear: "linear",
     F.pad: "pad", F.leaky_relu: "leaky_relu", F.group_norm: "group_norm", torch.permute: "permute",
     torch.transpose: "transpose", F.layer_norm: "layer_norm",
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
+    F.scaled_dot_product_attention: "scaled_dot_product_attention", torch.sum: "sum", torch.unsqueeze: "unsqueeze",
+    torch.squeeze: "squeeze", torch.unbind: "unbind", torch.select: "select", F.normalize: "normalize",
 }
 METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
            "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
            "reshape": "reshape", "mean": "mean", "chunk": "chunk", "split": "split", "contiguous": "contiguous",
            "size": "size", "softmax": "softmax", "log_softmax": "log_softmax", "narrow": "narrow",
-           "permute": "permute", "transpose": "transpose"}
+           "permute": "permute", "transpose": "transpose", "matmul": "matmul", "bmm": "matmul", "sum": "sum",
+           "unsqueeze": "unsqueeze", "squeeze": "squeeze", "unbind": "unbind", "select": "select",
+           "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as"}
 
 
 def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:
     sig = SIGS[name]
-    if name in ("reshape", "permute") and len(args) > 2:  # x.view(a, b, c), x.permute(0, 2, 3, 1)
+    if name in ("reshape", "permute", "expand") and len(args) > 2:  # x.view(a, b, c), x.permute(0, 2, 3, 1)
         args = (args[0], tuple(args[1:]))
     if len(args) > len(sig):
         raise ValueError(f"{name} got {len(args)} positional arguments")

@@ -112,19 +112,22 @@ def _broadcast(node: Node, *xs: TensorSpec) -> Shape:
 
 
 def _concat_shape(node: Node, *xs: TensorSpec) -> Shape:
+    # a batch dim of 1 broadcasts (a class token: a parameter concatenated to every sample's tokens)
     d = node.attrs["dim"]
-    first = xs[0].shape
-    for x in xs[1:]:
-        if len(x.shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(x.shape, first)) if i != d):
+    first = (max(x.shape[0] for x in xs), *xs[0].shape[1:])
+    for x in xs:
+        if (len(x.shape) != len(first) or x.shape[0] not in (1, first[0])
+                or any(a != b for i, (a, b) in enumerate(zip(x.shape, first)) if i not in (0, d))):
             raise IRError(f"concat along dim {d} of mismatched shapes {[list(x.shape) for x in xs]}", node.name)
     return tuple(sum(x.shape[d] for x in xs) if i == d else s for i, s in enumerate(first))
 
 
 def _slice_shape(node: Node, x: TensorSpec) -> Shape:
     d, start, end = node.attrs["dim"], node.attrs["start"], node.attrs["end"]
-    if not (0 < d < len(x.shape)) or not (0 <= start < end <= x.shape[d]):
-        raise IRError(f"slice [{start}:{end}] along dim {d} out of range for input {list(x.shape)}", node.name)
-    return tuple(end - start if i == d else s for i, s in enumerate(x.shape))
+    step = node.attrs.get("step", 1)
+    if not (0 < d < len(x.shape)) or not (0 <= start < end <= x.shape[d]) or step < 1:
+        raise IRError(f"slice [{start}:{end}:{step}] along dim {d} out of range for input {list(x.shape)}", node.name)
+    return tuple(len(range(start, end, step)) if i == d else s for i, s in enumerate(x.shape))
 
 
 def _shuffle_shape(node: Node, x: TensorSpec) -> Shape:
@@ -156,7 +159,7 @@ def _reshape_shape(node: Node, x: TensorSpec) -> Shape:
 def _mean_shape(node: Node, x: TensorSpec) -> Shape:
     dims = sorted(d % len(x.shape) for d in node.attrs["dims"])
     if 0 in dims:
-        raise IRError("mean over the batch dimension is not supported", node.name)
+        raise IRError(f"{node.op} over the batch dimension is not supported", node.name)
     if node.attrs["keepdim"]:
         return tuple(1 if i in dims else s for i, s in enumerate(x.shape))
     return tuple(s for i, s in enumerate(x.shape) if i not in dims)
@@ -167,6 +170,62 @@ def _permute_shape(node: Node, x: TensorSpec) -> Shape:
     if sorted(dims) != list(range(len(x.shape))) or dims[0] != 0:
         raise IRError(f"permute {list(dims)} must reorder all dims of input {list(x.shape)} and keep the batch first", node.name)
     return tuple(x.shape[d] for d in dims)
+
+
+def _matmul_shape(node: Node, a: TensorSpec, b: TensorSpec) -> Shape:
+    if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
+        raise IRError(f"matmul of {list(a.shape)} and {list(b.shape)}: needs [..., M, K] @ [..., K, N]", node.name)
+    try:
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except RuntimeError:
+        raise IRError(f"matmul batch dims of {list(a.shape)} and {list(b.shape)} do not broadcast", node.name) from None
+    return (*batch, a.shape[-2], b.shape[-1])
+
+
+def _matmul_axis(node: Node, a: TensorSpec, b: TensorSpec) -> int:
+    # the channel axis carried to the output: a leading dim of a (heads), a's rows, a leading dim of b,
+    # b's columns; a contracted axis leaves none (the output's last dim then, pinned by hwopt.channels)
+    r, ra, rb = max(len(a.shape), len(b.shape)), len(a.shape), len(b.shape)
+    if a.axis < ra - 1:
+        return a.axis + r - ra
+    if b.axis < rb - 2:
+        return b.axis + r - rb
+    return r - 1
+
+
+def _attention_shape(node: Node, q: TensorSpec, k: TensorSpec, v: TensorSpec, *mask: TensorSpec) -> Shape:
+    lead = None
+    if len(q.shape) >= 3 and len(q.shape) == len(k.shape) == len(v.shape):
+        try:  # k and v may broadcast over q's heads (multi-query attention)
+            lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        except RuntimeError:
+            pass
+    if lead != q.shape[:-2] or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise IRError(f"attention needs q [..., L, E], k [..., S, E], v [..., S, Ev] whose leading dims broadcast to "
+                      f"q's, got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}", node.name)
+    out = (*q.shape[:-1], v.shape[-1])
+    if mask:
+        try:
+            if torch.broadcast_shapes(mask[0].shape, (*q.shape[:-1], k.shape[-2])) != (*q.shape[:-1], k.shape[-2]):
+                raise RuntimeError
+        except RuntimeError:
+            raise IRError(f"attention mask {list(mask[0].shape)} does not broadcast to the scores "
+                          f"{[*q.shape[:-1], k.shape[-2]]}", node.name) from None
+    return out
+
+
+def _attention_macs(node: Node, ins: list[TensorSpec]) -> int:
+    q, k, v = ins[:3]
+    scores = math.prod(q.shape[:-1]) * k.shape[-2]
+    return scores * (q.shape[-1] + v.shape[-1])  # q kᵀ, then the weights times v
+
+
+def _expand_shape(node: Node, x: TensorSpec) -> Shape:
+    target = (x.shape[0], *node.attrs["shape"])
+    if len(target) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape[1:], target[1:])):
+        raise IRError(f"expand of {list(x.shape)} to [N, {', '.join(map(str, node.attrs['shape']))}]: only "
+                      f"singleton dims grow", node.name)
+    return target
 
 
 def _layer_norm_shape(node: Node, x: TensorSpec) -> Shape:
@@ -189,15 +248,41 @@ def _flatten_axis(node: Node, x: TensorSpec) -> int:
     return x.axis if x.axis < s else s if x.axis <= e else x.axis - (e - s)
 
 
+def split_dims(in_shape: Shape, out_shape: Shape, axis: int) -> tuple[int, int, int] | None:
+    """When a reshape splits the channel dim into several output dims (qkv features -> [3, heads, head_dim],
+    features -> [heads, head_dim]): (first, last + 1, chosen) output dims it became, where `chosen`, the
+    channel axis of the output, is the second-to-last non-singleton one (the heads) -- a unit is then one
+    head with every feature it owns in the input. None for any other reshape."""
+    before = math.prod(in_shape[1:axis])
+    acc, k = 1, 1
+    while k < len(out_shape) and acc < before:
+        acc *= out_shape[k]
+        k += 1
+    if acc != before:
+        return None
+    first, prod = k, 1
+    while k < len(out_shape) and prod < in_shape[axis]:
+        prod *= out_shape[k]
+        k += 1
+    real = [j for j in range(first, k) if out_shape[j] > 1]
+    if prod != in_shape[axis] or len(real) < 2:
+        return None
+    return first, k, real[-2]
+
+
 def reshape_axis(in_shape: Shape, out_shape: Shape, axis: int) -> tuple[int, str]:
     """(output axis, how): "same" when the channel dim survives a reshape whole, "block" when it is merged
-    with the dims after it (each channel owns a contiguous block, as in flatten), "lost" otherwise."""
+    with the dims after it (each channel owns a contiguous block, as in flatten), "split" when it is split
+    into several dims (see split_dims: the axis goes to the heads), "lost" otherwise."""
     before = math.prod(in_shape[1:axis])  # the batch dim maps to itself (and may be 1)
     acc = 1
     for k, size in enumerate(out_shape[1:], start=1):
         if acc == before:
             if size == in_shape[axis]:
                 return k, "same"
+            split = split_dims(in_shape, out_shape, axis) if size < in_shape[axis] else None
+            if split is not None:
+                return split[2], "split"
             merged = in_shape[axis]
             for j in range(axis + 1, len(in_shape)):
                 merged *= in_shape[j]
@@ -328,6 +413,14 @@ OPS: dict[str, OpDef] = {
     # batch norm (weight and bias per channel)
     "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), _layer_norm_shape,
                         lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)}),
+    # tokens and attention: batched matrix products, scaled dot-product attention (its scale is stored,
+    # so pruning head dims does not change it), sums, L2 normalisation, broadcasting singleton dims
+    "matmul": OpDef((2, 2), (), _matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=_matmul_axis),
+    "attention": OpDef((3, 4), ("scale", "causal"), _attention_shape, macs=_attention_macs,
+                       axis=lambda n, q, *rest: q.axis if q.axis < len(q.shape) - 1 else len(q.shape) - 1),
+    "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
+    "normalize": OpDef((1, 1), ("dim", "eps")),
+    "expand": OpDef((1, 1), ("shape",), _expand_shape),
     # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back
     "quantize": OpDef((1, 1), ("quant",), channel_preserving=True),
     "dequantize": OpDef((1, 1), channel_preserving=True),
@@ -352,12 +445,16 @@ OP_DOCS: dict[str, str] = {
     "const": "a learnable tensor that does not depend on the input (layer scale)", "flatten": "merge dims start..end",
     "reshape": "reshape keeping the batch dim", "mean": "mean over `dims` (not the batch)",
     "permute": "reorder dims, batch first (channels-last blocks)", "layer_norm": "layer norm over the last dim",
+    "matmul": "batched matrix product [..., M, K] @ [..., K, N] (leading dims broadcast)",
+    "attention": "softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
+    "sum": "sum over `dims` (not the batch)", "normalize": "x / max(‖x‖₂, eps) along `dim` (F.normalize)",
+    "expand": "broadcast singleton dims to `shape` (the batch dim kept)",
     "quantize": "float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
     "dequantize": "int8 -> float32 with the producer's scale and zero point",
 }
 assert set(OP_DOCS) == set(OPS), sorted(set(OPS) ^ set(OP_DOCS))
 
-OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1}
+OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1, "step": 1}
 # Ops whose output channels are dim 1 whatever their input's channel axis (NCHW kernels).
 _NCHW_OPS = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
              "channel_shuffle", "output"}

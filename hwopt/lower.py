@@ -242,9 +242,30 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
                 args = (a["scalar"], ins[0]) if a.get("reverse") else (ins[0], a["scalar"])
             env[node.name] = out.call_function(f, args)
         elif op == "concat":
+            consts = [graph[i].op == "const" and graph[i].spec.shape[0] == 1 for i in node.inputs]
+            if any(consts) and not all(consts):  # a class token: one copy for every sample of the batch
+                batch = out.call_method("size", (ins[consts.index(False)], 0))
+                rest = (-1,) * (len(node.spec.shape) - 1)
+                ins = [out.call_method("expand", (x, batch, *rest)) if k else x for x, k in zip(ins, consts)]
             env[node.name] = out.call_function(torch.cat, (tuple(ins),), {"dim": a["dim"]})
+        elif op == "slice" and a.get("step", 1) != 1:
+            index = (slice(None),) * a["dim"] + (slice(a["start"], a["end"], a["step"]),)
+            env[node.name] = out.call_function(operator.getitem, (ins[0], index))
         elif op == "slice":
             env[node.name] = out.call_function(torch.narrow, (ins[0], a["dim"], a["start"], a["end"] - a["start"]))
+        elif op == "matmul":
+            env[node.name] = out.call_function(torch.matmul, (ins[0], ins[1]))
+        elif op == "attention":
+            env[node.name] = out.call_function(torch.nn.functional.scaled_dot_product_attention, tuple(ins[:3]),
+                                               {"attn_mask": ins[3] if len(ins) > 3 else None,
+                                                "is_causal": a["causal"], "scale": a["scale"]})
+        elif op == "sum":
+            env[node.name] = out.call_function(torch.sum, (ins[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
+        elif op == "normalize":
+            env[node.name] = out.call_function(torch.nn.functional.normalize, (ins[0],), {"dim": a["dim"], "eps": a["eps"]})
+        elif op == "expand":
+            batch = out.call_method("size", (ins[0], 0))
+            env[node.name] = out.call_method("expand", (ins[0], batch, *a["shape"]))
         elif op == "reshape":
             batch = out.call_method("size", (ins[0], 0))  # the batch dimension stays dynamic
             env[node.name] = out.call_method("reshape", (ins[0], (batch, *a["shape"])))

@@ -107,7 +107,10 @@ def _coupling(op: str) -> str:
                "mean": "pins channels it averages over", "input": "pinned", "output": "pinned",
                "const": "tied by the op reading it", "add": "operands tied channel by channel",
                "sub": "operands tied channel by channel", "mul": "operands tied channel by channel",
-               "div": "operands tied channel by channel"}
+               "div": "operands tied channel by channel",
+               "matmul": "heads (a shared leading channel axis) tied across operands; else pins",
+               "attention": "heads tied across q, k, v and output; else pins", "sum": "pins channels it sums over",
+               "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows"}
     if op in special:
         return special[op]
     return "channel i ↔ channel i" if OPS[op].channel_preserving else "pins"
@@ -124,6 +127,10 @@ def _cost_kind(op: str) -> str:
         return "conv / pointwise / depthwise"
     if op == "linear":
         return "dense"
+    if op in cost.MATMUL_OPS:
+        return "dense (GEMM)" + (" + softmax over the scores" if op == "attention" else "")
+    if op in cost.REDUCE_OPS:
+        return "pooling (reduction)"
     if op in cost.POOL_OPS:
         return "pooling"
     if op in cost.DATA_OPS:

@@ -67,7 +67,11 @@ OP_WORK = {
 ELEMENTWISE = set(OP_WORK)
 VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
-DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute"}
+DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute", "expand"}
+# Batched matrix products are GEMMs: the dense kernel's compute and memory efficiency per MAC. Attention
+# is two GEMMs (q kᵀ, weights · v) plus a softmax over the scores, counted at OP_WORK["softmax"] per score.
+MATMUL_OPS = {"matmul", "attention"}
+REDUCE_OPS = {"sum": 1, "normalize": 4}  # per input element: add; square, add, then one divide per element
 # Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
 FUSABLE_PRODUCERS = {"conv2d", "linear"}
 
@@ -105,9 +109,9 @@ def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
         if a["groups"] == a["in_channels"]:
             return KIND_INDEX["depthwise"], False
         return KIND_INDEX["conv"], True
-    if op == "linear":
+    if op == "linear" or op in MATMUL_OPS:
         return KIND_INDEX["dense"], False
-    if op in POOL_OPS:
+    if op in POOL_OPS or op in REDUCE_OPS:
         return KIND_INDEX["pooling"], False
     if op in DATA_OPS:
         return KIND_INDEX["data"], False
@@ -134,8 +138,14 @@ def _fused_nodes(g: Graph) -> set[str]:
 def _work(g: Graph, n: Node, ins) -> float:
     op = n.op
     d = OPS[op]
+    if op == "attention":
+        q, k = ins[0], ins[1]
+        scores = math.prod(q.shape[:-1]) * k.shape[-2]
+        return float(d.macs(n, ins) + scores * OP_WORK["softmax"])
     if d.macs is not None:
         return float(d.macs(n, ins))
+    if op in REDUCE_OPS:
+        return float(ins[0].numel * REDUCE_OPS[op])
     out = n.spec.numel
     if op in ELEMENTWISE:
         return float(out * OP_WORK[op])

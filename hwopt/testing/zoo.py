@@ -93,6 +93,11 @@ _TIMM_IMG_SIZE_ARG = ("deit", "vit_", "levit", "efficientformer", "mobilevit", "
 _FIXED_224 = ("efficientformer", "levit")
 
 
+# MobileViT unfolds feature maps into 2x2 patches and interpolates when a map does not divide: 128 is the
+# smallest size whose every stage (down to 1/32) divides, so the model runs as designed.
+_MIN_SIZE = {"mobilevit": 128}
+
+
 def all_names() -> list[str]:
     return [f"timm/{n}" for n in TIMM_MODELS] + [f"torchvision/{n}" for n in TORCHVISION_MODELS]
 
@@ -108,6 +113,7 @@ def build(name: str, size: int = 96) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if arch.startswith(_FIXED_224):
         size = 224
+    size = max([size] + [v for k, v in _MIN_SIZE.items() if arch.startswith(k)])
     if source == "timm":
         kwargs = {"img_size": size} if arch.startswith(_TIMM_IMG_SIZE_ARG) else {}
         try:
