@@ -85,10 +85,34 @@ MODULE_RULES: dict[type, Callable[[nn.Module], tuple[str, dict, dict]]] = {
 }
 
 
+def _conv1d(m: nn.Conv1d):
+    from .frontend_conv import same_padding_1d, single
+    if m.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={m.padding_mode!r} (only zero padding)")
+    k, d = single(m.kernel_size), single(m.dilation)
+    return "conv1d", dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=k, stride=single(m.stride),
+                          padding=same_padding_1d(m.padding, k, d), dilation=d, groups=m.groups), \
+        _params(weight=m.weight, bias=m.bias)
+
+
+def _conv_transpose2d(m: nn.ConvTranspose2d):
+    if m.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={m.padding_mode!r} (only zero padding)")
+    return "conv_transpose2d", dict(in_channels=m.in_channels, out_channels=m.out_channels,
+                                    kernel_size=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding),
+                                    output_padding=_pair(m.output_padding), dilation=_pair(m.dilation), groups=m.groups), \
+        _params(weight=m.weight, bias=m.bias)
+
+
+# nn.Upsample (and UpsamplingNearest2d / UpsamplingBilinear2d) is traced through: its F.interpolate call
+# needs the input's size, which a module rule does not see.
+MODULE_RULES.update({nn.Conv1d: _conv1d, nn.ConvTranspose2d: _conv_transpose2d})
+
+
 # Modules refused on purpose, and why (the error says so).
 _RECURRENT = ("recurrent layers are not lifted: hwopt's graph is a DAG of one step over a fixed example, and "
               "pruning a hidden unit must cut it from every gate and time step together; export the model "
-              "without its RNN or replace it with a temporal conv (nn.Conv1d is not lifted either yet)")
+              "without its RNN or replace it with a temporal conv (nn.Conv1d over [N, C, T] is lifted and pruned)")
 _REFUSED = {nn.LSTM: _RECURRENT, nn.GRU: _RECURRENT, nn.RNN: _RECURRENT}
 
 
@@ -129,6 +153,15 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "permute": (("input", _REQ), ("dims", _REQ)), "transpose": (("input", _REQ), ("dim0", _REQ), ("dim1", _REQ)),
     "layer_norm": (("input", _REQ), ("normalized_shape", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
     "group_norm": (("input", _REQ), ("num_groups", _REQ), ("weight", None), ("bias", None), ("eps", 1e-5)),
+    "conv1d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
+               ("groups", 1)),
+    "conv_transpose2d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0),
+                         ("output_padding", 0), ("groups", 1), ("dilation", 1)),
+    "interpolate": (("input", _REQ), ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
+                    ("recompute_scale_factor", None), ("antialias", False)),
+    "norm": (("input", _REQ), ("p", "fro"), ("dim", None), ("keepdim", False), ("out", None), ("dtype", None)),
+    "vector_norm": (("input", _REQ), ("ord", 2), ("dim", None), ("keepdim", False), ("dtype", None)),
+    "addcmul": (("input", _REQ), ("tensor1", _REQ), ("tensor2", _REQ), ("value", 1)),
 }
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
@@ -145,11 +178,15 @@ FUNCTIONS: dict[Any, str] = {
     F.pad: "pad", F.leaky_relu: "leaky_relu", F.group_norm: "group_norm", torch.permute: "permute",
     torch.transpose: "transpose", F.layer_norm: "layer_norm",
 }
+FUNCTIONS.update({F.conv1d: "conv1d", torch.conv1d: "conv1d", F.conv_transpose2d: "conv_transpose2d",
+                  torch.conv_transpose2d: "conv_transpose2d", F.interpolate: "interpolate", torch.norm: "norm",
+                  torch.linalg.vector_norm: "vector_norm", torch.addcmul: "addcmul"})
 METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
            "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
            "reshape": "reshape", "mean": "mean", "chunk": "chunk", "split": "split", "contiguous": "contiguous",
            "size": "size", "softmax": "softmax", "log_softmax": "log_softmax", "narrow": "narrow",
            "permute": "permute", "transpose": "transpose"}
+METHODS.update({"norm": "norm", "addcmul": "addcmul"})
 
 
 def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:
