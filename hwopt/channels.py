@@ -163,6 +163,13 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         ch = np.arange(a["num_channels"])
         c.tie(ins[0], ch, ins[0], (ch // cpg) * cpg)
         c.same(ins[0], out)
+    elif op in CONV_LIKE + ("interpolate",) and g[ins[0]].spec.axis != 1:
+        c.pin(out, *ins)  # an NCHW kernel over a tensor whose channels sit elsewhere
+    elif op in CONV_LIKE:
+        _tie_conv_groups(c, ins[0], out, a)
+    elif op == "vector_norm":  # like mean: a norm across the channels mixes them
+        x = g[ins[0]].spec
+        (c.pin(out, *ins) if x.axis in {d % len(x.shape) for d in a["dims"]} else c.same(ins[0], out))
     elif op == "const":
         pass  # its channels are tied by the op that reads it (a layer scale ties them to the scaled tensor)
     elif op == "channel_shuffle":
@@ -195,6 +202,17 @@ def _couple_heads(c: _Coupler, n: Node) -> None:
             c.same(i, out)
     else:
         c.pin(out, *ins)
+# Convolutions besides conv2d: weights [out, in/groups, k] (conv1d) and [in, out/groups, kh, kw] (transposed).
+CONV_LIKE = ("conv1d", "conv_transpose2d")
+
+
+def _tie_conv_groups(c: _Coupler, x: str, out: str, a: dict) -> None:
+    groups = a["groups"]
+    if groups > 1:  # a group's inputs and outputs live and die together (as for conv2d)
+        ig, og = a["in_channels"] // groups, a["out_channels"] // groups
+        cin, cout = np.arange(a["in_channels"]), np.arange(a["out_channels"])
+        c.tie(x, cin, x, (cin // ig) * ig)
+        c.tie(x, (cout // og) * ig, out, cout)
 
 
 def channel_groups(graph: Graph) -> list[ChannelGroup]:
@@ -277,11 +295,15 @@ def _with_roles(graph: Graph, group: ChannelGroup) -> ChannelGroup:
         n = graph[name]
         if n.op in ("conv2d", "linear", "batch_norm"):
             group.producers.append(name)
+        if n.op in CONV_LIKE:
+            group.producers.append(name)
         for user in graph.users(name):
             u = graph[user]
             if (u.op == "conv2d" and u.attrs["groups"] == 1) or u.op == "linear":
                 if user not in group.consumers:
                     group.consumers.append(user)
+            if u.op in CONV_LIKE and u.attrs["groups"] == 1 and user not in group.consumers:
+                group.consumers.append(user)
     return group
 
 
@@ -445,6 +467,28 @@ _RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resi
            "reshape": _resize_reshape, "expand": _resize_expand}
 
 
+def _resize_conv_transpose(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
+    # weight [in, out / groups, kh, kw]: input channels are rows; a group's columns are its output channels
+    a, p = dict(n.attrs), dict(n.params)
+    groups = a["groups"]
+    if groups == 1:
+        p["weight"] = _cols(_rows(p["weight"], keep_in), keep_out)
+    else:
+        ig = a["in_channels"] // groups
+        if keep_in is not None and len(keep_in) % ig:
+            raise IRError("grouped transposed conv lost part of a group", n.name)
+        a["groups"] = len(keep_in) // ig if keep_in is not None else groups
+        p["weight"] = _rows(p["weight"], keep_in)
+    if "bias" in p:
+        p["bias"] = _rows(p["bias"], keep_out)
+    a["in_channels"] = p["weight"].shape[0]
+    a["out_channels"] = p["weight"].shape[1] * a["groups"]
+    m.attrs, m.params = a, p
+
+
+_RESIZE.update({"conv1d": _resize_conv, "conv_transpose2d": _resize_conv_transpose})
+
+
 # ---------------------------------------------------------------------------------------------------
 # Growth: the inverse of removal, for width multipliers (MorphNet's expand step) and widening.
 
@@ -534,9 +578,11 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
             continue
         m = new[name]
         a, p = dict(n.attrs), dict(n.params)
-        if n.op in ("conv2d", "linear"):
+        if n.op == "conv_transpose2d":
+            raise IRError("growing the channels of a transposed conv is not supported (removing them is)", name)
+        if n.op in ("conv2d", "linear", "conv1d"):
             w = p["weight"]
-            grouped = n.op == "conv2d" and a["groups"] > 1
+            grouped = n.op in ("conv2d", "conv1d") and a["groups"] > 1
             if grouped and src_out is not None:
                 og = a["out_channels"] // a["groups"]
                 a["groups"] = len(src_out) // og
@@ -554,9 +600,9 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
                 p["weight_mask"] = mask if grouped or src_in is None else _grow_dim(mask, src_in, 1, torch.ones(1))
             if "bias" in p:
                 p["bias"] = _grow_dim(p["bias"], src_out, 0, torch.zeros(1))
-            key_out, key_in = ("out_channels", "in_channels") if n.op == "conv2d" else ("out_features", "in_features")
+            key_out, key_in = ("out_channels", "in_channels") if n.op != "linear" else ("out_features", "in_features")
             a[key_out] = grown.shape[0]
-            a[key_in] = grown.shape[1] * (a["groups"] if n.op == "conv2d" else 1)
+            a[key_in] = grown.shape[1] * (a["groups"] if n.op != "linear" else 1)
         elif n.op == "batch_norm":
             init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
             p = {k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()}

@@ -25,6 +25,7 @@ from torch import nn
 from .errors import IRError, ShapeError, UnsupportedOpError
 from .frontend_rules import (FUNCTIONS, METHODS, MODULE_LIFTERS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
                              _out_size, _pool_attrs, _REFUSED)
+from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
 
@@ -101,7 +102,7 @@ class _Shape(tuple):
     """The value of `x.shape` / `x.size()` during lifting: concrete ints (shapes are specialised)."""
 
 
-class _Lifter:
+class _Lifter(ConvOps):
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]):
         self.model, self.examples = model, example_inputs
         self.g = Graph()

@@ -85,10 +85,34 @@ MODULE_RULES: dict[type, Callable[[nn.Module], tuple[str, dict, dict]]] = {
 }
 
 
+def _conv1d(m: nn.Conv1d):
+    from .frontend_conv import same_padding_1d, single
+    if m.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={m.padding_mode!r} (only zero padding)")
+    k, d = single(m.kernel_size), single(m.dilation)
+    return "conv1d", dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=k, stride=single(m.stride),
+                          padding=same_padding_1d(m.padding, k, d), dilation=d, groups=m.groups), \
+        _params(weight=m.weight, bias=m.bias)
+
+
+def _conv_transpose2d(m: nn.ConvTranspose2d):
+    if m.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={m.padding_mode!r} (only zero padding)")
+    return "conv_transpose2d", dict(in_channels=m.in_channels, out_channels=m.out_channels,
+                                    kernel_size=_pair(m.kernel_size), stride=_pair(m.stride), padding=_pair(m.padding),
+                                    output_padding=_pair(m.output_padding), dilation=_pair(m.dilation), groups=m.groups), \
+        _params(weight=m.weight, bias=m.bias)
+
+
+# nn.Upsample (and UpsamplingNearest2d / UpsamplingBilinear2d) is traced through: its F.interpolate call
+# needs the input's size, which a module rule does not see.
+MODULE_RULES.update({nn.Conv1d: _conv1d, nn.ConvTranspose2d: _conv_transpose2d})
+
+
 # Modules refused on purpose, and why (the error says so).
 _RECURRENT = ("recurrent layers are not lifted: hwopt's graph is a DAG of one step over a fixed example, and "
               "pruning a hidden unit must cut it from every gate and time step together; export the model "
-              "without its RNN or replace it with a temporal conv (nn.Conv1d is not lifted either yet)")
+              "without its RNN or replace it with a temporal conv (nn.Conv1d over [N, C, T] is lifted and pruned)")
 _REFUSED = {nn.LSTM: _RECURRENT, nn.GRU: _RECURRENT, nn.RNN: _RECURRENT}
 
 
@@ -139,6 +163,15 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "expand": (("input", _REQ), ("size", _REQ)), "expand_as": (("input", _REQ), ("other", _REQ)),
     "reshape_as": (("input", _REQ), ("other", _REQ)),
     "normalize": (("input", _REQ), ("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None)),
+    "conv1d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1),
+               ("groups", 1)),
+    "conv_transpose2d": (("input", _REQ), ("weight", _REQ), ("bias", None), ("stride", 1), ("padding", 0),
+                         ("output_padding", 0), ("groups", 1), ("dilation", 1)),
+    "interpolate": (("input", _REQ), ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
+                    ("recompute_scale_factor", None), ("antialias", False)),
+    "norm": (("input", _REQ), ("p", "fro"), ("dim", None), ("keepdim", False), ("out", None), ("dtype", None)),
+    "vector_norm": (("input", _REQ), ("ord", 2), ("dim", None), ("keepdim", False), ("dtype", None)),
+    "addcmul": (("input", _REQ), ("tensor1", _REQ), ("tensor2", _REQ), ("value", 1)),
 }
 # Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
 MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
@@ -160,6 +193,9 @@ FUNCTIONS: dict[Any, str] = {
     F.scaled_dot_product_attention: "scaled_dot_product_attention", torch.sum: "sum", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.unbind: "unbind", torch.select: "select", F.normalize: "normalize",
 }
+FUNCTIONS.update({F.conv1d: "conv1d", torch.conv1d: "conv1d", F.conv_transpose2d: "conv_transpose2d",
+                  torch.conv_transpose2d: "conv_transpose2d", F.interpolate: "interpolate", torch.norm: "norm",
+                  torch.linalg.vector_norm: "vector_norm", torch.addcmul: "addcmul"})
 METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
            "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
            "reshape": "reshape", "mean": "mean", "chunk": "chunk", "split": "split", "contiguous": "contiguous",
@@ -167,6 +203,7 @@ METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mu
            "permute": "permute", "transpose": "transpose", "matmul": "matmul", "bmm": "matmul", "sum": "sum",
            "unsqueeze": "unsqueeze", "squeeze": "squeeze", "unbind": "unbind", "select": "select",
            "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as"}
+METHODS.update({"norm": "norm", "addcmul": "addcmul"})
 
 
 def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:

@@ -57,6 +57,11 @@ def _proxies(a):
             yield from _proxies(x)
 
 
+# torch.nn modules fx would keep as calls but whose forward is lifted op by op (nn.Upsample's F.interpolate
+# needs the input's size, which a module rule does not see).
+TRACED_THROUGH: tuple[type, ...] = (torch.nn.Upsample,)
+
+
 class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str):
         value = self.tracer.value(self.node)
@@ -103,6 +108,8 @@ class ConcreteTracer(fx.Tracer):
         self.evaluating = False
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        if isinstance(m, TRACED_THROUGH):
+            return self.leaf(m)
         return self.leaf(m) or super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:

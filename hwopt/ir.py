@@ -358,6 +358,88 @@ def _conv_macs(node: Node, ins: list[TensorSpec]) -> int:
     return node.spec.numel * (a["in_channels"] // a["groups"]) * kh * kw
 
 
+# Conv1d, transposed conv, upsampling, vector norm (keyword spotting on MFCC, U-Net decoders, ConvNeXt-V2's GRN).
+def _window_out_1d(node: Node, size: int) -> int:
+    a = node.attrs
+    out = (size + 2 * a["padding"] - a["dilation"] * (a["kernel_size"] - 1) - 1) // a["stride"] + 1
+    if out < 1:
+        raise IRError(f"conv1d with kernel {a['kernel_size']}, stride {a['stride']}, padding {a['padding']} leaves no "
+                      f"output for length {size}", node.name)
+    return out
+
+
+def _conv1d_shape(node: Node, x: TensorSpec) -> Shape:
+    a = node.attrs
+    if len(x.shape) != 3 or x.shape[1] != a["in_channels"]:
+        raise IRError(f"conv1d expects input [N, {a['in_channels']}, L], got {list(x.shape)}", node.name)
+    return (x.shape[0], a["out_channels"], _window_out_1d(node, x.shape[2]))
+
+
+def _conv1d_params(a: dict) -> dict[str, Shape]:
+    return {"weight": (a["out_channels"], a["in_channels"] // a["groups"], a["kernel_size"]), "bias": (a["out_channels"],)}
+
+
+def _conv_transpose_shape(node: Node, x: TensorSpec) -> Shape:
+    a = node.attrs
+    if len(x.shape) != 4 or x.shape[1] != a["in_channels"]:
+        raise IRError(f"conv_transpose2d expects input [N, {a['in_channels']}, H, W], got {list(x.shape)}", node.name)
+    k, s, p, op, d = (_pair(a[key]) for key in ("kernel_size", "stride", "padding", "output_padding", "dilation"))
+    hw = tuple((x.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1 for i in range(2))
+    if min(hw) < 1 or any(op[i] >= max(s[i], d[i]) for i in range(2)):
+        raise IRError(f"conv_transpose2d with kernel {k}, stride {s}, padding {p}, output_padding {op} is invalid for "
+                      f"input {list(x.shape)}", node.name)
+    return (x.shape[0], a["out_channels"], *hw)
+
+
+def _conv_transpose_params(a: dict) -> dict[str, Shape]:
+    # torch's layout: [in, out / groups, kh, kw]
+    return {"weight": (a["in_channels"], a["out_channels"] // a["groups"], *_pair(a["kernel_size"])),
+            "bias": (a["out_channels"],)}
+
+
+def _conv_transpose_macs(node: Node, ins: list[TensorSpec]) -> int:
+    # every input element is scattered into (out / groups) · kh · kw outputs
+    a = node.attrs
+    kh, kw = _pair(a["kernel_size"])
+    return ins[0].numel * (a["out_channels"] // a["groups"]) * kh * kw
+
+
+def conv_weight_oi(node: Node, weight: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """The weight of a conv1d / conv2d / conv_transpose2d node (or `weight`, a tensor of its shape such as a
+    saliency) in the conv layout [out, in / groups, *k] (a transposed conv stores [in, out / groups, *k]):
+    per-channel magnitudes read the same for all three."""
+    w = node.params["weight"] if weight is None else weight
+    if node.op != "conv_transpose2d":
+        return w
+    g = node.attrs["groups"]
+    ig, og = w.shape[0] // g, w.shape[1]
+    return w.reshape(g, ig, og, *w.shape[2:]).transpose(1, 2).reshape(g * og, ig, *w.shape[2:])
+
+
+INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear")
+
+
+def _interpolate_shape(node: Node, x: TensorSpec) -> Shape:
+    a = node.attrs
+    if len(x.shape) != 4:
+        raise IRError(f"interpolate needs a 4-D NCHW input, got {list(x.shape)}", node.name)
+    if a["mode"] not in INTERPOLATE_MODES:
+        raise IRError(f"interpolate mode {a['mode']!r} is not one of {list(INTERPOLATE_MODES)}", node.name)
+    size = _pair(a["size"])
+    if a.get("scale_factor") is not None:  # torch: floor(in · scale), and the scale maps the sample positions
+        want = tuple(math.floor(x.shape[2 + i] * float(a["scale_factor"][i])) for i in range(2))
+        if want != size:
+            raise IRError(f"interpolate size {list(size)} disagrees with scale_factor {a['scale_factor']} on input "
+                          f"{list(x.shape)}", node.name)
+    if min(size) < 1:
+        raise IRError(f"interpolate to size {list(size)} leaves no output", node.name)
+    return (*x.shape[:2], *size)
+
+
+def _interpolate_macs(node: Node, ins: list[TensorSpec]) -> int:
+    return 0  # no multiply-accumulate with weights; its work (taps per output) is in targets/cost.py
+
+
 @dataclass(frozen=True)
 class OpDef:
     arity: tuple[int, int | None]  # min, max number of tensor inputs (None: unbounded)
@@ -379,6 +461,17 @@ OPS: dict[str, OpDef] = {
     "output": OpDef((1, None)),
     "conv2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
                     _conv_shape, _conv_params, ("weight",), _conv_macs),
+    "conv1d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+                    _conv1d_shape, _conv1d_params, ("weight",),
+                    lambda n, ins: n.spec.numel * (n.attrs["in_channels"] // n.attrs["groups"]) * n.attrs["kernel_size"]),
+    "conv_transpose2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
+                                       "dilation", "groups"), _conv_transpose_shape, _conv_transpose_params, ("weight",),
+                              _conv_transpose_macs),
+    # upsampling to `size`; `scale_factor` (None or per-dim) is kept because torch maps sample positions with it
+    "interpolate": OpDef((1, 1), ("size", "scale_factor", "mode", "align_corners"), _interpolate_shape,
+                         channel_preserving=True),
+    # p-norm over `dims` (torch.linalg.vector_norm; ConvNeXt-V2's GRN takes it over the spatial dims)
+    "vector_norm": OpDef((1, 1), ("ord", "dims", "keepdim"), _mean_shape, axis=_mean_axis),
     "linear": OpDef((1, 1), ("in_features", "out_features"), _linear_shape, _linear_params, ("weight",),
                     lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=_last_axis),
     "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), _bn_shape, _bn_params,
@@ -433,6 +526,10 @@ NODE_CHECKS: list[Callable[["Graph", Node], None]] = []
 OP_DOCS: dict[str, str] = {
     "input": "a graph input (its spec is the example input's)", "output": "the graph's result(s)",
     "conv2d": "2-D convolution (grouped, depthwise, dilated); optional weight_mask", "linear": "x @ Wᵀ + b over the last dim (any rank)",
+    "conv1d": "1-D convolution over [N, C, L] (grouped, depthwise, dilated)",
+    "conv_transpose2d": "2-D transposed convolution (weight [in, out/groups, kh, kw]; output_padding, groups)",
+    "interpolate": "upsample / resize NCHW to `size`: nearest, nearest-exact, bilinear (align_corners)",
+    "vector_norm": "p-norm over `dims` (Tensor.norm, torch.linalg.vector_norm)",
     "batch_norm": "inference batch norm with running statistics", "relu": "max(x, 0)", "relu6": "min(max(x, 0), 6)",
     "hardswish": "x · relu6(x + 3) / 6", "hardsigmoid": "relu6(x + 3) / 6", "sigmoid": "1 / (1 + e⁻ˣ)",
     "silu": "x · sigmoid(x)", "tanh": "tanh(x)", "identity": "x", "gelu": "x · Φ(x) (exact or tanh)",
@@ -458,6 +555,7 @@ OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1, "step": 1}
 # Ops whose output channels are dim 1 whatever their input's channel axis (NCHW kernels).
 _NCHW_OPS = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
              "channel_shuffle", "output"}
+_NCHW_OPS.update({"conv1d", "conv_transpose2d", "interpolate"})  # channels at dim 1 by definition
 
 
 def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
@@ -471,6 +569,10 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
     missing = [a for a in d.attrs if a not in node.attrs and a not in OPTIONAL_ATTRS]
     if missing:
         raise IRError(f"{node.op} is missing attribute(s) {missing}", node.name)
+    if node.op in ("conv1d", "conv_transpose2d") and (node.attrs["in_channels"] % node.attrs["groups"]
+                                                     or node.attrs["out_channels"] % node.attrs["groups"]):
+        a = node.attrs
+        raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
     if node.op == "conv2d" and (node.attrs["in_channels"] % node.attrs["groups"] or node.attrs["out_channels"] % node.attrs["groups"]):
         a = node.attrs
         raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)

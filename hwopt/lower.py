@@ -168,6 +168,30 @@ MODULES = {
     "flatten": lambda n: nn.Flatten(n.attrs["start_dim"], n.attrs["end_dim"]),
     "channel_shuffle": lambda n: nn.ChannelShuffle(n.attrs["groups"]),
 }
+
+
+def _conv1d_module(n: Node) -> nn.Module:
+    a, p = n.attrs, n.params
+    m = _empty(nn.Conv1d, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+               a["groups"], bias="bias" in p)
+    return _set(m, weight=p["weight"], bias=p.get("bias"))
+
+
+def _conv_transpose2d_module(n: Node) -> nn.Module:
+    a, p = n.attrs, n.params
+    m = _empty(nn.ConvTranspose2d, a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], a["padding"],
+               a["output_padding"], a["groups"], "bias" in p, a["dilation"])
+    return _set(m, weight=p["weight"], bias=p.get("bias"))
+
+
+def _upsample_module(n: Node) -> nn.Module:
+    a = n.attrs  # a scale factor lowers as one: torch maps sample positions by it, not by the sizes
+    size = None if a["scale_factor"] is not None else tuple(a["size"])
+    scale = tuple(a["scale_factor"]) if a["scale_factor"] is not None else None
+    return nn.Upsample(size=size, scale_factor=scale, mode=a["mode"], align_corners=a["align_corners"])
+
+
+MODULES.update({"conv1d": _conv1d_module, "conv_transpose2d": _conv_transpose2d_module, "interpolate": _upsample_module})
 BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
 
@@ -275,6 +299,8 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
             env[node.name] = out.call_function(torch.nn.functional.pad, (ins[0], tuple(a["pads"])), {"value": a["value"]})
         elif op == "mean":
             env[node.name] = out.call_function(torch.mean, (ins[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
+        elif op == "vector_norm":
+            env[node.name] = out.call_function(torch.linalg.vector_norm, (ins[0], a["ord"], tuple(a["dims"]), a["keepdim"]))
         else:
             raise IRError(f"no lowering for op {op!r}", node.name)
     gm = fx.GraphModule(modules, out, class_name="HwoptModule")

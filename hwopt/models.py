@@ -523,3 +523,8 @@ def example_input(name: str, batch: int = 1, generator: torch.Generator | None =
     """Random N(0,1) input of the model's default shape with batch size `batch`."""
     shape = (batch,) + _entry(name)[1][1:]
     return torch.randn(shape, generator=generator)
+
+
+# ----------------------------------------------------------------------------- Conv1d / encoder-decoder
+# (hwopt/models_conv.py; not in MODELS: their inputs are [N, 40, T] MFCCs and their outputs maps, not logits)
+from .models_conv import TC_RESNET_INPUT, UNET_INPUT, tc_resnet8, unet_small  # noqa: E402,F401

@@ -68,6 +68,10 @@ def _lifted_from() -> dict[str, list[str]]:
         if op in OPS:
             out.setdefault(op, []).append(f"Tensor.{meth}")
     out.setdefault("channel_shuffle", []).append("view/transpose/view")
+    out.setdefault("interpolate", []).extend(["nn.Upsample", "nn.UpsamplingNearest2d", "nn.UpsamplingBilinear2d"])
+    out.setdefault("vector_norm", []).append("Tensor.norm")
+    for op in ("mul", "add"):
+        out.setdefault(op, []).append("torch.addcmul")
     out.setdefault("const", []).append("parameters read in forward (layer scale)")
     out.setdefault("identity", []).append("stochastic depth / drop-path at inference")
     return out
@@ -75,6 +79,8 @@ def _lifted_from() -> dict[str, list[str]]:
 
 def _function_name(fn) -> str:
     name = getattr(fn, "__name__", str(fn))
+    if fn is torch.linalg.vector_norm:  # its __name__ is linalg_vector_norm
+        return "torch.linalg.vector_norm"
     for prefix, mod in (("F.", F), ("torch.", torch), ("operator.", operator), ("", builtins)):
         if getattr(mod, name, None) is fn:
             return prefix + name
@@ -85,6 +91,8 @@ def _ops_of_rule(rule, cls) -> list[str]:
     probes = {"flatten": "flatten", "Conv": "conv2d", "Linear": "linear", "BatchNorm": "batch_norm", "ReLU6": "relu6",
               "LayerNorm": "layer_norm", "GroupNorm": "group_norm", "LeakyReLU": "leaky_relu"}
     name = cls.__name__
+    if name in ("Conv1d", "ConvTranspose2d"):
+        return {"Conv1d": ["conv1d"], "ConvTranspose2d": ["conv_transpose2d"]}[name]
     for key, op in probes.items():
         if key in name:
             return [op]
@@ -111,6 +119,8 @@ def _coupling(op: str) -> str:
                "matmul": "heads (a shared leading channel axis) tied across operands; else pins",
                "attention": "heads tied across q, k, v and output; else pins", "sum": "pins channels it sums over",
                "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows"}
+    special.update({"conv1d": "groups tie their in/out channels", "conv_transpose2d": "groups tie their in/out channels",
+                    "vector_norm": "pins channels it takes the norm over"})
     if op in special:
         return special[op]
     return "channel i ↔ channel i" if OPS[op].channel_preserving else "pins"
@@ -123,8 +133,12 @@ def _cost_kind(op: str) -> str:
         return "?"
     if op in cost.VIEW_OPS:
         return "view (no kernel)"
-    if op in ("conv2d",):
+    if op in ("conv2d", "conv1d", "conv_transpose2d"):
         return "conv / pointwise / depthwise"
+    if op == "interpolate":
+        return "data movement (nearest) / pooling (bilinear)"
+    if op == "vector_norm":
+        return "pooling"
     if op == "linear":
         return "dense"
     if op in cost.MATMUL_OPS:

@@ -65,7 +65,8 @@ def node_costs(graph: Graph, resource: str, target=None) -> dict[str, float]:
     if resource == "latency_ms":
         return dict(target.cost(graph).per_node)
     if resource in ("macs", "energy_mj"):
-        return {n.name: float(node_macs(graph, n)) for n in graph if n.op in ("conv2d", "linear")}
+        return {n.name: float(node_macs(graph, n)) for n in graph
+                if n.op in ("conv2d", "linear", "conv1d", "conv_transpose2d")}
     if resource in ("params", "flash_bytes"):
         return {n.name: float(sum(t.numel() for k, t in n.params.items() if k in ("weight", "bias")))
                 for n in graph if n.params}
@@ -123,7 +124,7 @@ def min_units(graph: Graph, gr: ChannelGroup, min_channels: int = 1) -> int:
     for name in gr.members:
         for user in graph.users(name):
             u = graph[user]
-            if u.op == "conv2d" and u.attrs["groups"] > 1 and gr.size * uc >= 2:
+            if u.op in ("conv2d", "conv1d", "conv_transpose2d") and u.attrs["groups"] > 1 and gr.size * uc >= 2:
                 low = max(low, 2)
     return low
 

@@ -212,6 +212,8 @@ def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
             continue
         if any(graph[c].inputs[0] not in members for c in gr.consumers):
             continue
+        if any(graph[c].op not in ("conv2d", "linear") for c in gr.consumers):
+            continue  # the folding below reads conv2d / linear weight layouts
         units = gr.size
         w = effective_weight(prod).reshape(prod.params["weight"].shape[0], -1)
         prod_idx = gr.members[prod.name][:, 0]

@@ -58,7 +58,7 @@ import torch
 
 from hwopt.channels import ChannelGroup, channel_groups, remove_channels
 from hwopt.errors import BudgetError, PassError
-from hwopt.ir import Graph
+from hwopt.ir import Graph, conv_weight_oi
 from hwopt.lower import submodules
 from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, resource_value, train_graph,
                            unit_channels)
@@ -105,6 +105,14 @@ def _row_col_sums(graph: Graph, criterion: str, saliency: dict | None, needed: s
                     r = r + saliency[n.name]["bias"].double().numpy()
             else:
                 r, c = _row_col(w, criterion, want_cols)
+            rows[n.name] = r
+            if c is not None:
+                cols[n.name] = c
+        elif n.op in ("conv1d", "conv_transpose2d"):  # magnitudes per output / input channel, conv layout
+            r, c = _row_col(conv_weight_oi(n, None if saliency is None else saliency[n.name]["weight"]),
+                            "l1" if saliency is not None else criterion, n.attrs["groups"] == 1)
+            if saliency is not None and "bias" in saliency[n.name]:
+                r = r + saliency[n.name]["bias"].double().numpy()
             rows[n.name] = r
             if c is not None:
                 cols[n.name] = c

@@ -74,6 +74,14 @@ MATMUL_OPS = {"matmul", "attention"}
 REDUCE_OPS = {"sum": 1, "normalize": 4}  # per input element: add; square, add, then one divide per element
 # Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
 FUSABLE_PRODUCERS = {"conv2d", "linear"}
+# conv1d and the transposed conv are costed like conv2d: the same kinds (pointwise / conv / depthwise, a
+# grouped one as the slower of conv and depthwise), work = MACs, the same TERMS monomials.
+CONV_LIKE = ("conv1d", "conv_transpose2d")
+FUSABLE_PRODUCERS.update(CONV_LIKE)
+# Upsampling reads `taps` inputs per output (nearest copies one; bilinear blends four: 4 multiply-adds +
+# 3 index/weight ops), costed as data movement (nearest) or as a small-window reduction (bilinear). A
+# vector norm is a reduction of (|x|^p, add) per input element, like mean.
+INTERPOLATE_WORK = {"nearest": 1, "nearest-exact": 1, "bilinear": 11}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +117,15 @@ def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
         if a["groups"] == a["in_channels"]:
             return KIND_INDEX["depthwise"], False
         return KIND_INDEX["conv"], True
+    if op in CONV_LIKE:
+        a = n.attrs
+        if a["groups"] == 1:
+            return KIND_INDEX["pointwise" if _pair(a["kernel_size"]) == (1, 1) else "conv"], False
+        return (KIND_INDEX["depthwise"], False) if a["groups"] == a["in_channels"] else (KIND_INDEX["conv"], True)
+    if op == "interpolate":
+        return KIND_INDEX["data" if n.attrs["mode"] != "bilinear" else "pooling"], False
+    if op == "vector_norm":
+        return KIND_INDEX["pooling"], False
     if op == "linear" or op in MATMUL_OPS:
         return KIND_INDEX["dense"], False
     if op in POOL_OPS or op in REDUCE_OPS:
@@ -147,6 +164,10 @@ def _work(g: Graph, n: Node, ins) -> float:
     if op in REDUCE_OPS:
         return float(ins[0].numel * REDUCE_OPS[op])
     out = n.spec.numel
+    if op == "interpolate":
+        return float(out * INTERPOLATE_WORK[n.attrs["mode"]])
+    if op == "vector_norm":
+        return float(2 * ins[0].numel)
     if op in ELEMENTWISE:
         return float(out * OP_WORK[op])
     if op in ("max_pool2d", "avg_pool2d"):
@@ -178,6 +199,10 @@ def _term_row(n: Node, ins, k: int, work: float, act_in: float, weights: float) 
         wpo = work / max(a["out_channels"], 1)
     elif n.op == "linear":
         wpi, wpo = float(n.attrs["out_features"]), float(n.attrs["in_features"])
+    elif n.op in CONV_LIKE:
+        a = n.attrs
+        wpi = work / max(a["in_channels"] // a["groups"], 1)
+        wpo = work / max(a["out_channels"], 1)
     return [1.0, work, out, act_in, weights, wpi, wpo]
 
 
@@ -206,10 +231,10 @@ def features(g: Graph) -> Features:
             names.append(n.name)
             kind.append(k)
             grouped.append(grp)
-            amb.append(n.op == "conv2d" and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
+            amb.append(n.op in ("conv2d", *CONV_LIKE) and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
             w = _work(g, n, ins) if k != VIEW else 0.0
             work.append(w)
-            if n.op in ("conv2d", "linear"):
+            if n.op in ("conv2d", "linear", *CONV_LIKE):
                 macs += int(w)
             we = sum(n.params[p].numel() for p in ("weight", "bias") if p in n.params)
             params += we
@@ -325,12 +350,12 @@ def flash(g: Graph, dtype: str) -> dict:
                 if id(next(iter(n.params.values()))) in stored_once:
                     continue
                 stored_once.update(id(t) for t in n.params.values())
-            if n.op in ("conv2d", "linear"):
+            if n.op in ("conv2d", "linear", *CONV_LIKE):
                 dense, stored, fmt = weight_storage(n, wb)
                 out["weights"] += stored
                 out["weights_dense"] += dense
                 out["formats"][n.name] = fmt
-                cout = n.params["weight"].shape[0]
+                cout = n.spec.channels if n.op in CONV_LIKE else n.params["weight"].shape[0]
                 if "bias" in n.params:
                     out["biases"] += 4 * cout
                 if dtype == "int8":

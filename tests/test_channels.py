@@ -19,7 +19,10 @@ def zero_consumers(graph, group, units):
         src = n.inputs[0]
         cols = torch.from_numpy(group.members[src][units].ravel())
         w = n.params["weight"].clone()
-        w[:, cols] = 0
+        if n.op == "conv_transpose2d":  # weight [in, out / groups, kh, kw]
+            w[cols] = 0
+        else:
+            w[:, cols] = 0
         n.params["weight"] = w
         g.replace(n)
     return g
