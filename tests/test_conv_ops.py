@@ -67,6 +67,23 @@ def test_reference_models_lift_exactly_and_prune_exactly(build, shape):
     assert pruned.stats()["macs"] < 0.8 * g.stats()["macs"]
 
 
+def test_conv1d_groups_grow_and_shrink_back_exactly_and_transposed_conv_growth_is_refused():
+    from hwopt.channels import channel_groups, resize_groups
+    m, x = models.tc_resnet8().eval(), torch.randn(models.TC_RESNET_INPUT)
+    g = hwopt.lift(m, x)
+    groups = channel_groups(g)
+    sizes = {gr.id: gr.size + 3 for gr in groups if gr.prunable}
+    big = resize_groups(g, sizes)
+    assert big.stats()["params"] > g.stats()["params"]
+    back = hwopt.remove_channels(big, {gid: np.arange(groups[gid].size, n) for gid, n in sizes.items()},
+                                 groups=channel_groups(big))
+    assert_close_outputs(back, m, x, atol=1e-5, rtol=1e-5)
+    u = hwopt.lift(models.unet_small().eval(), torch.randn(1, 3, 16, 16))
+    up2 = next(gr for gr in channel_groups(u) if "up2" in gr.producers)
+    with pytest.raises(hwopt.IRError, match="transposed conv"):
+        resize_groups(u, {up2.id: up2.size + 2})
+
+
 # ----------------------------------------------------------------------------- each op, each spelling
 
 class _Apply(nn.Module):
