@@ -25,6 +25,7 @@ from torch import nn
 from .errors import IRError, ShapeError, UnsupportedOpError
 from .frontend_rules import (FUNCTIONS, METHODS, MODULE_LIFTERS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
                              _out_size, _pool_attrs, _REFUSED)
+REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot

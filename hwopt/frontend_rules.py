@@ -110,9 +110,10 @@ MODULE_RULES.update({nn.Conv1d: _conv1d, nn.ConvTranspose2d: _conv_transpose2d})
 
 
 # Modules refused on purpose, and why (the error says so).
-_RECURRENT = ("recurrent layers are not lifted: hwopt's graph is a DAG of one step over a fixed example, and "
-              "pruning a hidden unit must cut it from every gate and time step together; export the model "
-              "without its RNN or replace it with a temporal conv (nn.Conv1d over [N, C, T] is lifted and pruned)")
+_RECURRENT = ("recurrent layers are not lifted: an exact lift needs a recurrent op whose hidden units tie the rows "
+              "of every gate in weight_ih and weight_hh, weight_hh's columns and the carried state, costed as T "
+              "sequential steps; the keyword-spotting nets hwopt targets are convolutional (DS-CNN, TC-ResNet: "
+              "nn.Conv1d over [N, C, T] lifts and prunes), so export the model without its RNN or use temporal convs")
 _REFUSED = {nn.LSTM: _RECURRENT, nn.GRU: _RECURRENT, nn.RNN: _RECURRENT}
 
 

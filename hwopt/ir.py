@@ -867,7 +867,10 @@ def shared_nodes(graph: Graph) -> list[list[str]]:
     for name in graph.order():
         n = graph.nodes[name]
         if n.params:
-            by_key.setdefault((n.op, tuple(sorted((k, id(t)) for k, t in n.params.items()))), []).append(name)
+            # the same attributes too: `F.conv1d(x, self.conv.weight, stride=1)` beside a strided `self.conv`
+            # reads the module's weight but is another layer
+            key = (n.op, tuple(sorted((k, id(t)) for k, t in n.params.items())), repr(sorted(n.attrs.items())))
+            by_key.setdefault(key, []).append(name)
     return [names for names in by_key.values() if len(names) > 1]
 
 

@@ -249,7 +249,8 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         elif op in MODULES:
             module = MODULES[op](node)
         if module is not None:
-            key = (op, tuple(sorted((k, id(t)) for k, t in node.params.items()))) if node.params else None
+            key = (op, tuple(sorted((k, id(t)) for k, t in node.params.items())),
+                   repr(sorted(a.items()))) if node.params else None  # same tensors, same attributes: ir.shared_nodes
             if key is not None and key in shared:  # one module of the user's, called again
                 path = paths[node.name] = shared[key]
             else:

@@ -180,7 +180,10 @@ def markdown() -> str:
                      f"{', '.join(f'`{f}`' for f in sorted(set(froms.get(op, []))))} | {_coupling(op)} | "
                      f"{_cost_kind(op)} | {_lowering(op)} |")
     lines += ["", f"{len(OPS)} ops. A model using anything else fails to lift with `UnsupportedOpError`, which "
-              "names every unsupported op found and its module path (`err.found` lists them).", _HOW_TO_ADD.rstrip(), ""]
+              "names every unsupported op found and its module path (`err.found` lists them)."]
+    lines += ["", "Refused on purpose (the error says why):", ""]
+    lines += [f"- `nn.{cls.__name__}`: {why}" for cls, why in frontend.REFUSED.items()]
+    lines += [_HOW_TO_ADD.rstrip(), ""]
     return "\n".join(lines)
 
 

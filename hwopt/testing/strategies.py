@@ -27,6 +27,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from .strategies_conv import DECODER_KINDS, decoder_block, decoder_out, draw_decoder_block  # noqa: E402
+
 # Building and running a torch model per example is slower than hypothesis' defaults expect.
 torch_settings = settings(deadline=None, max_examples=50,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -181,6 +183,9 @@ class DrawnNet(nn.Module):
             elif kind == "group_norm":
                 blocks.append(GroupNormScale(c, a[0], a[1]))
                 cout = c
+            elif kind in DECODER_KINDS:
+                block, cout, size = decoder_block(kind, c, size, tuple(a))
+                blocks.append(block)
             else:
                 raise ValueError(kind)
             if kind in ("conv", "depthwise"):
@@ -206,7 +211,7 @@ class DrawnNet(nn.Module):
             if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
                 m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=gen))
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in ** 0.5)
                 if m.bias is not None:
@@ -230,9 +235,10 @@ class DrawnNet(nn.Module):
 
 @st.composite
 def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), max_batch: int = 3,
-              modern: bool = False) -> NetSpec:
+              modern: bool = False, decoder: bool = False) -> NetSpec:
     """Plain-data descriptions of random CNNs; each is valid by construction. `modern=True` also draws
-    ConvNeXt-style channels-last blocks, view/transpose/view channel shuffles and GroupNorm + layer scale."""
+    ConvNeXt-style channels-last blocks, view/transpose/view channel shuffles and GroupNorm + layer scale;
+    `decoder=True` upsampling, ConvTranspose2d and U-Net blocks (strategies_conv)."""
     c = draw(st.integers(1, 4))
     in_channels = c
     size = initial_size = draw(st.integers(*sizes))
@@ -250,8 +256,14 @@ def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), 
             kinds.append("channels_last")
             if c >= 2 and any(c % g == 0 for g in (2, 3, 4)):
                 kinds += ["shuffle", "group_norm"]
+        if decoder:
+            kinds += ["decoder", "decoder"]
         kind = draw(st.sampled_from(kinds))
-        if kind == "conv":
+        if kind == "decoder":
+            block = draw_decoder_block(draw, c, size, max_channels)
+            c, size = decoder_out(block[0], c, size, block[1:])
+            blocks.append(block)
+        elif kind == "conv":
             cout = draw(st.integers(1, max_channels))
             k = draw(st.sampled_from([1, 3]))
             stride = draw(st.sampled_from([1, 2])) if size >= 4 else 1
@@ -361,3 +373,6 @@ def pipelines(max_passes: int = 4, names: list[str] | None = None):
     """Draws a PassManager of registered passes (for text round-trip tests)."""
     from ..passmanager import PassManager
     return st.lists(passes(names), max_size=max_passes).map(PassManager)
+
+
+from .strategies_conv import conv1d_modules, conv1d_specs, decoder_modules  # noqa: E402,F401

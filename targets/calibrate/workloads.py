@@ -58,6 +58,16 @@ class Workload:
         elif self.kind == "net":  # the i-th random CNN of stream `seed` (never the bench's seed)
             m, x, _ = random_cnn(np.random.default_rng([p["seed"], p["i"]]), small=p.get("small", False))
             return m.eval(), x
+        elif self.kind == "conv1d":  # temporal conv (keyword spotting), costed as conv / pointwise / depthwise
+            layers = [nn.Conv1d(p["cin"], p["cout"], p["k"], p["s"], p["k"] // 2, groups=p["g"], bias=False),
+                      nn.BatchNorm1d(p["cout"]), nn.ReLU()]
+            m, shape = nn.Sequential(*layers), (1, p["cin"], p["length"])
+        elif self.kind == "deconv":  # decoder upsampling by a learned transposed conv
+            m = nn.Sequential(nn.ConvTranspose2d(p["cin"], p["cout"], p["k"], p["s"], groups=p["g"]), nn.ReLU())
+            shape = (1, p["cin"], p["hw"], p["hw"])
+        elif self.kind == "upsample":
+            m = nn.Sequential(nn.Upsample(scale_factor=2, mode=p["mode"], align_corners=False if p["mode"] == "bilinear" else None))
+            shape = (1, p["c"], p["hw"], p["hw"])
         elif self.kind == "model":
             from hwopt import models
             kw = {k: v for k, v in p.items() if k not in ("name", "hw")}
@@ -243,6 +253,15 @@ def micro_grid(size: str = "full", seed: int = 0) -> list[Workload]:
         out.append(_w("pool", op=pick(["max", "avg", "gap"]), c=pick(ch), hw=pick(hws), k=3, s=2))
     for _ in range(max(1, n // 4)):
         out.append(_w("concat", c=pick(ch), hw=pick(hws)))
+    # drawn after the 2-D grid, so adding them left its shapes as they were
+    for _ in range(n):  # Conv1d over MFCC-like [1, C, T]: plain k>1, pointwise, depthwise
+        c, k = pick(ch[:7]), pick([1, 3, 9])
+        depthwise = k > 1 and bool(rng.integers(2))
+        out.append(_w("conv1d", cin=c, cout=c if depthwise else pick(ch[:7]), k=k, s=pick([1, 2]), length=pick([49, 101, 250]),
+                      g=c if depthwise else 1))
+    for _ in range(max(1, n // 2)):
+        out.append(_w("deconv", cin=pick(ch[:7]), cout=pick(ch[:7]), k=pick([2, 3]), s=2, hw=pick(hws[:3]), g=1))
+        out.append(_w("upsample", c=pick(ch[:7]), hw=pick(hws[:3]), mode=pick(["nearest", "bilinear"])))
     return list(dict.fromkeys(out))
 
 
