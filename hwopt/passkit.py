@@ -4,7 +4,8 @@
 - figures: `figure` / `graph_figures` (hwopt.figures: one vocabulary, params counted one way) and
   `node_costs`, a resource split over the nodes that carry it (what removing channels saves);
 - channel widths: `channel_multiple` (a pass's round_to against the target), `unit_channels`,
-  `unit_step` (units per allowed width step), `min_units` (the narrowest a group may get), `kept_levels`,
+  `unit_step` (units per allowed width step), `min_units` (the narrowest a group may get), `owns_its_layers`,
+  `kept_levels`,
   `group_label` (a group named by its first producer).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .ir import Graph, node_macs
 from .lower import lower, read_back
 
 __all__ = ["train_graph", "l2_penalty", "graph_figures", "resource_value", "node_costs", "channel_multiple",
-           "unit_channels", "unit_step", "min_units", "kept_levels", "group_label", "RESOURCES"]
+           "unit_channels", "unit_step", "min_units", "owns_its_layers", "kept_levels", "group_label", "RESOURCES"]
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -116,17 +117,28 @@ def unit_step(multiple: int, channels_per_unit: int) -> int:
 
 
 def min_units(graph: Graph, gr: ChannelGroup, min_channels: int = 1) -> int:
-    """The narrowest `gr` may get, in units: `min_channels` worth, and 2 where a grouped / depthwise conv
-    reads the group (a 1-channel depthwise conv is a plain 1->1 conv: the coupling analysis would split
-    its input and output and growing them would make it dense)."""
+    """The narrowest `gr` may get, in units: every tensor it spans keeps `min_channels`, the group's share
+    of them in proportion to the channels it holds there (all of them where it owns the tensor, a conv's
+    output; a part where other groups hold the rest, as the orbits of a ShuffleNet stage do), and 2 where a
+    grouped / depthwise conv reads the group (a 1-channel depthwise conv is a plain 1->1 conv: the coupling
+    analysis would split its input and output and growing them would make it dense)."""
     uc = unit_channels(gr)
-    low = max(1, -(-min_channels // uc))
+    low = 1
     for name in gr.members:
+        low = max(low, -(-min_channels * gr.size // graph[name].spec.channels))
         for user in graph.users(name):
             u = graph[user]
             if u.op in ("conv2d", "conv1d", "conv_transpose2d") and u.attrs["groups"] > 1 and gr.size * uc >= 2:
                 low = max(low, 2)
     return low
+
+
+def owns_its_layers(graph: Graph, gr: ChannelGroup) -> bool:
+    """Whether every layer output the group's units are rows of (its producers) is the group's alone: the
+    usual case. A ShuffleNet stage's chunk / concat / shuffle chain spreads each conv's output channels
+    over several orbit groups; no one of them can round that conv's width."""
+    names = gr.producers or list(gr.members)
+    return all(gr.members[n].size == graph[n].spec.channels for n in names)
 
 
 def kept_levels(size: int, multiple: int, unit_channels: int = 1, min_keep: int = 1) -> list[int]:

@@ -60,8 +60,8 @@ from hwopt.channels import ChannelGroup, channel_groups, remove_channels
 from hwopt.errors import BudgetError, PassError
 from hwopt.ir import Graph, conv_weight_oi
 from hwopt.lower import submodules
-from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, resource_value, train_graph,
-                           unit_channels)
+from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, owns_its_layers, resource_value,
+                           train_graph, unit_channels)
 from hwopt.passmanager import Pass, PassContext, option, register_pass
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
@@ -338,7 +338,9 @@ class ChannelPrune(Pass):
 
     def _levels(self, graph: Graph, gr: ChannelGroup, mult: int) -> list[int]:
         low = min_units(graph, gr, self.min_channels if self.min_channels is not None else mult)
-        return kept_levels(gr.size, mult, unit_channels(gr), low)
+        # a group that holds only part of its layers' channels steps by one unit: those widths are sums
+        # over several groups, which no one group can round
+        return kept_levels(gr.size, mult if owns_its_layers(graph, gr) else 1, unit_channels(gr), low)
 
     # -- run -------------------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> Graph:

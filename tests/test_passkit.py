@@ -5,8 +5,9 @@ import torch
 import hwopt
 from hwopt import models
 from hwopt.figures import RESOURCES, check_budget, graph_figures, resource_value
-from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, train_graph, unit_channels,
-                           unit_step)
+from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, owns_its_layers, train_graph,
+                           unit_channels, unit_step)
+from hwopt.passes.channel_prune import ChannelPrune
 from hwopt.targets import load_target
 
 M7 = load_target("cortex-m7")
@@ -72,3 +73,17 @@ def test_channel_widths():
                                                 for m in gr.members for u in g.users(m))]
     assert depthwise_fed and all(min_units(g, gr) == 2 for gr in depthwise_fed)
     assert all(min_units(g, gr, 16) == -(-16 // unit_channels(gr)) for gr in groups)
+    assert all(owns_its_layers(g, gr) for gr in groups)
+
+
+def test_shuffle_orbits_share_their_layers_minimum_and_step_by_one_unit():
+    """A ShuffleNet stage's chunk / concat / shuffle chain splits each conv's output over several orbit
+    groups: none owns its layers, so each keeps its share of the minimum width, not all of it."""
+    g = _graph("shufflenet_v2_x0_5", (1, 3, 64, 64))
+    orbits = [gr for gr in hwopt.channel_groups(g) if gr.prunable and not owns_its_layers(g, gr)]
+    assert len(orbits) >= 6 and any(gr.size < 4 for gr in orbits)
+    for gr in orbits:
+        share = max(-(-4 * gr.size // g[n].spec.channels) for n in gr.members)
+        assert share <= min_units(g, gr, 4) <= max(2, share)  # 2: a depthwise conv reads the stage output
+    small = next(gr for gr in orbits if gr.size < 4)
+    assert ChannelPrune(ratio=0.5)._levels(g, small, 4)[-1] < small.size  # pruned, where it used to be left whole

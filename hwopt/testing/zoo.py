@@ -160,6 +160,9 @@ class Outcome:
     params: tuple[int, int] = (0, 0)  # before / after pruning, counted on the lowered torch modules
     latency_ms: tuple[float, float] = (math.nan, math.nan)  # predicted on the target, before / after
     notes: list[str] = field(default_factory=list)
+    # an UnsupportedOpError's `found`: (op, module path) of every unsupported op, and its whole message
+    unsupported: list[tuple[str, str]] = field(default_factory=list)
+    message: str = ""
 
     @property
     def exact(self) -> bool:
@@ -196,6 +199,8 @@ def check(name: str, *, ratio: float = 0.3, target: str | None = "cortex-a72", s
         out.lifted = True
     except Exception as e:  # noqa: BLE001 - the zoo records every failure, by type
         out.error_type, out.error = type(e).__name__, str(e).splitlines()[0][:300]
+        if isinstance(e, hwopt.UnsupportedOpError):
+            out.unsupported, out.message = [(f.op, f.module_path) for f in e.found], str(e)
         if not isinstance(e, hwopt.HwoptError):
             out.notes.append(traceback.format_exc(limit=-3))
         return out
