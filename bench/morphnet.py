@@ -69,8 +69,8 @@ def digits_splits():
 
 DATASETS = {
     # name: (model(width), input shape, default width, epochs, shrink epochs, lr)
-    "mnist": (models.mnist_cnn, (1, 28, 28), 0.25, 2.0, 1.0, 0.05),
-    "digits": (digits_cnn, (1, 8, 8), 0.25, 30.0, 15.0, 0.05),
+    "mnist": (models.mnist_cnn, (1, 28, 28), 0.5, 2.0, 1.0, 0.05),
+    "digits": (digits_cnn, (1, 8, 8), 0.5, 30.0, 15.0, 0.05),
 }
 
 

@@ -21,7 +21,7 @@ One iteration is
    of each iteration and refreshed every ``refresh_steps`` training steps from the alive counts.
    Groups with no batch norm (e.g. squeeze-excite bottlenecks) are not regularised and keep their width.
    After training, units are removed with ``hwopt.remove_channels`` in increasing |γ| until the resource
-   is at most ``shrink_to`` × budget (and any with |γ| < ``threshold``, if set); never a whole group: the
+   is ``shrink_to`` of the way from its floor to the budget (and any with |γ| < ``threshold``, if set); never a whole group: the
    unit with the largest |γ| stays.
 2. **Expand.** Find the width multiplier w by bisection so the network with every prunable group at
    ``round(w · width_g)`` (a multiple of ``round_to``) meets the budget; since rounding makes the
@@ -55,8 +55,10 @@ strength
 shrink_to
     The shrink stops by the budget: after shrink-training, units are removed in one global order of
     increasing |γ| (the penalty pushes an expensive unit's γ down by λ·c_g per step, the loss holds up
-    the useful ones) until the resource is at most ``shrink_to`` × budget (default 0.5); expand then
-    grows the kept proportions back to the budget. Short training never has to drive a γ to 0.
+    the useful ones) until the resource is at most floor + ``shrink_to`` × (budget − floor) (default
+    0.5; the floor is the cost with every group at its narrowest, e.g. latency's fixed overheads);
+    expand then grows the kept proportions back to the budget. Short training never has to drive a γ
+    to 0.
 threshold
     Optional: units with |γ| under it are removed first (the paper's rule, e.g. 1e-2, for long shrink
     training). With ``shrink_to=none`` it is the only stop.
@@ -98,7 +100,7 @@ __all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "WidthModel", "unit_cost
 
 RESOURCES = ("macs", "params", "flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
 DEFAULT_STRENGTH = 1.0  # λ × initial penalty / loss scale: the penalty starts level with the loss
-DEFAULT_SHRINK_TO = 0.5  # the shrink stops at this fraction of the budget (by |γ| order); expand restores it
+DEFAULT_SHRINK_TO = 0.5  # the shrink stops this far from the floor to the budget (by |γ| order); expand restores it
 ALIVE = 1e-2  # |γ| under which the regulariser's coefficient refresh counts a unit as gone (threshold unset)
 SWAP_BELOW = 0.985  # expand trades widths between groups only while the fill leaves it under this fraction of the budget
 
@@ -539,6 +541,17 @@ class MorphNet(Pass):
         return (("target",) if self.resource in ("flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
                 or self.round_to == "target" else ()) + (("train",) if self.epochs > 0 else ())
 
+    def shrink_goal(self, graph: Graph, budget: float, target) -> Optional[float]:
+        """Where the shrink stops: `shrink_to` of the way from the floor (every group at its narrowest)
+        to the budget. A resource with a fixed part (latency's per-layer overheads) would otherwise ask
+        for a goal under the floor, and the shrink would cut every group to one unit: no signal left."""
+        if self.shrink_to is None:
+            return None
+        wm = WidthModel(graph, self.resource, target)
+        groups = {gr.id: gr for gr in wm.groups}
+        floor = wm.cost({g: min_units(graph, groups[g]) for g in wm.prunable})
+        return floor + self.shrink_to * max(0.0, budget - floor)
+
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         for need, opt in (("target", "resource"), ("train", "epochs")):
             if need in self.requirements() and getattr(ctx, need) is None:
@@ -554,8 +567,7 @@ class MorphNet(Pass):
         for it in range(self.iterations):
             shrunk, sinfo = shrink(g, resource=self.resource, target=target, train=ctx.train, epochs=self.epochs,
                                    strength=self.strength, threshold=self.threshold, refresh_steps=self.refresh_steps,
-                                   data=ctx.data,
-                                   goal=None if self.shrink_to is None else self.shrink_to * budget)
+                                   data=ctx.data, goal=self.shrink_goal(g, budget, target))
             expanded, einfo = expand(shrunk, budget, self.resource, target, multiple, generator=gen)
             if self.retrain_epochs > 0 and ctx.train is not None:  # from scratch, as the paper does
                 expanded = train_graph(fresh_init(expanded, gen), ctx, self.retrain_epochs, who=self.name)
