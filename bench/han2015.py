@@ -15,7 +15,9 @@ the results log):
   for 15.
 - `magnitude-prune` with the sparsity that gives the compression target (all parameters counted):
   per-layer fractions from a sensitivity scan on the *validation* split (the paper's Figure 2, written
-  as PNG), turned into fractions by `allocation=min-drop` (least summed loss on the scan curves); then
+  as PNG), turned into fractions by the pass's default `allocation=auto` (of one global magnitude
+  threshold, equal-drop and min-drop, the most accurate one-shot on the scan's split; until 2026-12-01
+  the bench used min-drop, the rows in bench/results/han2015/ before then are min-drop's); then
   4 prune → retrain rounds, masks fixed, the same L2; every round retrains at the training lr with a
   cosine to 0 and a *fresh* minibatch order, and the last round 4x longer than the others (16 epochs
   for LeNet-300-100, 12 for LeNet-5: the paper retrains to convergence after the final pruning step),
@@ -25,6 +27,10 @@ the results log):
   The 15x stage continues from the 12x net with 2 rounds.
 - "Han+KD" rows (extra, not the paper's method; --no-kd skips them): the same, the retraining loss
   distilled from the unpruned net (T = 4, 0.9 soft).
+- allocation table (issue 20; --no-allocations skips it), LeNet-300-100: from the same unpruned net, test
+  error at 80 / 90 / 95 % sparsity, one-shot and after the OBD comparison's short retraining, of one global
+  magnitude threshold (torch.nn.utils.prune.global_unstructured's rule), equal-drop, min-drop and the
+  default (auto); the goal is the default <= the global threshold in every column.
 Test error is measured on the 10k test split, before and after; "weights" counts every parameter
 (weights + biases) as the paper's Table 1 does, after = non-zero. A single run's test error moves by
 ±0.1 pt (~10 images) from seed to seed and even with the thread count (run with --seed).
