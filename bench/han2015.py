@@ -15,7 +15,9 @@ the results log):
   for 15.
 - `magnitude-prune` with the sparsity that gives the compression target (all parameters counted):
   per-layer fractions from a sensitivity scan on the *validation* split (the paper's Figure 2, written
-  as PNG), turned into fractions by `allocation=min-drop` (least summed loss on the scan curves); then
+  as PNG), turned into fractions by the pass's default `allocation=auto` (of one global magnitude
+  threshold, equal-drop and min-drop, the most accurate one-shot on the scan's split; until 2026-12-01
+  the bench used min-drop, the rows in bench/results/han2015/ before then are min-drop's); then
   4 prune → retrain rounds, masks fixed, the same L2; every round retrains at the training lr with a
   cosine to 0 and a *fresh* minibatch order, and the last round 4x longer than the others (16 epochs
   for LeNet-300-100, 12 for LeNet-5: the paper retrains to convergence after the final pruning step),
@@ -25,6 +27,10 @@ the results log):
   The 15x stage continues from the 12x net with 2 rounds.
 - "Han+KD" rows (extra, not the paper's method; --no-kd skips them): the same, the retraining loss
   distilled from the unpruned net (T = 4, 0.9 soft).
+- allocation table (issue 20; --no-allocations skips it), LeNet-300-100: from the same unpruned net, test
+  error at 80 / 90 / 95 % sparsity, one-shot and after the OBD comparison's short retraining, of one global
+  magnitude threshold (torch.nn.utils.prune.global_unstructured's rule), equal-drop, min-drop and the
+  default (auto); the goal is the default <= the global threshold in every column.
 Test error is measured on the 10k test split, before and after; "weights" counts every parameter
 (weights + biases) as the paper's Table 1 does, after = non-zero. A single run's test error moves by
 ±0.1 pt (~10 images) from seed to seed and even with the thread count (run with --seed).
@@ -76,7 +82,7 @@ PAPER = {"lenet_300_100": dict(before=267_000, after=22_000, x=12, err0=1.64, er
 
 L2 = 5e-4  # Caffe's LeNet solvers (the paper's); for training and retraining alike
 FINAL_300, FINAL_5 = 16.0, 12.0  # last retraining round: 4x a regular one
-ALLOCATION = "min-drop"
+ALLOCATION = "auto"  # the pass default: the best of global / equal-drop / min-drop one-shot on val
 SCHEDULE, FINAL_AVERAGE = "geometric", False
 FINAL_CYCLES, KEEP_BEST, FINAL_EVAL_EVERY = 1, False, 1.0  # last round: one cosine, its last step (--keep-best: best epoch on val)
 KD_T, KD_ALPHA = 4.0, 0.9  # distillation temperature and weight of the soft targets (Hinton et al. 2015's usual)
@@ -251,6 +257,68 @@ def obd_vs_magnitude(res, cfg, args):
         sys.stdout.flush()
 
 
+ALLOCATION_ROWS = ("global", "equal-drop", "min-drop", "default")
+ALLOCATION_SPARSITIES, ALLOCATION_MODELS = (0.8, 0.9, 0.95), ("lenet_300_100",)
+
+
+def allocation_table(res, cfg, args) -> list[dict]:
+    """Issue 20: test error of each allocation at 80 / 90 / 95 % sparsity, one-shot and retrained (the
+    OBD comparison's short retraining), from the same unpruned net. "global" is one magnitude threshold
+    over all layers (torch.nn.utils.prune.global_unstructured's rule), "default" what
+    `magnitude-prune{sparsity=s}` picks (allocation=auto: the best of the three one-shot on the scan's
+    validation half; the test split only reports). Rows whose per-layer fractions are the same plan are
+    one run, printed under each name."""
+    from hwopt import sensitivity as sens
+    from hwopt.passes.magnitude_prune import Plan, global_fractions
+    g, tr, tester = res["g"], res["tr"], res["tester"]
+    iters, ep = cfg["obd"]
+    ctx = hwopt.PassContext(train=retrainer(tr, tr.lr * args.retrain_lr_scale, args.seed), evaluate=tr.evaluate,
+                            seed=args.seed)
+    names = sp.prunable_layers(g)
+    sizes = {k: g[k].params["weight"].numel() for k in names}
+    rows = []
+    for s in ALLOCATION_SPARSITIES:
+        default = MagnitudePrune(sparsity=s, retrain_epochs=0).plan(g, ctx)  # the pass's own choice, its own scan
+        plans = {"global": Plan(global_fractions(g, names, s)), "default": default}
+        for a in ("equal-drop", "min-drop"):
+            plans[a] = Plan(sens.ALLOCATIONS[a](default.scan, sizes, s), default.scan)
+        done = {}
+        for a in ALLOCATION_ROWS:
+            key = tuple(round(plans[a].fractions[k], 9) for k in names)
+            if key not in done:
+                err = {}
+                for r in (False, True):
+                    mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
+                    err[r] = 100 * (1 - tester.evaluate(hwopt.lower(mp.apply(g, ctx, plans[a]))))
+                done[key] = err
+            rows.append(dict(kind="allocation", model=res["model"], seed=args.seed, s=s, allocation=a,
+                             one_shot=done[key][False], retrained=done[key][True], err0=res["err0"],
+                             picked=default.allocation, fractions=plans[a].fractions,
+                             protocol=f"{iters}x{ep:g} epochs, l2 {L2:g}"))
+    print_allocation_rows(rows, f"[{res['model']}] allocation at equal sparsity, test error %, seed {args.seed}, "
+                                f"unpruned {res['err0']:.2f} %; retrained = {iters}x{ep:g} epochs")
+    return rows
+
+
+def print_allocation_rows(rows, title):
+    """One line per allocation: test error at each sparsity, one-shot | retrained; mean over the rows' seeds."""
+    seeds = sorted({r["seed"] for r in rows})
+    sparsities = sorted({r["s"] for r in rows})
+    mean = lambda a, s, k: sum(r[k] for r in rows if r["allocation"] == a and r["s"] == s) / len(
+        [r for r in rows if r["allocation"] == a and r["s"] == s])
+    print(f"\n{title}" + (f" (mean over seeds {','.join(map(str, seeds))})" if len(seeds) > 1 else ""))
+    head = " ".join(f"{100 * s:5.0f}%" for s in sparsities)
+    print(f"  {'allocation':12s} | one-shot {head} | retrained {head}")
+    for a in ALLOCATION_ROWS:
+        print(f"  {a:12s} |          " + " ".join(f"{mean(a, s, 'one_shot'):6.2f}" for s in sparsities)
+              + " |           " + " ".join(f"{mean(a, s, 'retrained'):6.2f}" for s in sparsities))
+    ok = all(mean("default", s, k) <= mean("global", s, k) + 1e-9 for s in sparsities for k in ("one_shot", "retrained"))
+    picks = {s: sorted({r["picked"] for r in rows if r["s"] == s and r["allocation"] == "default"}) for s in sparsities}
+    print(f"  default's pick per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
+          + f"; default <= global in every column: {'yes' if ok else 'NO'}")
+    sys.stdout.flush()
+
+
 def print_table(results, name, ntest, title):
     print(f"\n{title}")
     print(f"  {'network':15s} {'protocol':8s} {'weights':>9s} {'after':>8s} {'compr.':>7s} {'err before':>10s} {'err after':>9s}"
@@ -343,7 +411,10 @@ def parser() -> argparse.ArgumentParser:
                     help="per-round pruned fractions: the same share of survivors each round, or Zhu & Gupta's cubic")
     ap.add_argument("--final-average", action=argparse.BooleanOptionalAction, default=FINAL_AVERAGE,
                     help="the last round ends on the mean of its cycle-end weights (SWA; needs --final-cycles >= 2)")
-    ap.add_argument("--allocation", default=ALLOCATION, choices=["equal-drop", "min-drop"],
+    ap.add_argument("--allocations", action=argparse.BooleanOptionalAction, default=True,
+                    help="the allocation table: global threshold, equal-drop, min-drop and the default at the OBD "
+                         "comparison's sparsities, one-shot and retrained (--no-allocations skips it)")
+    ap.add_argument("--allocation", default=ALLOCATION, choices=["auto", "global", "equal-drop", "min-drop"],
                     help="how the sensitivity scan turns the sparsity target into per-layer fractions")
     ap.add_argument("--no-kd", dest="kd", action="store_false",
                     help="skip the extra 'Han+KD' rows (retraining distilled from the unpruned net)")
@@ -362,8 +433,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.summarize:
         # one row per network / label / stage / protocol / seed: a seed saved twice counts once (the later file)
+        saved = [r for f in args.summarize for r in json.load(open(f))]
+        alloc = list({(r["model"], r["s"], r["allocation"], r["protocol"], r["seed"]): r
+                      for r in saved if r.get("kind") == "allocation"}.values())
         rows = list({(r["model"], r["label"], r["stage"], r.get("protocol", ""), r["seed"]): r
-                     for f in args.summarize for r in json.load(open(f))}.values())
+                     for r in saved if r.get("kind") != "allocation"}.values())
+        for m in sorted({r["model"] for r in alloc}):
+            print_allocation_rows([r for r in alloc if r["model"] == m], f"[{m}] allocation at equal sparsity, test error %")
+        if not rows:
+            return
         ntest = {r["ntest"] for r in rows}
         if len(ntest) != 1:
             ap.error(f"--summarize: the files mix test split sizes {sorted(ntest)}")
@@ -387,7 +465,7 @@ def main(argv=None):
           + f", average: {args.final_average}; schedule {args.schedule}, allocation {args.allocation}")
     xtest, ytest = data.mnist("test", cfg["test"])
     xsel, ysel = selection_split(cfg)
-    every = []
+    every, alloc = [], []
     for seed in seeds:
         sargs = copy.copy(args)
         sargs.seed = seed
@@ -402,6 +480,10 @@ def main(argv=None):
             for r in results:
                 if r["model"] in cfg["obd_models"] and r["first"]:
                     obd_vs_magnitude(r, cfg, sargs)
+        if args.allocations:
+            for r in results:
+                if r["first"] and r["model"] in ALLOCATION_MODELS:
+                    alloc += allocation_table(r, cfg, sargs)
         print(f"seed {seed} runtime: {time.perf_counter() - t_seed:.0f} s")
         sys.stdout.flush()
         for r in results:  # the graphs and trainers are not needed for the summary
@@ -409,9 +491,11 @@ def main(argv=None):
                 r.pop(k, None)
         every += results
     if args.save:
-        atomic_write(args.save, json.dumps([dict(r, ntest=len(xtest)) for r in every], indent=1))
+        atomic_write(args.save, json.dumps([dict(r, ntest=len(xtest)) for r in every + alloc], indent=1))
     if len(seeds) > 1:
         seed_summary(every, len(xtest))
+        for m in sorted({r["model"] for r in alloc}):
+            print_allocation_rows([r for r in alloc if r["model"] == m], f"[{m}] allocation at equal sparsity, test error %")
     print(f"\nsensitivity curves: {args.out}/sensitivity_*.png")
     print(f"runtime: {time.perf_counter() - t_start:.0f} s")
 

@@ -9,6 +9,7 @@ than fully connected ones. The same scan serves structured pruning (keys are the
     per_layer = fractions_for_drop(results, max_drop=0.01)                   # {key: fraction}
     per_layer = allocate_sparsity(results, sizes, target=0.92)               # hit an overall sparsity
     per_layer = allocate_sparsity_min_drop(results, sizes, target=0.92)      # ... at least summed loss
+    per_layer = allocate_global_threshold(magnitudes, target=0.92)           # one threshold, no scan
 
 `evaluate` is the PassContext's callback: a torch module -> accuracy in [0, 1]; the scan lowers each
 pruned graph itself. This module imports the core only (never a pass).
@@ -190,6 +191,24 @@ def allocate_sparsity_min_drop(results: dict[Hashable, Curve], sizes: dict[Hasha
 
 
 ALLOCATIONS = {"equal-drop": allocate_sparsity, "min-drop": allocate_sparsity_min_drop}
+
+
+def allocate_global_threshold(magnitudes: dict[Hashable, "torch.Tensor"], target: float) -> dict[Hashable, float]:
+    """Per-key fractions of one magnitude threshold over all keys (the baseline a skeptic tries first:
+    `torch.nn.utils.prune.global_unstructured` with L1): the round(target·N) smallest |w| of all N
+    weights together are pruned, wherever they are. Needs no scan. Weights already masked off should
+    be passed as 0: they are pruned first and count towards the target."""
+    import torch
+    keys = list(magnitudes)
+    sizes = [magnitudes[k].numel() for k in keys]
+    total = sum(sizes)
+    k = int(round(min(max(target, 0.0), 1.0) * total))
+    if total == 0 or k == 0:
+        return {key: 0.0 for key in keys}
+    flat = torch.cat([magnitudes[key].detach().reshape(-1).to(torch.float64) for key in keys])
+    pruned = torch.zeros(total, dtype=torch.bool)
+    pruned[torch.topk(flat, k, largest=False).indices] = True
+    return {key: float(part.float().mean()) for key, part in zip(keys, torch.split(pruned, sizes))}
 
 
 def plot_sensitivity(results: dict[Hashable, Curve], path: str | os.PathLike, title: str = "Pruning sensitivity",

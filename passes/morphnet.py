@@ -14,14 +14,15 @@ One iteration is
    ``MaxGroupingRegularizer`` does: a unit is alive while any of its BNs is, so its gradient flows to
    the largest |γ| only. ``c_g`` is the **marginal cost of one unit of group g given the alive channels
    around it**: ``cost(widths) − cost(widths with g one unit narrower)``, evaluated on the graph with
-   every group at its alive width (|γ| ≥ threshold). For ``flops`` and ``size`` this is exactly the
+   every group at its alive width (|γ| ≥ threshold, 1e-2 when unset). For ``flops`` and ``size`` this is exactly the
    paper's formulation (conv / linear cost is bilinear in in- and out-width, so the difference is
    "alive inputs × k² × HW" for an output channel plus its consumers' share); for ``latency`` and
    ``energy`` it is the target's cost model's finite difference. Coefficients are computed at the start
    of each iteration and refreshed every ``refresh_steps`` training steps from the alive counts.
    Groups with no batch norm (e.g. squeeze-excite bottlenecks) are not regularised and keep their width.
-   After training, units whose |γ| < ``threshold`` are removed with ``hwopt.remove_channels`` (never a
-   whole group: the unit with the largest |γ| stays).
+   After training, units are removed with ``hwopt.remove_channels`` in increasing |γ| until the resource
+   is ``shrink_to`` of the way from its floor to the budget (and any with |γ| < ``threshold``, if set); never a whole group: the
+   unit with the largest |γ| stays.
 2. **Expand.** Find the width multiplier w by bisection so the network with every prunable group at
    ``round(w · width_g)`` (a multiple of ``round_to``) meets the budget; since rounding makes the
    resource a step function of w, finish with a greedy fill (one multiple at a time, to the group
@@ -46,11 +47,21 @@ budget
     A value of the resource (same unit as above); default: the input graph's cost (MorphNet's "same
     cost, better allocated").
 strength
-    λ. Default (none): ``DEFAULT_STRENGTH / initial cost``, the paper's scaling, so the penalty starts
-    at about 2·DEFAULT_STRENGTH whatever the resource and its unit.
+    λ. Default (none): chosen from the resource and the loss scale, so no λ sweep is needed: λ =
+    ``DEFAULT_STRENGTH`` × loss scale / (the penalty's value at λ = 1 on the incoming γ), i.e. the penalty
+    starts level with the training loss whatever the resource and its unit. The loss scale is the cross
+    entropy on the first batches of ``ctx.data`` when given, else ln(outputs), a uniform guess's (see
+    ``loss_scale``). The λ used is reported (``strength`` in the record, per iteration).
+shrink_to
+    The shrink stops by the budget: after shrink-training, units are removed in one global order of
+    increasing |γ| (the penalty pushes an expensive unit's γ down by λ·c_g per step, the loss holds up
+    the useful ones) until the resource is at most floor + ``shrink_to`` × (budget − floor) (default
+    0.5; the floor is the cost with every group at its narrowest, e.g. latency's fixed overheads);
+    expand then grows the kept proportions back to the budget. Short training never has to drive a γ
+    to 0.
 threshold
-    |γ| under which a unit is dead; default 1e-2 (the paper uses 1e-2 for γ thresholds; under an L1
-    penalty with SGD, dead γ oscillate around 0 with an amplitude of lr·λ·c, far below it).
+    Optional: units with |γ| under it are removed first (the paper's rule, e.g. 1e-2, for long shrink
+    training). With ``shrink_to=none`` it is the only stop.
 epochs, retrain_epochs, iterations
     Shrink training epochs (0: no training, threshold the current γ only); retraining epochs of the
     expanded network (0: no retrain); shrink/expand rounds (each starts from the previous result).
@@ -85,10 +96,12 @@ from hwopt.passkit import (channel_multiple, group_label, min_units, resource_va
 from hwopt.passmanager import Pass, PassContext, option, register_pass
 
 __all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "WidthModel", "unit_costs", "Regularizer",
-           "unit_gammas", "dead_units", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init"]
+           "unit_gammas", "dead_units", "units_to_budget", "loss_scale", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init"]
 
 RESOURCES = ("macs", "params", "flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
-DEFAULT_STRENGTH = 2.0
+DEFAULT_STRENGTH = 1.0  # λ × initial penalty / loss scale: the penalty starts level with the loss
+DEFAULT_SHRINK_TO = 0.5  # the shrink stops this far from the floor to the budget (by |γ| order); expand restores it
+ALIVE = 1e-2  # |γ| under which the regulariser's coefficient refresh counts a unit as gone (threshold unset)
 SWAP_BELOW = 0.985  # expand trades widths between groups only while the fill leaves it under this fraction of the budget
 
 
@@ -312,19 +325,97 @@ def dead_units(graph: Graph, threshold: float) -> dict[int, np.ndarray]:
     return removal
 
 
+def units_to_budget(graph: Graph, goal: float, resource: str, target=None,
+                    removal: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """`removal` (default: nothing) extended by the units of smallest |γ| over all groups with a BN, in
+    one global order, until the resource of what is left is ≤ `goal` (or every group is at its
+    narrowest). The shrink's stop, set by the budget: after a short shrink-training no |γ| may reach a
+    threshold, but their order already says which units the penalty and the loss value least."""
+    wm = WidthModel(graph, resource, target)
+    groups = {gr.id: gr for gr in wm.groups}
+    removal = {g: np.asarray(u) for g, u in (removal or {}).items()}
+    order = []  # (|γ|, group, unit) of every removable unit not removed yet, a group's largest |γ| kept
+    for gid in wm.prunable:
+        gr = groups[gid]
+        if not _bn_members(graph, gr):
+            continue
+        gam = unit_gammas(graph, gr).numpy()
+        gone = set(removal.get(gid, np.zeros(0, int)).tolist())
+        ranked = [u for u in np.argsort(gam, kind="stable") if u not in gone]
+        spare = gr.size - len(gone) - min_units(graph, gr)
+        order += [(float(gam[u]), gid, int(u)) for u in ranked[:max(0, spare)]]
+    order.sort()
+
+    def sizes_after(n: int) -> dict[int, int]:
+        cut = {g: len(removal.get(g, ())) for g in wm.prunable}
+        for _, g, _ in order[:n]:
+            cut[g] += 1
+        return {g: wm.base[g] - cut[g] for g in wm.prunable}
+
+    if wm.cost(sizes_after(0)) <= goal or not order:
+        return removal
+    lo, hi = 0, len(order)  # cost falls as units go: the fewest removals that reach the goal
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if wm.cost(sizes_after(mid)) <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    out = {g: list(u) for g, u in removal.items()}
+    for _, g, u in order[:lo]:
+        out.setdefault(g, []).append(u)
+    return {g: np.array(sorted(u), dtype=int) for g, u in out.items() if len(u)}
+
+
+def loss_scale(graph: Graph, data=None, batches: int = 4) -> tuple[float, str]:
+    """The training loss's scale, the unit λ is set in: the cross entropy of the graph on the first
+    `batches` of `data` ((x, y) batches) when given, else that of a uniform guess, ln(outputs)."""
+    from hwopt.lower import lower
+    if data is not None:
+        try:
+            module, total, n = lower(graph).eval(), 0.0, 0
+            with torch.no_grad():
+                for i, (x, y) in enumerate(data):
+                    if i >= batches:
+                        break
+                    total += float(torch.nn.functional.cross_entropy(module(x), y, reduction="sum"))
+                    n += len(y)
+            if n:
+                return max(total / n, 1e-3), f"cross entropy on {n} examples of ctx.data"
+        except (TypeError, ValueError, RuntimeError):
+            pass  # data that is not (x, class label) batches: fall back to the uniform guess
+    try:
+        out = graph.output.spec.channels
+    except Exception:  # noqa: BLE001 - a graph without one output node: the two-class floor
+        out = None
+    c = int(out) if out and out > 1 else 2
+    return math.log(c), f"ln({c}), the cross entropy of a uniform guess over the {c} outputs"
+
+
 def shrink(graph: Graph, *, resource: str, target=None, train=None, epochs: float = 0.0,
-           strength: float | None = None, threshold: float = 1e-2, refresh_steps: int = 0,
-           initial_cost: float | None = None) -> tuple[Graph, dict]:
-    """Train `graph` with the MorphNet penalty (when `train` and epochs > 0), then remove dead units."""
+           strength: float | None = None, threshold: float | None = None, refresh_steps: int = 0,
+           goal: float | None = None, data=None) -> tuple[Graph, dict]:
+    """Train `graph` with the MorphNet penalty (when `train` and epochs > 0), then remove units: those with
+    |γ| < `threshold` (if set), then by smallest |γ| until the resource is ≤ `goal` (if set).
+
+    `strength` (λ) default: the loss scale (`loss_scale`) over the penalty's value at the start, so the
+    penalty starts level with the loss, whatever the resource and its unit."""
     info: dict = {}
     if train is not None and epochs > 0:
-        cost0 = initial_cost if initial_cost is not None else resource_value(graph, resource, target)
-        lam = strength if strength is not None else DEFAULT_STRENGTH / max(cost0, 1e-30)
-        reg = Regularizer(graph, resource, target, lam, threshold, refresh_steps)
+        reg = Regularizer(graph, resource, target, 1.0, ALIVE if threshold is None else threshold, refresh_steps)
+        if strength is None:
+            scale, how = loss_scale(graph, data)
+            p0 = sum(float(unit_gammas(graph, gr).sum()) * float(reg.coeffs[gr.id]) for gr in reg.groups)
+            strength = DEFAULT_STRENGTH * scale / max(p0, 1e-30)
+            info.update(loss_scale=scale, loss_scale_from=how, initial_penalty=p0)
+        reg.strength = strength
         graph = train_graph(graph, PassContext(train=train), epochs, penalty=reg, who="morphnet")
-        info.update(strength=lam, coeffs={group_label(gr): reg.coeffs[gr.id] for gr in reg.groups},
+        info.update(strength=strength, coeffs={group_label(gr): reg.coeffs[gr.id] for gr in reg.groups},
                     refreshes=len(reg.history) - 1)
-    removal = dead_units(graph, threshold)
+    removal = dead_units(graph, threshold) if threshold is not None else {}
+    if goal is not None:
+        removal = units_to_budget(graph, goal, resource, target, removal)
+        info["goal"] = goal
     info["removed_units"] = {group_label(channel_groups(graph)[g]): int(len(u)) for g, u in removal.items()}
     return (remove_channels(graph, removal) if removal else graph), info
 
@@ -430,7 +521,8 @@ class MorphNet(Pass):
     resource: str = option("macs", choices=RESOURCES)
     budget: Optional[float] = option(None, gt=0.0)
     strength: Optional[float] = option(None, ge=0.0)
-    threshold: float = option(1e-2, ge=0.0)
+    threshold: Optional[float] = option(None, ge=0.0)
+    shrink_to: Optional[float] = option(DEFAULT_SHRINK_TO, gt=0.0, le=1.0)
     epochs: float = option(1.0, ge=0.0)
     retrain_epochs: float = option(1.0, ge=0.0)
     iterations: int = option(1, ge=1)
@@ -439,6 +531,8 @@ class MorphNet(Pass):
     plot: Optional[str] = None
 
     def validate(self) -> None:
+        if self.shrink_to is None and self.threshold is None:
+            self.invalid("shrink_to", "none needs a threshold: with neither, the shrink would remove nothing")
         if not (self.round_to in (None, "target") or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool)
                                                       and self.round_to >= 1)):
             self.invalid("round_to", f"must be 'target', none or an int >= 1, got {self.round_to!r}")
@@ -446,6 +540,17 @@ class MorphNet(Pass):
     def requirements(self) -> tuple[str, ...]:
         return (("target",) if self.resource in ("flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
                 or self.round_to == "target" else ()) + (("train",) if self.epochs > 0 else ())
+
+    def shrink_goal(self, graph: Graph, budget: float, target) -> Optional[float]:
+        """Where the shrink stops: `shrink_to` of the way from the floor (every group at its narrowest)
+        to the budget. A resource with a fixed part (latency's per-layer overheads) would otherwise ask
+        for a goal under the floor, and the shrink would cut every group to one unit: no signal left."""
+        if self.shrink_to is None:
+            return None
+        wm = WidthModel(graph, self.resource, target)
+        groups = {gr.id: gr for gr in wm.groups}
+        floor = wm.cost({g: min_units(graph, groups[g]) for g in wm.prunable})
+        return floor + self.shrink_to * max(0.0, budget - floor)
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         for need, opt in (("target", "resource"), ("train", "epochs")):
@@ -462,7 +567,7 @@ class MorphNet(Pass):
         for it in range(self.iterations):
             shrunk, sinfo = shrink(g, resource=self.resource, target=target, train=ctx.train, epochs=self.epochs,
                                    strength=self.strength, threshold=self.threshold, refresh_steps=self.refresh_steps,
-                                   initial_cost=cost0)
+                                   data=ctx.data, goal=self.shrink_goal(g, budget, target))
             expanded, einfo = expand(shrunk, budget, self.resource, target, multiple, generator=gen)
             if self.retrain_epochs > 0 and ctx.train is not None:  # from scratch, as the paper does
                 expanded = train_graph(fresh_init(expanded, gen), ctx, self.retrain_epochs, who=self.name)
@@ -473,6 +578,7 @@ class MorphNet(Pass):
                 "minimum": einfo["minimum"], "shrink": sinfo})
             g = expanded
         last = report["iterations"][-1]
+        report["strength"] = [it["shrink"].get("strength") for it in report["iterations"]]  # λ, per iteration
         report["after_shrink"], report["after_expand"], report["cost"] = last["after_shrink"], last["after_expand"], last["cost"]
         path = self.plot or (os.path.join(ctx.workdir, "morphnet_widths.png") if ctx.workdir else None)
         if path:

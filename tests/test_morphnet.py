@@ -13,8 +13,9 @@ import hwopt
 from hwopt import models
 from hwopt.channels import channel_groups, remove_channels, resize_groups
 from hwopt.passmanager import PassManager, make_pass, parse_pass
-from hwopt.passes.morphnet import (MorphNet, Regularizer, WidthModel, dead_units, expand, expand_sizes, group_widths,
-                                   shrink, unit_costs)
+from hwopt.passes.morphnet import (DEFAULT_SHRINK_TO, MorphNet, Regularizer, WidthModel, dead_units, expand,
+                                   expand_sizes, group_widths, loss_scale, shrink, unit_costs, unit_gammas,
+                                   units_to_budget)
 from hwopt.passkit import resource_value
 from hwopt.targets import load_target
 from hwopt.testing import fingerprint
@@ -237,6 +238,72 @@ def test_dead_units_never_empty_a_group():
     assert all(v == 1 for v in group_widths(out).values())
 
 
+def test_shrink_stops_at_the_goal_in_gamma_order():
+    T = _target("cortex-a72")
+    g = _randomise_gammas(_lifted("mnist_cnn")[0], seed=3, low=0.2)  # no |γ| near any threshold
+    cost = resource_value(g, "latency_ms", T)
+    for frac in (0.8, 0.5, 0.3):
+        removal = units_to_budget(g, frac * cost, "latency_ms", T)
+        out = remove_channels(g, removal)
+        assert resource_value(out, "latency_ms", T) <= frac * cost
+        assert all(w >= 1 for w in group_widths(out).values())
+        # one global |γ| order: every removed unit has a smaller |γ| than every kept one (largest per group kept)
+        groups = {gr.id: gr for gr in channel_groups(g)}
+        gone, kept = [], []
+        for gid, gr in groups.items():
+            if not gr.prunable:
+                continue
+            gam = unit_gammas(g, gr)
+            idx = set(removal.get(gid, []))
+            gone += [float(gam[u]) for u in idx]
+            kept += [float(gam[u]) for u in range(gr.size) if u not in idx and float(gam[u]) < float(gam.max())]
+        assert gone and max(gone) <= min(kept, default=float("inf"))
+        # the fewest removals: putting back the last one breaks the goal
+        last = max(((float(unit_gammas(g, groups[k])[u]), k, u) for k, us in removal.items() for u in us))
+        fewer = {k: [u for u in us if (k, u) != last[1:]] for k, us in removal.items()}
+        assert resource_value(remove_channels(g, {k: np.array(v) for k, v in fewer.items() if len(v)}),
+                              "latency_ms", T) > frac * cost
+
+
+def test_default_lambda_sets_the_penalty_level_with_the_loss():
+    T = _target("cortex-a72")
+    g, x = _lifted("mnist_cnn")
+    assert loss_scale(g) == (pytest.approx(math.log(10)), loss_scale(g)[1])
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))) for _ in range(2)]
+    ce, how = loss_scale(g, batches)
+    with torch.no_grad():
+        want = float(torch.nn.functional.cross_entropy(hwopt.lower(g).eval()(torch.cat([b[0] for b in batches])),
+                                                       torch.cat([b[1] for b in batches])))
+    assert ce == pytest.approx(want, rel=1e-5) and "ctx.data" in how
+    for resource, scale in (("latency_ms", 1.0), ("macs", 1.0), ("latency_ms", 2.0)):
+        _, info = shrink(g, resource=resource, target=T, train=_fake_train(steps=0), epochs=1.0,
+                         data=batches if scale == 2.0 else None)
+        reg = Regularizer(g, resource, T, strength=info["strength"])
+        assert float(reg(hwopt.lower(g)).detach()) == pytest.approx(info["loss_scale"], rel=1e-5)  # whatever the unit
+    assert info["loss_scale"] == pytest.approx(ce)
+
+
+def test_default_pass_shrinks_without_any_gamma_reaching_a_threshold():
+    """The training a user gives (here a few penalty steps, far too short to zero a γ) still shrinks: the
+    stop is the budget, and the report says which λ it used."""
+    T = _target("cortex-a72")
+    g, x = _lifted("mnist_cnn")
+    budget = 0.7 * resource_value(g, "latency_ms", T)
+    ctx = hwopt.PassContext(target=T, train=_fake_train(steps=2, lr=1e-3), example_inputs=x)
+    out = PassManager([MorphNet(resource="latency_ms", budget=budget, retrain_epochs=0)]).run(g, ctx)
+    rep = ctx.records[-1]["info"]
+    it = rep["iterations"][0]
+    assert sum(it["shrink"]["removed_units"].values()) > 0
+    floor = WidthModel(g, "latency_ms", T).cost({gr.id: 1 for gr in channel_groups(g) if gr.prunable})
+    assert it["shrunk_cost"] <= floor + DEFAULT_SHRINK_TO * (budget - floor)
+    assert it["shrunk_cost"] > floor  # never cut to the floor: the |γ| order still says something
+    assert 0.98 * budget <= resource_value(out, "latency_ms", T) <= budget
+    assert rep["strength"][0] == it["shrink"]["strength"] > 0
+    with pytest.raises(hwopt.PassError, match="'shrink_to'"):
+        parse_pass("morphnet{shrink_to=none}")
+
+
 # --------------------------------------------------------------------------- the pass
 
 def test_pass_end_to_end_records_report_and_plot(tmp_path):
@@ -276,6 +343,7 @@ def test_pass_expand_only_without_training_keeps_weights():
     "morphnet{resource=latency_ms,budget=0.25,strength=1e-06,threshold=0.02,epochs=2.0,retrain_epochs=3.0,iterations=2,round_to=8}",
     "morphnet{resource=energy_mj,round_to=target,refresh_steps=0,plot=/tmp/widths.png}",
     "morphnet{resource=params,budget=none,strength=none}",
+    "morphnet{shrink_to=none,threshold=0.01}", "morphnet{shrink_to=0.3}",
 ])
 def test_options_round_trip_through_text(text):
     p = parse_pass(text)

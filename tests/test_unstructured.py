@@ -172,7 +172,8 @@ def test_thresholds_follow_the_scan_not_hand_set():
     # layer '3' made very sensitive, then layer '1': the allocation must follow whichever the scan says
     for sensitive, robust in (("3", "1"), ("1", "3")):
         ev = _FakeEval({sensitive: 1.0, robust: 0.01, "5": 0.3})
-        p = MagnitudePrune(sparsity=0.7, iterations=1, retrain_epochs=0, remove_dead=False, scan_fractions=fr)
+        p = MagnitudePrune(sparsity=0.7, iterations=1, retrain_epochs=0, remove_dead=False, scan_fractions=fr,
+                           allocation="equal-drop")
         plan = p.plan(g, hwopt.PassContext(evaluate=ev))
         assert plan.fractions[sensitive] < plan.fractions[robust]
         sizes = {k: g[k].params["weight"].numel() for k in plan.fractions}
@@ -391,3 +392,62 @@ def test_hessian_estimators_agree_in_sign_and_scale(trained_mlp, mlp_trainer):
     assert (gn >= 0).all() and (hu >= 0).all()
     # the last layer of a softmax net: the Hessian is the GGN exactly, so the two estimates correlate
     assert float(torch.corrcoef(torch.stack([gn.ravel(), hu.ravel()]))[0, 1]) > 0.5
+
+
+# --- allocation: one global threshold, and the default that measures its candidates -------------------
+
+
+def test_global_threshold_is_one_threshold_over_all_layers():
+    g = _graph(models.lenet_300_100)
+    names = sp.prunable_layers(g)
+    fr = sens.allocate_global_threshold({k: g[k].params["weight"].abs() for k in names}, 0.8)
+    out = MagnitudePrune(sparsity=0.8, allocation="global", iterations=1, retrain_epochs=0,
+                         remove_dead=False).run(g, hwopt.PassContext())
+    assert sp.sparsity(out, names) == pytest.approx(0.8, abs=1e-4)
+    kept = [sp.effective_weight(out[k]).abs() for k in names]
+    cut = [g[k].params["weight"].abs()[out[k].params["weight_mask"] == 0] for k in names]
+    # every kept weight is at least as large as every pruned one, whichever layer either sits in
+    assert min(float(w[w > 0].min()) for w in kept) >= max(float(c.max()) for c in cut)
+    for k in names:
+        assert sp.sparsity(out, [k]) == pytest.approx(fr[k], abs=1e-4)
+    assert len({round(f, 3) for f in fr.values()}) > 1  # not a uniform fraction
+    # already-masked weights count as pruned: a second pass at the same target prunes nothing more
+    again = sens.allocate_global_threshold({k: sp.effective_weight(out[k]).abs() for k in names}, 0.8)
+    assert again == pytest.approx({k: sp.sparsity(out, [k]) for k in names}, abs=1e-6)
+
+
+def test_sparsity_without_evaluate_uses_global_threshold_and_says_so():
+    g = _graph(models.lenet_300_100)
+    ctx = hwopt.PassContext()
+    out = hwopt.PassManager.parse("magnitude-prune{sparsity=0.9,iterations=1,retrain_epochs=0}").run(g, ctx)
+    info = ctx.records[-1]["info"]
+    assert info["allocation"] == "global" and info["scan"] is False and "no sensitivity scan" in info["note"]
+    assert sp.sparsity(out, list(info["fractions"])) > 0.85  # dead units removed afterwards change the count
+    # scan-based allocations and the no-target mode still need the callback, and say so
+    for text in ("magnitude-prune{sparsity=0.9,allocation=min-drop}", "magnitude-prune{retrain_epochs=0}"):
+        with pytest.raises(hwopt.PassError, match="evaluate"):
+            hwopt.PassManager.parse(text).run(g, hwopt.PassContext())
+
+
+def test_auto_allocation_picks_the_most_accurate_candidate():
+    g = _graph(models.lenet_300_100)
+    names = sp.prunable_layers(g)
+    fr = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
+    glob = sens.allocate_global_threshold({k: g[k].params["weight"].abs() for k in names}, 0.7)
+
+    class Oracle(_FakeEval):  # the global threshold's own fractions are best: any other allocation loses
+        def __call__(self, module):
+            h = hwopt.lift(module, X1)
+            return 0.98 - sum((sp.sparsity(h, [k]) - glob[k]) ** 2 for k in names) * 10 * bool(sp.sparsity(h) > 0.5)
+
+    for ev, want in ((_FakeEval({"3": 1.0, "1": 0.01, "5": 0.3}), None), (Oracle({}), "global")):
+        ctx = hwopt.PassContext(evaluate=ev)
+        p = MagnitudePrune(sparsity=0.7, iterations=1, retrain_epochs=0, scan_fractions=fr)
+        plan = p.plan(g, ctx)
+        assert set(plan.candidates) == {"global", "equal-drop", "min-drop"}
+        assert plan.candidates[plan.allocation] == max(plan.candidates.values())
+        assert ctx.notes["allocation"] == plan.allocation and plan.scan
+        if want:
+            assert plan.allocation == want
+        else:  # the scan-based pick spares the sensitive layer '3' more than one threshold does
+            assert plan.allocation != "global" and plan.fractions["3"] < glob["3"]
