@@ -367,13 +367,13 @@ class _Lifter:
             return self.emit(n, op, [y], {"scalar": float(x), "reverse": True})
         raise self.unsupported(n, "operands must be tensors or Python numbers")
 
-    def _scalar_or_const(self, n, v, other):
-        """A constant operand (layer scale `x * self.gamma`): a number when it holds one value, else a
-        `const` node of the other operand's rank (leading singleton dims), so it broadcasts as in torch."""
+    def _scalar_or_const(self, n, v, other, scalar: bool = True):
+        """A constant operand (layer scale `x * self.gamma`): a number when it holds one value (and `scalar`),
+        else a `const` node of the other operand's rank (leading singleton dims), so it broadcasts as in torch."""
         if not isinstance(v, _Const):
             return v
         t = v.t
-        if t.numel() == 1:
+        if t.numel() == 1 and scalar:
             return float(t.detach().reshape(()))
         if not self._is_tensor(other):
             raise self.unsupported(n, "an op on two constants")
@@ -399,7 +399,7 @@ class _Lifter:
             if not bool((t == t[:1]).all()):
                 raise self.unsupported(n, f"a constant of shape {tuple(t.shape)} that varies along the batch dimension")
             t = t[:1]
-        return self._scalar_or_const(n, _Const(t) if t is not c.t else c, ref)
+        return self._scalar_or_const(n, _Const(t) if t is not c.t else c, ref, scalar=False)
 
     def f_add(self, n, a, v): return self._binary("add", n, v)
     def f_sub(self, n, a, v): return self._binary("sub", n, v)
@@ -735,7 +735,7 @@ class _Lifter:
         x, y = v["input"], v["other"]
         if isinstance(x, _Const) and isinstance(y, _Const):
             raise self.unsupported(n, "a matmul of two constants")
-        x, y = self._scalar_or_const(n, x, y), self._scalar_or_const(n, y, x)
+        x, y = self._scalar_or_const(n, x, y, scalar=False), self._scalar_or_const(n, y, x, scalar=False)
         if not (self._is_tensor(x) and self._is_tensor(y)):
             raise self.unsupported(n, "matmul operands must be tensors")
         if len(self.spec(x).shape) < 2 or len(self.spec(y).shape) < 2:
@@ -749,7 +749,7 @@ class _Lifter:
         if not all(self._is_tensor(t) for t in (q, k, val)):
             raise self.unsupported(n, "query, key and value must be computed from the input")
         if mask is not None:
-            mask = self._scalar_or_const(n, mask, q)
+            mask = self._scalar_or_const(n, mask, q, scalar=False)
             if not self._is_tensor(mask) or self.spec(mask).dtype == "bool":
                 raise self.unsupported(n, "an attention mask that is not a float tensor")
         scale = v["scale"] if v["scale"] is not None else 1.0 / math.sqrt(self.spec(q).shape[-1])
