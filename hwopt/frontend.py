@@ -23,8 +23,8 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .frontend_rules import (FUNCTIONS, METHODS, MODULE_LIFTERS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
-                             _out_size, _pool_attrs, _REFUSED)
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
+                             _out_size, _pool_attrs, _REFUSED, module_lifter)
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
 
@@ -143,7 +143,8 @@ class _Lifter:
     def known(self, n: fx.Node) -> bool:
         """Is `n`'s op in the tables (whether or not its arguments will fit)?"""
         if n.op == "call_module":
-            return type(self.modules[str(n.target)]) in MODULE_RULES or type(self.modules[str(n.target)]) in MODULE_LIFTERS
+            m = self.modules[str(n.target)]
+            return type(m) in MODULE_RULES or module_lifter(m) is not None
         if n.op == "call_function":
             return n.target in FUNCTIONS
         if n.op == "call_method":
@@ -213,7 +214,7 @@ class _Lifter:
         return a
 
     def run(self) -> Graph:
-        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or type(m) in MODULE_LIFTERS)
+        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
         try:
             fxg = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not symbolically traceable"
@@ -279,7 +280,7 @@ class _Lifter:
             args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
             if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
                 return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid
-            lifter = MODULE_LIFTERS.get(type(m))
+            lifter = module_lifter(m)
             if lifter is not None:
                 self.check_lazy(n, None, (args, kwargs))
                 return getattr(self, "m_" + lifter)(n, m, args, kwargs)
@@ -854,6 +855,23 @@ class _Lifter:
                       {"weight": out.weight, **({"bias": out.bias} if out.bias is not None else {})}, name=f"{path}.out_proj")
         weights = "the attention weights MultiheadAttention returns (need_weights=True) are not lifted"
         return _Multi((t, weights if v.get("need_weights", True) else None))
+
+
+    def m_cond_conv2d(self, n, m, args, kwargs) -> str:
+        """timm's CondConv2d(x, routing_weights): the `cond_conv2d` op, its flat expert kernels reshaped to
+        [experts, out, in / groups, kh, kw]."""
+        x, routing = (list(args) + [kwargs.get("routing_weights")])[:2]
+        if not (self._is_tensor(x) and self._is_tensor(routing)) or len(args) + len(kwargs) != 2:
+            raise self.unsupported(n, "expected CondConv2d(x, routing_weights) computed from the input")
+        if m.dynamic_padding:
+            raise self.unsupported(n, "CondConv2d with TF 'same' padding computed at run time")
+        attrs = dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_pair(m.kernel_size),
+                     stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation), groups=m.groups,
+                     experts=m.num_experts)
+        params = {"weight": m.weight.reshape(m.num_experts, *m.weight_shape)}
+        if m.bias is not None:
+            params["bias"] = m.bias
+        return self.emit(n, "cond_conv2d", [x, routing], attrs, params, name=str(n.target))
 
 
 class _Multi:

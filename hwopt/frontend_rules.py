@@ -142,6 +142,13 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 # Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
 MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
+# The same for classes of libraries hwopt does not import, by (module, class name).
+NAMED_MODULE_LIFTERS: dict[tuple[str, str], str] = {("timm.layers.cond_conv2d", "CondConv2d"): "cond_conv2d"}
+
+
+def module_lifter(m: nn.Module) -> str | None:
+    """The `_Lifter.m_<name>` method that lifts module `m`, if any."""
+    return MODULE_LIFTERS.get(type(m)) or NAMED_MODULE_LIFTERS.get((type(m).__module__, type(m).__name__))
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
     operator.isub: "sub!", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul!", operator.truediv: "div",

@@ -152,3 +152,27 @@ def test_token_attention_block_is_reusable():
     block = TokenAttention(8, 4, 2, 4, "sdpa", True).eval()
     x = torch.randn(2, 8, 2, 2)
     assert_close_outputs(hwopt.lift(block, x), block, x)
+
+
+def test_condconv_lifts_exactly_for_any_batch():
+    from hwopt.testing import zoo
+    if not zoo.available():
+        pytest.skip("timm is not installed (the zoo extra)")
+    from timm.layers import CondConv2d
+
+    class Routed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.route = nn.Linear(6, 3)
+            self.pw, self.dw = CondConv2d(6, 8, 1, num_experts=3), CondConv2d(8, 8, 3, padding=1, groups=8, num_experts=3,
+                                                                                bias=True)
+
+        def forward(self, x):
+            r = torch.sigmoid(self.route(x.mean((2, 3))))
+            return self.dw(self.pw(x, r), r)
+
+    m = Routed().eval()
+    g = hwopt.lift(m, torch.randn(1, 6, 5, 5))
+    assert g.stats()["ops"]["cond_conv2d"] == 2
+    assert_close_outputs(g, m, torch.randn(3, 6, 5, 5))
+    assert not any(gr.prunable and any(g[k].op == "cond_conv2d" for k in gr.members) for gr in hwopt.channel_groups(g))
