@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, SIGS, _bind, _layer_norm,  # noqa: F401
                              _out_size, _pool_attrs, _REFUSED, module_lifter)
 from .frontend_trace import ERROR, ConcreteTracer
 from .ir import Graph, TensorSpec, _pair, snapshot
@@ -146,7 +146,7 @@ class _Lifter:
             m = self.modules[str(n.target)]
             return type(m) in MODULE_RULES or module_lifter(m) is not None
         if n.op == "call_function":
-            return n.target in FUNCTIONS
+            return _function_name(n.target) is not None
         if n.op == "call_method":
             return n.target in METHODS
         return True
@@ -303,7 +303,7 @@ class _Lifter:
                 raise self.unsupported(n, f"attribute {n.target!r} is a {type(obj).__name__}, not a tensor")
             return _Const(obj)
         if n.op == "call_function":
-            name = FUNCTIONS.get(n.target)
+            name = _function_name(n.target)
         elif n.op == "call_method":
             name = METHODS.get(n.target)
         else:
@@ -872,6 +872,104 @@ class _Lifter:
         if m.bias is not None:
             params["bias"] = m.bias
         return self.emit(n, "cond_conv2d", [x, routing], attrs, params, name=str(n.target))
+
+
+    def f_roll(self, n, a, v):
+        """torch.roll along dims other than the batch: two slices concatenated, per dim."""
+        x, shifts, dims = v["input"], v["shifts"], v["dims"]
+        if dims is None:
+            raise self.unsupported(n, "roll of the flattened tensor (no dims)")
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        for shift, dim in zip(shifts, dims):
+            size = self.spec(x).shape[dim]
+            dim %= len(self.spec(x).shape)
+            shift %= size
+            if dim == 0:
+                raise self.unsupported(n, "roll along the batch dimension")
+            if shift:
+                tail = self.emit(n, "slice", [x], {"dim": dim, "start": size - shift, "end": size})
+                head = self.emit(n, "slice", [x], {"dim": dim, "start": 0, "end": size - shift})
+                x = self.emit(n, "concat", [tail, head], {"dim": dim})
+        return x
+
+    def f_patch_merging_pad(self, n, a, v):
+        """torchvision Swin's _patch_merging_pad: the four 2x2-strided views of [B, H, W, C], concatenated
+        on the features."""
+        x = v["input"]
+        shape = self.spec(x).shape
+        if len(shape) != 4 or shape[1] % 2 or shape[2] % 2:
+            raise self.unsupported(n, f"patch merging of {list(shape)} (odd sizes are padded: not lifted)")
+        parts = [self._basic_slices(n, x, (slice(None), slice(i, None, 2), slice(j, None, 2), slice(None)))
+                 for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+        return self.emit(n, "concat", parts, {"dim": 3})
+
+    def f_shifted_window_attention(self, n, a, v):
+        """torchvision Swin's window attention on [B, H, W, C], as the ops it computes: cyclic shift (rolls),
+        windows ([B, windows, tokens, C]), per-head q kᵀ · scale + relative position bias (+ the shift mask,
+        folded into one constant), softmax, @ v, projection, windows back, shift back. Heads prune."""
+        x = v["input"]
+        if v["logit_scale"] is not None:
+            raise self.unsupported(n, "Swin-V2 cosine attention (logit_scale)")
+        p = self._const(n, v, "qkv_weight", "proj_weight", "relative_position_bias", "qkv_bias", "proj_bias")
+        b, hh, ww, c = self.spec(x).shape
+        (wh, wwin), heads = v["window_size"], int(v["num_heads"])
+        shift = list(v["shift_size"])
+        if hh % wh or ww % wwin:
+            raise self.unsupported(n, f"window size {[wh, wwin]} does not divide the feature map {[hh, ww]} (padding)")
+        shift = [0 if wh >= hh else shift[0], 0 if wwin >= ww else shift[1]]
+        if sum(shift):
+            x = self.f_roll(n, a, {"input": x, "shifts": (-shift[0], -shift[1]), "dims": (1, 2)})
+        nh, nw, tokens, d = hh // wh, ww // wwin, wh * wwin, c // heads
+        x = self.emit(n, "reshape", [x], {"shape": (nh, wh, nw, wwin, c)})
+        x = self.emit(n, "permute", [x], {"dims": (0, 1, 3, 2, 4, 5)})
+        x = self.emit(n, "reshape", [x], {"shape": (nh * nw, tokens, c)})
+        path = self.where(n) or n.name  # the linears are named like torchvision's modules (attn.qkv, attn.proj)
+        qkv = self.emit(n, "linear", [x], {"in_features": c, "out_features": 3 * c},
+                        {"weight": p["qkv_weight"], **({"bias": p["qkv_bias"]} if "qkv_bias" in p else {})},
+                        name=f"{path}.qkv")
+        qkv = self.emit(n, "reshape", [qkv], {"shape": (nh * nw, tokens, 3, heads, d)})
+        q, k, val = (self.emit(n, "permute", [self.select(n, qkv, 3, i)], {"dims": (0, 1, 3, 2, 4)}) for i in range(3))
+        q = self.emit(n, "mul", [q], {"scalar": float(d ** -0.5), "reverse": False})
+        scores = self.emit(n, "matmul", [q, self.emit(n, "permute", [k], {"dims": (0, 1, 2, 4, 3)})])
+        bias = p["relative_position_bias"].reshape(1, 1, heads, tokens, tokens)
+        if sum(shift):
+            bias = bias + _swin_shift_mask((hh, ww), (wh, wwin), shift).reshape(1, nh * nw, 1, tokens, tokens)
+        scores = self.emit(n, "add", [scores, self._scalar_or_const(n, _Const(bias), scores, scalar=False)])
+        att = self.emit(n, "softmax", [scores], {"dim": 4})
+        y = self.emit(n, "permute", [self.emit(n, "matmul", [att, val])], {"dims": (0, 1, 3, 2, 4)})
+        y = self.emit(n, "reshape", [y], {"shape": (nh * nw, tokens, c)})
+        y = self.emit(n, "linear", [y], {"in_features": c, "out_features": c},
+                      {"weight": p["proj_weight"], **({"bias": p["proj_bias"]} if "proj_bias" in p else {})},
+                      name=f"{path}.proj")
+        y = self.emit(n, "reshape", [y], {"shape": (nh, nw, wh, wwin, c)})
+        y = self.emit(n, "permute", [y], {"dims": (0, 1, 3, 2, 4, 5)})
+        y = self.emit(n, "reshape", [y], {"shape": (hh, ww, c)})
+        if sum(shift):
+            y = self.f_roll(n, a, {"input": y, "shifts": tuple(shift), "dims": (1, 2)})
+        return y
+
+
+def _swin_shift_mask(size, window, shift) -> torch.Tensor:
+    """The additive mask of shifted-window attention [windows, tokens, tokens]: -100 between tokens that
+    came from different regions of the unshifted map (torchvision's construction)."""
+    (h, w), (wh, ww) = size, window
+    regions = torch.zeros(h, w)
+    count = 0
+    for hs in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+        for ws in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+            regions[hs[0]:hs[1], ws[0]:ws[1]] = count
+            count += 1
+    regions = regions.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    diff = regions.unsqueeze(1) - regions.unsqueeze(2)
+    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+
+
+def _function_name(target) -> str | None:
+    name = FUNCTIONS.get(target) if not isinstance(target, str) else None
+    if name is None:
+        name = NAMED_FUNCTIONS.get((getattr(target, "__module__", None), getattr(target, "__name__", None)))
+    return name
 
 
 class _Multi:

@@ -139,6 +139,17 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "expand": (("input", _REQ), ("size", _REQ)), "expand_as": (("input", _REQ), ("other", _REQ)),
     "reshape_as": (("input", _REQ), ("other", _REQ)),
     "normalize": (("input", _REQ), ("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None)),
+    "roll": (("input", _REQ), ("shifts", _REQ), ("dims", None)),
+    "shifted_window_attention": (("input", _REQ), ("qkv_weight", _REQ), ("proj_weight", _REQ),
+                                 ("relative_position_bias", _REQ), ("window_size", _REQ), ("num_heads", _REQ),
+                                 ("shift_size", _REQ), ("attention_dropout", 0.0), ("dropout", 0.0), ("qkv_bias", None),
+                                 ("proj_bias", None), ("logit_scale", None), ("training", True)),
+    "patch_merging_pad": (("input", _REQ),),
+}
+# Functions of libraries hwopt does not import, by (module, name): torchvision wraps these for fx.
+NAMED_FUNCTIONS: dict[tuple[str, str], str] = {
+    ("torchvision.models.swin_transformer", "shifted_window_attention"): "shifted_window_attention",
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"): "patch_merging_pad",
 }
 # Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
 MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
@@ -166,6 +177,7 @@ FUNCTIONS: dict[Any, str] = {
     torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
     F.scaled_dot_product_attention: "scaled_dot_product_attention", torch.sum: "sum", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.unbind: "unbind", torch.select: "select", F.normalize: "normalize",
+    torch.roll: "roll",
 }
 METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mul!", "div": "div", "relu": "relu",
            "relu_": "relu!", "sigmoid": "sigmoid", "tanh": "tanh", "flatten": "flatten", "view": "reshape",
@@ -173,7 +185,7 @@ METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mu
            "size": "size", "softmax": "softmax", "log_softmax": "log_softmax", "narrow": "narrow",
            "permute": "permute", "transpose": "transpose", "matmul": "matmul", "bmm": "matmul", "sum": "sum",
            "unsqueeze": "unsqueeze", "squeeze": "squeeze", "unbind": "unbind", "select": "select",
-           "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as"}
+           "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as", "roll": "roll"}
 
 
 def _bind(name: str, args: Sequence, kwargs: dict) -> dict[str, Any]:

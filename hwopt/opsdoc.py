@@ -75,7 +75,8 @@ def _lifted_from() -> dict[str, list[str]]:
     out.setdefault("attention", []).append("nn.MultiheadAttention (with linear, reshape, permute)")
     out.setdefault("cond_conv2d", []).append("timm CondConv2d")
     out.setdefault("concat", []).append("class token (cat of an expanded parameter)")
-    out.setdefault("slice", []).append("x[:, 0], x[:, ::2], unbind")
+    out.setdefault("slice", []).append("x[:, 0], x[:, ::2], unbind, torch.roll (with concat)")
+    out.setdefault("matmul", []).append("torchvision Swin shifted_window_attention (with the ops it computes)")
     out.setdefault("reshape", []).append("x[:, None], Tensor.unsqueeze / squeeze")
     return out
 

@@ -176,3 +176,24 @@ def test_condconv_lifts_exactly_for_any_batch():
     assert g.stats()["ops"]["cond_conv2d"] == 2
     assert_close_outputs(g, m, torch.randn(3, 6, 5, 5))
     assert not any(gr.prunable and any(g[k].op == "cond_conv2d" for k in gr.members) for gr in hwopt.channel_groups(g))
+
+
+def test_swin_window_attention_lifts_exactly_and_prunes_heads():
+    """torchvision's Swin: shifted-window attention (cyclic shift, windows, relative position bias, shift
+    mask) and patch merging, lifted op by op; heads of each block prune, exactly when unread."""
+    from hwopt.testing import zoo
+    if not zoo.available():
+        pytest.skip("torchvision is not installed (the zoo extra)")
+    from torchvision.models.swin_transformer import SwinTransformer
+    torch.manual_seed(0)
+    m = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                        num_classes=5).eval()
+    with torch.no_grad():
+        for p in m.parameters():  # non-trivial biases and position tables
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(1, 3, 32, 32)
+    g = hwopt.lift(m, x)
+    assert_close_outputs(g, m, torch.randn(2, 3, 32, 32))
+    heads = [gr for gr in hwopt.channel_groups(g) if gr.prunable and any(p.endswith("attn.qkv") for p in gr.producers)]
+    assert sorted(gr.size for gr in heads) == [2, 2, 4, 4]
+    assert_removing_unread_channels_is_exact(g, x)
