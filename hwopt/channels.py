@@ -148,6 +148,8 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         (c.same(ins[0], out) if x.axis == len(x.shape) - 1 else c.pin(out, *ins))
     elif op in ("softmax", "log_softmax"):
         (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
+    elif op == "cond_conv2d":
+        c.pin(out, *ins)  # per-sample kernels mixed from experts: not pruned (exactness first)
     elif op in ("matmul", "attention"):
         _couple_heads(c, n)
     elif op == "normalize":

@@ -23,8 +23,8 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .frontend_rules import (FUNCTIONS, METHODS, MODULE_LIFTERS, MODULE_RULES, SIGS, _bind, _layer_norm,  # noqa: F401
-                             _out_size, _pool_attrs, _REFUSED)
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, SIGS, _bind, _layer_norm,  # noqa: F401
+                             _out_size, _pool_attrs, _REFUSED, module_lifter)
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, ConcreteTracer
@@ -145,9 +145,10 @@ class _Lifter(ConvOps):
     def known(self, n: fx.Node) -> bool:
         """Is `n`'s op in the tables (whether or not its arguments will fit)?"""
         if n.op == "call_module":
-            return type(self.modules[str(n.target)]) in MODULE_RULES or type(self.modules[str(n.target)]) in MODULE_LIFTERS
+            m = self.modules[str(n.target)]
+            return type(m) in MODULE_RULES or module_lifter(m) is not None
         if n.op == "call_function":
-            return n.target in FUNCTIONS
+            return _function_name(n.target) is not None
         if n.op == "call_method":
             return n.target in METHODS
         return True
@@ -215,7 +216,7 @@ class _Lifter(ConvOps):
         return a
 
     def run(self) -> Graph:
-        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or type(m) in MODULE_LIFTERS)
+        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
         try:
             fxg = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not symbolically traceable"
@@ -281,7 +282,7 @@ class _Lifter(ConvOps):
             args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
             if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
                 return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid
-            lifter = MODULE_LIFTERS.get(type(m))
+            lifter = module_lifter(m)
             if lifter is not None:
                 self.check_lazy(n, None, (args, kwargs))
                 return getattr(self, "m_" + lifter)(n, m, args, kwargs)
@@ -304,7 +305,7 @@ class _Lifter(ConvOps):
                 raise self.unsupported(n, f"attribute {n.target!r} is a {type(obj).__name__}, not a tensor")
             return _Const(obj)
         if n.op == "call_function":
-            name = FUNCTIONS.get(n.target)
+            name = _function_name(n.target)
         elif n.op == "call_method":
             name = METHODS.get(n.target)
         else:
@@ -369,13 +370,13 @@ class _Lifter(ConvOps):
             return self.emit(n, op, [y], {"scalar": float(x), "reverse": True})
         raise self.unsupported(n, "operands must be tensors or Python numbers")
 
-    def _scalar_or_const(self, n, v, other):
-        """A constant operand (layer scale `x * self.gamma`): a number when it holds one value, else a
-        `const` node of the other operand's rank (leading singleton dims), so it broadcasts as in torch."""
+    def _scalar_or_const(self, n, v, other, scalar: bool = True):
+        """A constant operand (layer scale `x * self.gamma`): a number when it holds one value (and `scalar`),
+        else a `const` node of the other operand's rank (leading singleton dims), so it broadcasts as in torch."""
         if not isinstance(v, _Const):
             return v
         t = v.t
-        if t.numel() == 1:
+        if t.numel() == 1 and scalar:
             return float(t.detach().reshape(()))
         if not self._is_tensor(other):
             raise self.unsupported(n, "an op on two constants")
@@ -401,7 +402,7 @@ class _Lifter(ConvOps):
             if not bool((t == t[:1]).all()):
                 raise self.unsupported(n, f"a constant of shape {tuple(t.shape)} that varies along the batch dimension")
             t = t[:1]
-        return self._scalar_or_const(n, _Const(t) if t is not c.t else c, ref)
+        return self._scalar_or_const(n, _Const(t) if t is not c.t else c, ref, scalar=False)
 
     def f_add(self, n, a, v): return self._binary("add", n, v)
     def f_sub(self, n, a, v): return self._binary("sub", n, v)
@@ -737,7 +738,7 @@ class _Lifter(ConvOps):
         x, y = v["input"], v["other"]
         if isinstance(x, _Const) and isinstance(y, _Const):
             raise self.unsupported(n, "a matmul of two constants")
-        x, y = self._scalar_or_const(n, x, y), self._scalar_or_const(n, y, x)
+        x, y = self._scalar_or_const(n, x, y, scalar=False), self._scalar_or_const(n, y, x, scalar=False)
         if not (self._is_tensor(x) and self._is_tensor(y)):
             raise self.unsupported(n, "matmul operands must be tensors")
         if len(self.spec(x).shape) < 2 or len(self.spec(y).shape) < 2:
@@ -751,7 +752,7 @@ class _Lifter(ConvOps):
         if not all(self._is_tensor(t) for t in (q, k, val)):
             raise self.unsupported(n, "query, key and value must be computed from the input")
         if mask is not None:
-            mask = self._scalar_or_const(n, mask, q)
+            mask = self._scalar_or_const(n, mask, q, scalar=False)
             if not self._is_tensor(mask) or self.spec(mask).dtype == "bool":
                 raise self.unsupported(n, "an attention mask that is not a float tensor")
         scale = v["scale"] if v["scale"] is not None else 1.0 / math.sqrt(self.spec(q).shape[-1])
@@ -856,6 +857,121 @@ class _Lifter(ConvOps):
                       {"weight": out.weight, **({"bias": out.bias} if out.bias is not None else {})}, name=f"{path}.out_proj")
         weights = "the attention weights MultiheadAttention returns (need_weights=True) are not lifted"
         return _Multi((t, weights if v.get("need_weights", True) else None))
+
+
+    def m_cond_conv2d(self, n, m, args, kwargs) -> str:
+        """timm's CondConv2d(x, routing_weights): the `cond_conv2d` op, its flat expert kernels reshaped to
+        [experts, out, in / groups, kh, kw]."""
+        x, routing = (list(args) + [kwargs.get("routing_weights")])[:2]
+        if not (self._is_tensor(x) and self._is_tensor(routing)) or len(args) + len(kwargs) != 2:
+            raise self.unsupported(n, "expected CondConv2d(x, routing_weights) computed from the input")
+        if m.dynamic_padding:
+            raise self.unsupported(n, "CondConv2d with TF 'same' padding computed at run time")
+        attrs = dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_pair(m.kernel_size),
+                     stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation), groups=m.groups,
+                     experts=m.num_experts)
+        params = {"weight": m.weight.reshape(m.num_experts, *m.weight_shape)}
+        if m.bias is not None:
+            params["bias"] = m.bias
+        return self.emit(n, "cond_conv2d", [x, routing], attrs, params, name=str(n.target))
+
+
+    def f_roll(self, n, a, v):
+        """torch.roll along dims other than the batch: two slices concatenated, per dim."""
+        x, shifts, dims = v["input"], v["shifts"], v["dims"]
+        if dims is None:
+            raise self.unsupported(n, "roll of the flattened tensor (no dims)")
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        for shift, dim in zip(shifts, dims):
+            size = self.spec(x).shape[dim]
+            dim %= len(self.spec(x).shape)
+            shift %= size
+            if dim == 0:
+                raise self.unsupported(n, "roll along the batch dimension")
+            if shift:
+                tail = self.emit(n, "slice", [x], {"dim": dim, "start": size - shift, "end": size})
+                head = self.emit(n, "slice", [x], {"dim": dim, "start": 0, "end": size - shift})
+                x = self.emit(n, "concat", [tail, head], {"dim": dim})
+        return x
+
+    def f_patch_merging_pad(self, n, a, v):
+        """torchvision Swin's _patch_merging_pad: the four 2x2-strided views of [B, H, W, C], concatenated
+        on the features."""
+        x = v["input"]
+        shape = self.spec(x).shape
+        if len(shape) != 4 or shape[1] % 2 or shape[2] % 2:
+            raise self.unsupported(n, f"patch merging of {list(shape)} (odd sizes are padded: not lifted)")
+        parts = [self._basic_slices(n, x, (slice(None), slice(i, None, 2), slice(j, None, 2), slice(None)))
+                 for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+        return self.emit(n, "concat", parts, {"dim": 3})
+
+    def f_shifted_window_attention(self, n, a, v):
+        """torchvision Swin's window attention on [B, H, W, C], as the ops it computes: cyclic shift (rolls),
+        windows ([B, windows, tokens, C]), per-head q kᵀ · scale + relative position bias (+ the shift mask,
+        folded into one constant), softmax, @ v, projection, windows back, shift back. Heads prune."""
+        x = v["input"]
+        if v["logit_scale"] is not None:
+            raise self.unsupported(n, "Swin-V2 cosine attention (logit_scale)")
+        p = self._const(n, v, "qkv_weight", "proj_weight", "relative_position_bias", "qkv_bias", "proj_bias")
+        b, hh, ww, c = self.spec(x).shape
+        (wh, wwin), heads = v["window_size"], int(v["num_heads"])
+        shift = list(v["shift_size"])
+        if hh % wh or ww % wwin:
+            raise self.unsupported(n, f"window size {[wh, wwin]} does not divide the feature map {[hh, ww]} (padding)")
+        shift = [0 if wh >= hh else shift[0], 0 if wwin >= ww else shift[1]]
+        if sum(shift):
+            x = self.f_roll(n, a, {"input": x, "shifts": (-shift[0], -shift[1]), "dims": (1, 2)})
+        nh, nw, tokens, d = hh // wh, ww // wwin, wh * wwin, c // heads
+        x = self.emit(n, "reshape", [x], {"shape": (nh, wh, nw, wwin, c)})
+        x = self.emit(n, "permute", [x], {"dims": (0, 1, 3, 2, 4, 5)})
+        x = self.emit(n, "reshape", [x], {"shape": (nh * nw, tokens, c)})
+        path = self.where(n) or n.name  # the linears are named like torchvision's modules (attn.qkv, attn.proj)
+        qkv = self.emit(n, "linear", [x], {"in_features": c, "out_features": 3 * c},
+                        {"weight": p["qkv_weight"], **({"bias": p["qkv_bias"]} if "qkv_bias" in p else {})},
+                        name=f"{path}.qkv")
+        qkv = self.emit(n, "reshape", [qkv], {"shape": (nh * nw, tokens, 3, heads, d)})
+        q, k, val = (self.emit(n, "permute", [self.select(n, qkv, 3, i)], {"dims": (0, 1, 3, 2, 4)}) for i in range(3))
+        q = self.emit(n, "mul", [q], {"scalar": float(d ** -0.5), "reverse": False})
+        scores = self.emit(n, "matmul", [q, self.emit(n, "permute", [k], {"dims": (0, 1, 2, 4, 3)})])
+        bias = p["relative_position_bias"].reshape(1, 1, heads, tokens, tokens)
+        if sum(shift):
+            bias = bias + _swin_shift_mask((hh, ww), (wh, wwin), shift).reshape(1, nh * nw, 1, tokens, tokens)
+        scores = self.emit(n, "add", [scores, self._scalar_or_const(n, _Const(bias), scores, scalar=False)])
+        att = self.emit(n, "softmax", [scores], {"dim": 4})
+        y = self.emit(n, "permute", [self.emit(n, "matmul", [att, val])], {"dims": (0, 1, 3, 2, 4)})
+        y = self.emit(n, "reshape", [y], {"shape": (nh * nw, tokens, c)})
+        y = self.emit(n, "linear", [y], {"in_features": c, "out_features": c},
+                      {"weight": p["proj_weight"], **({"bias": p["proj_bias"]} if "proj_bias" in p else {})},
+                      name=f"{path}.proj")
+        y = self.emit(n, "reshape", [y], {"shape": (nh, nw, wh, wwin, c)})
+        y = self.emit(n, "permute", [y], {"dims": (0, 1, 3, 2, 4, 5)})
+        y = self.emit(n, "reshape", [y], {"shape": (hh, ww, c)})
+        if sum(shift):
+            y = self.f_roll(n, a, {"input": y, "shifts": tuple(shift), "dims": (1, 2)})
+        return y
+
+
+def _swin_shift_mask(size, window, shift) -> torch.Tensor:
+    """The additive mask of shifted-window attention [windows, tokens, tokens]: -100 between tokens that
+    came from different regions of the unshifted map (torchvision's construction)."""
+    (h, w), (wh, ww) = size, window
+    regions = torch.zeros(h, w)
+    count = 0
+    for hs in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+        for ws in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+            regions[hs[0]:hs[1], ws[0]:ws[1]] = count
+            count += 1
+    regions = regions.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    diff = regions.unsqueeze(1) - regions.unsqueeze(2)
+    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+
+
+def _function_name(target) -> str | None:
+    name = FUNCTIONS.get(target) if not isinstance(target, str) else None
+    if name is None:
+        name = NAMED_FUNCTIONS.get((getattr(target, "__module__", None), getattr(target, "__name__", None)))
+    return name
 
 
 class _Multi:

@@ -173,9 +173,27 @@ SIGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "norm": (("input", _REQ), ("p", "fro"), ("dim", None), ("keepdim", False), ("out", None), ("dtype", None)),
     "vector_norm": (("input", _REQ), ("ord", 2), ("dim", None), ("keepdim", False), ("dtype", None)),
     "addcmul": (("input", _REQ), ("tensor1", _REQ), ("tensor2", _REQ), ("value", 1)),
+    "roll": (("input", _REQ), ("shifts", _REQ), ("dims", None)),
+    "shifted_window_attention": (("input", _REQ), ("qkv_weight", _REQ), ("proj_weight", _REQ),
+                                 ("relative_position_bias", _REQ), ("window_size", _REQ), ("num_heads", _REQ),
+                                 ("shift_size", _REQ), ("attention_dropout", 0.0), ("dropout", 0.0), ("qkv_bias", None),
+                                 ("proj_bias", None), ("logit_scale", None), ("training", True)),
+    "patch_merging_pad": (("input", _REQ),),
+}
+# Functions of libraries hwopt does not import, by (module, name): torchvision wraps these for fx.
+NAMED_FUNCTIONS: dict[tuple[str, str], str] = {
+    ("torchvision.models.swin_transformer", "shifted_window_attention"): "shifted_window_attention",
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"): "patch_merging_pad",
 }
 # Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
 MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
+# The same for classes of libraries hwopt does not import, by (module, class name).
+NAMED_MODULE_LIFTERS: dict[tuple[str, str], str] = {("timm.layers.cond_conv2d", "CondConv2d"): "cond_conv2d"}
+
+
+def module_lifter(m: nn.Module) -> str | None:
+    """The `_Lifter.m_<name>` method that lifts module `m`, if any."""
+    return MODULE_LIFTERS.get(type(m)) or NAMED_MODULE_LIFTERS.get((type(m).__module__, type(m).__name__))
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
     operator.isub: "sub!", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul!", operator.truediv: "div",
@@ -193,6 +211,7 @@ FUNCTIONS: dict[Any, str] = {
     torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
     F.scaled_dot_product_attention: "scaled_dot_product_attention", torch.sum: "sum", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.unbind: "unbind", torch.select: "select", F.normalize: "normalize",
+    torch.roll: "roll",
 }
 FUNCTIONS.update({F.conv1d: "conv1d", torch.conv1d: "conv1d", F.conv_transpose2d: "conv_transpose2d",
                   torch.conv_transpose2d: "conv_transpose2d", F.interpolate: "interpolate", torch.norm: "norm",
@@ -203,7 +222,7 @@ METHODS = {"add": "add", "add_": "add!", "sub": "sub", "mul": "mul", "mul_": "mu
            "size": "size", "softmax": "softmax", "log_softmax": "log_softmax", "narrow": "narrow",
            "permute": "permute", "transpose": "transpose", "matmul": "matmul", "bmm": "matmul", "sum": "sum",
            "unsqueeze": "unsqueeze", "squeeze": "squeeze", "unbind": "unbind", "select": "select",
-           "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as"}
+           "expand": "expand", "expand_as": "expand_as", "reshape_as": "reshape_as", "view_as": "reshape_as", "roll": "roll"}
 METHODS.update({"norm": "norm", "addcmul": "addcmul"})
 
 

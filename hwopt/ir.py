@@ -220,6 +220,24 @@ def _attention_macs(node: Node, ins: list[TensorSpec]) -> int:
     return scores * (q.shape[-1] + v.shape[-1])  # q kᵀ, then the weights times v
 
 
+def _cond_conv_shape(node: Node, x: TensorSpec, routing: TensorSpec) -> Shape:
+    if routing.shape != (x.shape[0], node.attrs["experts"]):
+        raise IRError(f"cond_conv2d over {node.attrs['experts']} experts needs routing weights [N, "
+                      f"{node.attrs['experts']}], got {list(routing.shape)}", node.name)
+    return _conv_shape(node, x)
+
+
+def _cond_conv_params(a: dict) -> dict[str, Shape]:
+    w = _conv_params(a)["weight"]
+    return {"weight": (a["experts"], *w), "bias": (a["experts"], a["out_channels"])}
+
+
+def _cond_conv_macs(node: Node, ins: list[TensorSpec]) -> int:
+    # the conv, plus mixing the experts' kernels for every sample (routing @ weights)
+    kernel = math.prod(_cond_conv_params(node.attrs)["weight"])
+    return _conv_macs(node, ins) + ins[0].shape[0] * (kernel + node.attrs["experts"] * node.attrs["out_channels"])
+
+
 def _expand_shape(node: Node, x: TensorSpec) -> Shape:
     target = (x.shape[0], *node.attrs["shape"])
     if len(target) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape[1:], target[1:])):
@@ -514,6 +532,10 @@ OPS: dict[str, OpDef] = {
     "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
     "normalize": OpDef((1, 1), ("dim", "eps")),
     "expand": OpDef((1, 1), ("shape",), _expand_shape),
+    # CondConv (Yang et al. 2019): a conv whose kernel is each sample's mix of expert kernels, weighted by
+    # its routing input [N, experts]
+    "cond_conv2d": OpDef((2, 2), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                                  "experts"), _cond_conv_shape, _cond_conv_params, ("weight",), _cond_conv_macs),
     # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back
     "quantize": OpDef((1, 1), ("quant",), channel_preserving=True),
     "dequantize": OpDef((1, 1), channel_preserving=True),
@@ -546,6 +568,7 @@ OP_DOCS: dict[str, str] = {
     "attention": "softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
     "sum": "sum over `dims` (not the batch)", "normalize": "x / max(‖x‖₂, eps) along `dim` (F.normalize)",
     "expand": "broadcast singleton dims to `shape` (the batch dim kept)",
+    "cond_conv2d": "conv with per-sample kernels Σₑ routing[n, e] · weight[e] (CondConv; input 2: routing [N, experts])",
     "quantize": "float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
     "dequantize": "int8 -> float32 with the producer's scale and zero point",
 }
@@ -553,7 +576,7 @@ assert set(OP_DOCS) == set(OPS), sorted(set(OPS) ^ set(OP_DOCS))
 
 OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1, "step": 1}
 # Ops whose output channels are dim 1 whatever their input's channel axis (NCHW kernels).
-_NCHW_OPS = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+_NCHW_OPS = {"conv2d", "cond_conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
              "channel_shuffle", "output"}
 _NCHW_OPS.update({"conv1d", "conv_transpose2d", "interpolate"})  # channels at dim 1 by definition
 
@@ -573,7 +596,7 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
                                                      or node.attrs["out_channels"] % node.attrs["groups"]):
         a = node.attrs
         raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
-    if node.op == "conv2d" and (node.attrs["in_channels"] % node.attrs["groups"] or node.attrs["out_channels"] % node.attrs["groups"]):
+    if node.op in ("conv2d", "cond_conv2d") and (node.attrs["in_channels"] % node.attrs["groups"] or node.attrs["out_channels"] % node.attrs["groups"]):
         a = node.attrs
         raise IRError(f"groups={a['groups']} does not divide in_channels={a['in_channels']} and out_channels={a['out_channels']}", node.name)
     if d.params is not None:

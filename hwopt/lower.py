@@ -138,6 +138,27 @@ class Constant(nn.Module):
         return self.value
 
 
+class CondConv2d(nn.Module):
+    """The `cond_conv2d` op: each sample convolved with its own kernel, Σₑ routing[n, e] · weight[e]
+    (computed for the whole batch as one grouped conv, as timm does)."""
+
+    def __init__(self, n: Node):
+        super().__init__()
+        a = n.attrs
+        self.stride, self.padding, self.dilation, self.groups = a["stride"], a["padding"], a["dilation"], a["groups"]
+        self.weight = nn.Parameter(snapshot(n.params["weight"]))
+        self.bias = nn.Parameter(snapshot(n.params["bias"])) if "bias" in n.params else None
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+        b, experts = routing.shape
+        out = self.weight.shape[1]
+        weight = (routing @ self.weight.reshape(experts, -1)).reshape(b * out, *self.weight.shape[2:])
+        bias = (routing @ self.bias).reshape(-1) if self.bias is not None else None
+        y = torch.nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, self.stride, self.padding,
+                                       self.dilation, self.groups * b)
+        return y.reshape(b, out, *y.shape[2:])
+
+
 def _layer_norm_module(n: Node) -> nn.Module:
     a, p = n.attrs, n.params
     m = nn.LayerNorm(a["normalized_size"], eps=a["eps"], elementwise_affine="weight" in p, bias="bias" in p)
@@ -153,7 +174,7 @@ def _group_norm_module(n: Node) -> nn.Module:
 MODULES = {
     "leaky_relu": lambda n: nn.LeakyReLU(n.attrs["negative_slope"]), "group_norm": _group_norm_module,
     "layer_norm": _layer_norm_module,
-    "const": lambda n: Constant(n.params["value"]),
+    "const": lambda n: Constant(n.params["value"]), "cond_conv2d": CondConv2d,
     "relu": lambda n: nn.ReLU(), "relu6": lambda n: nn.ReLU6(), "hardswish": lambda n: nn.Hardswish(),
     "hardsigmoid": lambda n: nn.Hardsigmoid(), "sigmoid": lambda n: nn.Sigmoid(), "silu": lambda n: nn.SiLU(),
     "tanh": lambda n: nn.Tanh(), "gelu": lambda n: nn.GELU(approximate=n.attrs["approximate"]),

@@ -58,7 +58,9 @@ def _lifted_from() -> dict[str, list[str]]:
         for op in _ops_of_rule(rule, cls):
             out.setdefault(op, []).append(f"nn.{cls.__name__}" if cls.__module__.startswith("torch") else cls.__name__)
     names = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "cat": "concat", "chunk": "slice", "split": "slice",
-             "narrow": "slice", "getitem": "slice", "contiguous": "identity", "reshape": "reshape", "transpose": "permute"}
+             "narrow": "slice", "getitem": "slice", "contiguous": "identity", "reshape": "reshape", "transpose": "permute",
+             "scaled_dot_product_attention": "attention", "unsqueeze": "reshape", "squeeze": "reshape",
+             "unbind": "slice", "select": "slice", "expand_as": "expand", "reshape_as": "reshape"}
     for fn, name in frontend.FUNCTIONS.items():
         op = names.get(name.rstrip("!"), name.rstrip("!"))
         if op in OPS:
@@ -74,6 +76,12 @@ def _lifted_from() -> dict[str, list[str]]:
         out.setdefault(op, []).append("torch.addcmul")
     out.setdefault("const", []).append("parameters read in forward (layer scale)")
     out.setdefault("identity", []).append("stochastic depth / drop-path at inference")
+    out.setdefault("attention", []).append("nn.MultiheadAttention (with linear, reshape, permute)")
+    out.setdefault("cond_conv2d", []).append("timm CondConv2d")
+    out.setdefault("concat", []).append("class token (cat of an expanded parameter)")
+    out.setdefault("slice", []).append("x[:, 0], x[:, ::2], unbind, torch.roll (with concat)")
+    out.setdefault("matmul", []).append("torchvision Swin shifted_window_attention (with the ops it computes)")
+    out.setdefault("reshape", []).append("x[:, None], Tensor.unsqueeze / squeeze")
     return out
 
 
@@ -118,7 +126,8 @@ def _coupling(op: str) -> str:
                "div": "operands tied channel by channel",
                "matmul": "heads (a shared leading channel axis) tied across operands; else pins",
                "attention": "heads tied across q, k, v and output; else pins", "sum": "pins channels it sums over",
-               "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows"}
+               "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows",
+               "cond_conv2d": "pins (per-sample kernels)"}
     special.update({"conv1d": "groups tie their in/out channels", "conv_transpose2d": "groups tie their in/out channels",
                     "vector_norm": "pins channels it takes the norm over"})
     if op in special:
@@ -133,7 +142,7 @@ def _cost_kind(op: str) -> str:
         return "?"
     if op in cost.VIEW_OPS:
         return "view (no kernel)"
-    if op in ("conv2d", "conv1d", "conv_transpose2d"):
+    if op in ("conv2d", "cond_conv2d", "conv1d", "conv_transpose2d"):
         return "conv / pointwise / depthwise"
     if op == "interpolate":
         return "data movement (nearest) / pooling (bilinear)"

@@ -109,7 +109,7 @@ def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
     op = n.op
     if op in VIEW_OPS:
         return VIEW, False
-    if op == "conv2d":
+    if op in ("conv2d", "cond_conv2d"):
         a = n.attrs
         if a["groups"] == 1:
             k = _pair(a["kernel_size"])

@@ -26,6 +26,7 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from .strategies_conv import DECODER_KINDS, decoder_block, decoder_out, draw_decoder_block  # noqa: E402
 
@@ -139,6 +140,48 @@ class GroupNormScale(nn.Module):
         return x + self.act(self.norm(self.conv(x))) * self.scale.view(1, -1, 1, 1)
 
 
+class TokenAttention(nn.Module):
+    """A ViT encoder block over a feature map's tokens: flatten + transpose to [N, HW, C], an optional class
+    token (a parameter concatenated in front), a positional embedding (a parameter added), LayerNorm,
+    multi-head self-attention, residual add; then the class token is dropped and the tokens go back to
+    [N, C, H, W]. `style` is how the attention is written: "sdpa" (timm: qkv Linear, reshape to
+    [B, N, 3, heads, head_dim], permute(2, 0, 3, 1, 4), unbind, F.scaled_dot_product_attention), "matmul"
+    (the same with q @ kᵀ · scale, softmax, @ v spelled out) or "mha" (nn.MultiheadAttention)."""
+
+    def __init__(self, c, tokens, heads, head_dim, style, cls_token):
+        super().__init__()
+        self.heads, self.head_dim, self.style = heads, head_dim, style
+        self.norm = nn.LayerNorm(c)
+        if style == "mha":
+            self.mha = nn.MultiheadAttention(c, heads, batch_first=True)
+        else:
+            self.qkv, self.proj = nn.Linear(c, 3 * heads * head_dim), nn.Linear(heads * head_dim, c)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c)) if cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens + bool(cls_token), c))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            t = torch.cat([self.cls_token.expand(b, -1, -1), t], dim=1)
+        t = t + self.pos_embed
+        y = self.norm(t)
+        n = t.shape[1]
+        if self.style == "mha":
+            y = self.mha(y, y, y, need_weights=False)[0]
+        else:
+            q, k, v = self.qkv(y).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            if self.style == "sdpa":
+                o = F.scaled_dot_product_attention(q, k, v)
+            else:
+                o = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1) @ v
+            y = self.proj(o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+        t = t + y
+        if self.cls_token is not None:
+            t = t[:, 1:]
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
 class DrawnNet(nn.Module):
     def __init__(self, spec: NetSpec):
         super().__init__()
@@ -186,6 +229,9 @@ class DrawnNet(nn.Module):
             elif kind in DECODER_KINDS:
                 block, cout, size = decoder_block(kind, c, size, tuple(a))
                 blocks.append(block)
+            elif kind == "attention":
+                blocks.append(TokenAttention(c, size * size, *a))
+                cout = c
             else:
                 raise ValueError(kind)
             if kind in ("conv", "depthwise"):
@@ -208,6 +254,13 @@ class DrawnNet(nn.Module):
     def _randomize(self, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         for m in self.modules():
+            if isinstance(m, TokenAttention):
+                for p in (m.cls_token, m.pos_embed):
+                    if p is not None:
+                        p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            if isinstance(m, nn.MultiheadAttention):
+                m.in_proj_weight.copy_(torch.randn(m.in_proj_weight.shape, generator=gen) / m.embed_dim ** 0.5)
+                m.in_proj_bias.copy_(0.1 * torch.randn(m.in_proj_bias.shape, generator=gen))
             if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
                 m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=gen))
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
@@ -235,10 +288,12 @@ class DrawnNet(nn.Module):
 
 @st.composite
 def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), max_batch: int = 3,
-              modern: bool = False, decoder: bool = False) -> NetSpec:
+              modern: bool = False, decoder: bool = False, attention: bool = False) -> NetSpec:
     """Plain-data descriptions of random CNNs; each is valid by construction. `modern=True` also draws
     ConvNeXt-style channels-last blocks, view/transpose/view channel shuffles and GroupNorm + layer scale;
-    `decoder=True` upsampling, ConvTranspose2d and U-Net blocks (strategies_conv)."""
+    `decoder=True` upsampling, ConvTranspose2d and U-Net blocks (strategies_conv); `attention=True` ViT
+    blocks over the feature map's tokens (`TokenAttention`: class token, positional embedding, multi-head
+    attention as SDPA, as matmul + softmax, or nn.MultiheadAttention)."""
     c = draw(st.integers(1, 4))
     in_channels = c
     size = initial_size = draw(st.integers(*sizes))
@@ -258,6 +313,8 @@ def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), 
                 kinds += ["shuffle", "group_norm"]
         if decoder:
             kinds += ["decoder", "decoder"]
+        if attention and size * size <= 64:
+            kinds += ["attention"] * 3
         kind = draw(st.sampled_from(kinds))
         if kind == "decoder":
             block = draw_decoder_block(draw, c, size, max_channels)
@@ -300,6 +357,14 @@ def net_specs(draw, max_blocks: int = 5, max_channels: int = 12, sizes=(6, 12), 
             size //= 2
         elif kind == "channels_last":
             blocks.append(("channels_last", draw(st.integers(1, 2 * max_channels))))
+        elif kind == "attention":
+            style = draw(st.sampled_from(["sdpa", "matmul", "mha"]))
+            if style == "mha":
+                heads = draw(st.sampled_from([h for h in (1, 2, 3, 4) if c % h == 0]))
+                head_dim = c // heads
+            else:
+                heads, head_dim = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+            blocks.append(("attention", heads, head_dim, style, draw(st.booleans())))
         elif kind in ("shuffle", "group_norm"):
             g = draw(st.sampled_from([g for g in (2, 3, 4) if c % g == 0]))
             blocks.append((kind, g) if kind == "shuffle" else (kind, g, draw(act)))
