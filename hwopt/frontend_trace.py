@@ -102,6 +102,7 @@ class ConcreteTracer(fx.Tracer):
         # copies: an in-place op in forward must not write into the caller's tensors
         self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
         self._param_names: dict[int, str] | None = None
+        self._buffer_names: dict[int, str] | None = None
         self.leaf = leaf
         self._placeholders = 0
         self._pending: list = []
@@ -160,6 +161,19 @@ class ConcreteTracer(fx.Tracer):
         finally:
             self.evaluating = False
         raise TraceError(f"cannot evaluate a {kind} node")
+
+    def create_arg(self, a):
+        # fx finds a buffer passed as an argument (the BN statistics timm's norm+act layers hand to
+        # F.batch_norm) by scanning every buffer of the model, per argument: quadratic. By identity instead.
+        if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter):
+            if self._buffer_names is None:
+                self._buffer_names = {}
+                for name, b in self.root.named_buffers():
+                    self._buffer_names.setdefault(id(b), name)
+            name = self._buffer_names.get(id(a))
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
 
     def call_module(self, m, forward, args, kwargs):
         if self.evaluating:

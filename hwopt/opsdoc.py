@@ -23,32 +23,8 @@ from .ir import OP_DOCS, OPS
 lower = importlib.import_module("hwopt.lower")  # `hwopt.lower` the attribute is the function
 
 _HOW_TO_ADD = """
-## Adding an op: a worked example (`hardtanh`)
-
-An op is one entry of `hwopt.ir.OPS` plus one line in each table that consumes it. For
-`nn.Hardtanh(min_val, max_val)`, a unary op whose output channel i reads only input channel i:
-
-1. **The op** (`hwopt/ir.py`): `"hardtanh": OpDef((1, 1), ("min_val", "max_val"), channel_preserving=True)`
-   and a line in `OP_DOCS`. Arity, attributes, the shape rule (none: same as the input), the channel
-   axis rule (none: the input's) and MACs (none) are now known to `Graph.verify`, `infer_shapes`,
-   `stats` and every pass. `channel_preserving=True` is the channel-coupling rule: `hwopt.channels`
-   ties channel i of input and output, so pruning flows through it with no code of its own.
-2. **Lifting** (`hwopt/frontend_rules.py`): `nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val,
-   "max_val": m.max_val}, {})` in `MODULE_RULES`; for the functional form, `F.hardtanh: "hardtanh"` in
-   `FUNCTIONS` and its signature in `SIGS`, plus an `f_hardtanh` method of `_Lifter` (`hwopt/frontend.py`)
-   that emits the node.
-3. **Lowering** (`hwopt/lower.py`): `"hardtanh": lambda n: nn.Hardtanh(n.attrs["min_val"], n.attrs["max_val"])`
-   in `MODULES`.
-4. **Cost** (`hwopt/targets/cost.py`): `"hardtanh": 2` in `OP_WORK` (two compares per element) makes it
-   an elementwise kernel, fusable into a preceding conv.
-5. **Tests**: add it to the activations the hypothesis strategies draw (`hwopt/testing/strategies.py`
-   `ACTIVATIONS`); every property test (lift/lower exact, channel removal exact, cost monotone) then
-   covers it. Regenerate this file: `python -m hwopt.opsdoc > docs/ops.md`.
-
-An op whose channels do not map one to one (a shuffle, a reshape, a norm over channel groups) adds a
-branch to `hwopt.channels._couple_node` (which channels are one unit) and, when it holds parameters or
-channel-count attributes, a resize function in `hwopt.channels._RESIZE` so `remove_channels` and
-`resize_groups` stay exact.
+To add an op, see "How to add an op" in [ARCHITECTURE.md](ARCHITECTURE.md#how-to-add-an-op): a worked
+example (`hardtanh`) naming every table an op goes in, which `tests/test_opsdoc.py` performs at run time.
 """
 
 
@@ -96,21 +72,22 @@ def _function_name(fn) -> str:
 
 
 def _ops_of_rule(rule, cls) -> list[str]:
-    probes = {"flatten": "flatten", "Conv": "conv2d", "Linear": "linear", "BatchNorm": "batch_norm", "ReLU6": "relu6",
-              "LayerNorm": "layer_norm", "GroupNorm": "group_norm", "LeakyReLU": "leaky_relu"}
-    name = cls.__name__
-    if name in ("Conv1d", "ConvTranspose2d"):
-        return {"Conv1d": ["conv1d"], "ConvTranspose2d": ["conv_transpose2d"]}[name]
-    for key, op in probes.items():
-        if key in name:
+    """The op a module rule lifts `cls` to: the rule applied to a default-constructed instance (so a new
+    rule needs no line here); modules without a default constructor are named by the probes below."""
+    try:
+        op = rule(cls())[0]
+        if op in OPS:
             return [op]
-    lowered = name.lower().replace("2d", "2d")
-    table = {"relu": "relu", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid", "sigmoid": "sigmoid", "silu": "silu",
-             "tanh": "tanh", "gelu": "gelu", "identity": "identity", "dropout": "dropout", "softmax": "softmax",
-             "logsoftmax": "log_softmax", "maxpool2d": "max_pool2d", "avgpool2d": "avg_pool2d",
-             "adaptiveavgpool2d": "adaptive_avg_pool2d", "adaptivemaxpool2d": "adaptive_max_pool2d",
-             "channelshuffle": "channel_shuffle"}
-    return [table[lowered]] if lowered in table else []
+    except Exception:  # noqa: BLE001 - required constructor arguments, or a rule that needs a real layer
+        pass
+    probes = {"Conv1d": "conv1d", "ConvTranspose2d": "conv_transpose2d", "Conv": "conv2d", "Linear": "linear", "BatchNorm": "batch_norm", "LayerNorm": "layer_norm",
+              "GroupNorm": "group_norm", "ChannelShuffle": "channel_shuffle", "AdaptiveAvgPool": "adaptive_avg_pool2d",
+              "AdaptiveMaxPool": "adaptive_max_pool2d", "MaxPool": "max_pool2d", "AvgPool": "avg_pool2d",
+              "Softmax": "softmax"}  # first match wins: Adaptive* before *Pool
+    for key, op in probes.items():
+        if key in cls.__name__:
+            return ["log_softmax" if cls.__name__ == "LogSoftmax" else op]
+    return []
 
 
 def _coupling(op: str) -> str:
