@@ -134,11 +134,12 @@ def min_units(graph: Graph, gr: ChannelGroup, min_channels: int = 1) -> int:
 
 
 def owns_its_layers(graph: Graph, gr: ChannelGroup) -> bool:
-    """Whether every layer output the group's units are rows of (its producers) is the group's alone: the
-    usual case. A ShuffleNet stage's chunk / concat / shuffle chain spreads each conv's output channels
-    over several orbit groups; no one of them can round that conv's width."""
-    names = gr.producers or list(gr.members)
-    return all(gr.members[n].size == graph[n].spec.channels for n in names)
+    """Whether every conv / linear output the group's units are rows of is the group's alone: the usual
+    case (a norm after a concat, as in DenseNet, reads several groups and does not count). A ShuffleNet
+    stage's chunk / concat / shuffle chain spreads each conv's output channels over several orbit groups;
+    no one of them can round that conv's width."""
+    layers = [n for n in gr.producers if graph[n].op in ("conv2d", "linear")] or list(gr.members)
+    return all(gr.members[n].size == graph[n].spec.channels for n in layers)
 
 
 def kept_levels(size: int, multiple: int, unit_channels: int = 1, min_keep: int = 1) -> list[int]:

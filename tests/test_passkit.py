@@ -85,5 +85,7 @@ def test_shuffle_orbits_share_their_layers_minimum_and_step_by_one_unit():
     for gr in orbits:
         share = max(-(-4 * gr.size // g[n].spec.channels) for n in gr.members)
         assert share <= min_units(g, gr, 4) <= max(2, share)  # 2: a depthwise conv reads the stage output
+    dense = _graph("densenet_tiny", (1, 3, 32, 32))  # a BN after a concat reads several groups: still owners
+    assert all(owns_its_layers(dense, gr) for gr in hwopt.channel_groups(dense) if gr.prunable)
     small = next(gr for gr in orbits if gr.size < 4)
     assert ChannelPrune(ratio=0.5)._levels(g, small, 4)[-1] < small.size  # pruned, where it used to be left whole
