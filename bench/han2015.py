@@ -200,7 +200,9 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
             pruned = hwopt.lower(gp)
             err1, sel1, scan1 = 1 - tester.evaluate(pruned), 1 - selector.evaluate(pruned), 1 - tr.evaluate(pruned)
             s1 = gp.stats()
-            print(f"  [{label}] stage -> {comp:g}x: {p}  ({t_prune:.0f}s)")
+            print(f"  [{label}] stage -> {comp:g}x: {p}  ({t_prune:.0f}s); allocation {plan.allocation}"
+                  + (" (one-shot val accuracy " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in plan.candidates.items())
+                     + ")" if plan.candidates else ""))
             print(f"  {'layer':8s} {'op':7s} {'weights':>9s} {'kept %':>7s}   (scan on val: acc@0 = {100 * (plan.baseline or 0):.2f} %)")
             for n in names:
                 w = g[n].params["weight"].numel()
