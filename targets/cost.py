@@ -65,7 +65,7 @@ OP_WORK = {
     "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
 }
 ELEMENTWISE = set(OP_WORK)
-VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
+VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const", "fold_batch", "unfold_batch"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
 DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute", "expand"}
 # Batched matrix products are GEMMs: the dense kernel's compute and memory efficiency per MAC. Attention
