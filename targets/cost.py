@@ -209,8 +209,10 @@ def features(g: Graph) -> Features:
             amb.append(n.op == "conv2d" and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
             w = _work(g, n, ins) if k != VIEW else 0.0
             work.append(w)
-            if n.op in ("conv2d", "linear"):
+            if n.op in ("conv2d", "linear", "matmul", "cond_conv2d"):
                 macs += int(w)
+            elif n.op == "attention":  # its work also counts the softmax; the MACs are the two products
+                macs += OPS[n.op].macs(n, ins)
             we = sum(n.params[p].numel() for p in ("weight", "bias") if p in n.params)
             params += we
             if n.op == "batch_norm":

@@ -247,3 +247,9 @@ def test_mobilevit_style_batch_folding_lifts_exactly_for_any_batch():
     g = hwopt.lift(m, torch.randn(1, 6, 4, 4))
     assert {"fold_batch", "unfold_batch"} <= set(g.stats()["ops"])
     assert_close_outputs(g, m, torch.randn(3, 6, 4, 4))
+
+
+def test_cost_reports_attention_macs():
+    m = _vit("sdpa").eval()
+    g = hwopt.lift(m, torch.randn(1, 3, 8, 8))
+    assert hwopt.load_target("cortex-a72").cost(g).macs == g.stats()["macs"]
