@@ -148,6 +148,10 @@ def _couple_node(c: _Coupler, n: Node) -> None:
         (c.same(ins[0], out) if x.axis == len(x.shape) - 1 else c.pin(out, *ins))
     elif op in ("softmax", "log_softmax"):
         (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
+    elif op == "fold_batch":
+        (c.pin(out, *ins) if g[ins[0]].spec.axis == 1 else c.same(ins[0], out))  # channels folded into the batch
+    elif op == "unfold_batch":
+        c.same(ins[0], out)
     elif op == "cond_conv2d":
         c.pin(out, *ins)  # per-sample kernels mixed from experts: not pruned (exactness first)
     elif op in ("matmul", "attention"):

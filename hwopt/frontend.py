@@ -13,6 +13,8 @@ the graph once per tensor (copy-on-write: `ir.snapshot`), so a module called twi
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import operator
 import warnings
@@ -726,12 +728,30 @@ class _Lifter(ConvOps):
         if -1 in shape:
             known = -1 * int(torch.tensor(shape).prod())
             shape[shape.index(-1)] = (int(torch.tensor(in_shape).prod()) // known) if known else 0
-        if not shape or shape[0] != in_shape[0]:
+        if shape and shape[0] != in_shape[0]:
+            return self.refold(n, x, in_shape, shape)
+        if not shape:
             raise self.unsupported(n, f"reshape {list(in_shape)} -> {shape} must keep the batch dimension first")
         if len(shape) == 2 and len(in_shape) > 2:
             return self.emit(n, "flatten", [x], {"start_dim": 1, "end_dim": len(in_shape) - 1})
         return self.emit(n, "reshape", [x], {"shape": tuple(shape[1:])})
 
+
+    def refold(self, n, x, in_shape, shape):
+        """A reshape that moves dims into or out of the batch dim (MobileViT: [B, P, N, C] -> [B * P, N, C] and
+        back). The batch is the outermost factor of dim 0 (a row-major reshape keeps it so), so it is a reshape
+        keeping dim 0, then `fold_batch`; or `unfold_batch`, then a reshape keeping the new dim 0."""
+        b = self.examples[0].shape[0]
+        if in_shape[0] % b or shape[0] % b:
+            raise self.unsupported(n, f"reshape {list(in_shape)} -> {shape} mixes the batch of {b} with other dims")
+        f, g = in_shape[0] // b, shape[0] // b
+        if g > f and g % f == 0 and math.prod(in_shape[1:]) % (g // f) == 0:
+            y = self.emit(n, "reshape", [x], {"shape": (g // f, *shape[1:])})
+            return self.emit(n, "fold_batch", [y])
+        if g < f and f % g == 0:
+            y = self.emit(n, "unfold_batch", [x], {"factor": f // g})
+            return self.emit(n, "reshape", [y], {"shape": tuple(shape[1:])})
+        raise self.unsupported(n, f"reshape {list(in_shape)} -> {shape} must keep the batch dimension first")
 
     # --- tokens and attention ---------------------------------------------------------------------
     def f_matmul(self, n, a, v):
@@ -1039,5 +1059,31 @@ def lift(model: nn.Module, example_inputs) -> Graph:
         warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
                       f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
                       f"to silence this", stacklevel=2)
-    g = _Lifter(model, examples).run()
+    with _state_kept(model):
+        g = _Lifter(model, examples).run()
     return g.verify()
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module):
+    """Leave the model as it was: tracing runs its forward, which may fill caches in plain attributes (LeViT
+    caches its attention biases in a dict per device, which would keep an fx proxy), and fx stores tensor
+    constants on the root module. Attributes added during lifting are removed and public containers
+    (dict, list, set) get their contents back, in place."""
+    saved = []
+    for m in model.modules():
+        d = m.__dict__
+        saved.append((m, set(d), {k: (v, copy.copy(v)) for k, v in d.items()
+                                  if not k.startswith("_") and isinstance(v, (dict, list, set))}))
+    try:
+        yield
+    finally:
+        for m, keys, containers in saved:
+            for k in set(m.__dict__) - keys:
+                del m.__dict__[k]
+            for k, (obj, contents) in containers.items():
+                if isinstance(obj, list):
+                    obj[:] = contents
+                else:
+                    obj.clear()
+                    obj.update(contents)

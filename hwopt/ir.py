@@ -244,6 +244,19 @@ def _cond_conv_macs(node: Node, ins: list[TensorSpec]) -> int:
     return _conv_macs(node, ins) + ins[0].shape[0] * (kernel + node.attrs["experts"] * node.attrs["out_channels"])
 
 
+def _fold_batch_shape(node: Node, x: TensorSpec) -> Shape:
+    if len(x.shape) < 3:
+        raise IRError(f"fold_batch merges dim 1 into the batch and needs rank >= 3, got {list(x.shape)}", node.name)
+    return (x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _unfold_batch_shape(node: Node, x: TensorSpec) -> Shape:
+    k = node.attrs["factor"]
+    if k < 1 or x.shape[0] % k:
+        raise IRError(f"unfold_batch by {k} of a batch dim of {x.shape[0]}", node.name)
+    return (x.shape[0] // k, k, *x.shape[1:])
+
+
 def _expand_shape(node: Node, x: TensorSpec) -> Shape:
     target = (x.shape[0], *node.attrs["shape"])
     if len(target) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape[1:], target[1:])):
@@ -538,6 +551,10 @@ OPS: dict[str, OpDef] = {
     "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
     "normalize": OpDef((1, 1), ("dim", "eps")),
     "expand": OpDef((1, 1), ("shape",), _expand_shape),
+    # a dim folded into the batch and back (MobileViT runs its transformer on [B * patch_area, patches, C]):
+    # every op treats dim 0 as the batch, so a folded tensor's ops act per (sample, folded index)
+    "fold_batch": OpDef((1, 1), (), _fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1)),
+    "unfold_batch": OpDef((1, 1), ("factor",), _unfold_batch_shape, axis=lambda n, x: x.axis + 1),
     # CondConv (Yang et al. 2019): a conv whose kernel is each sample's mix of expert kernels, weighted by
     # its routing input [N, experts]
     "cond_conv2d": OpDef((2, 2), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
@@ -574,6 +591,8 @@ OP_DOCS: dict[str, str] = {
     "attention": "softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
     "sum": "sum over `dims` (not the batch)", "normalize": "x / max(‖x‖₂, eps) along `dim` (F.normalize)",
     "expand": "broadcast singleton dims to `shape` (the batch dim kept)",
+    "fold_batch": "merge dim 1 into the batch dim: [N, K, ...] -> [N·K, ...]",
+    "unfold_batch": "split `factor` out of the batch dim: [N·factor, ...] -> [N, factor, ...]",
     "cond_conv2d": "conv with per-sample kernels Σₑ routing[n, e] · weight[e] (CondConv; input 2: routing [N, experts])",
     "quantize": "float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
     "dequantize": "int8 -> float32 with the producer's scale and zero point",

@@ -309,6 +309,10 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
             env[node.name] = out.call_function(torch.sum, (ins[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
         elif op == "normalize":
             env[node.name] = out.call_function(torch.nn.functional.normalize, (ins[0],), {"dim": a["dim"], "eps": a["eps"]})
+        elif op == "fold_batch":
+            env[node.name] = out.call_function(torch.flatten, (ins[0], 0, 1))
+        elif op == "unfold_batch":
+            env[node.name] = out.call_method("unflatten", (ins[0], 0, (-1, a["factor"])))
         elif op == "expand":
             batch = out.call_method("size", (ins[0], 0))
             env[node.name] = out.call_method("expand", (ins[0], batch, *a["shape"]))

@@ -56,6 +56,8 @@ def _lifted_from() -> dict[str, list[str]]:
     out.setdefault("cond_conv2d", []).append("timm CondConv2d")
     out.setdefault("concat", []).append("class token (cat of an expanded parameter)")
     out.setdefault("slice", []).append("x[:, 0], x[:, ::2], unbind, torch.roll (with concat)")
+    out.setdefault("fold_batch", []).append("reshape merging dims into the batch (MobileViT)")
+    out.setdefault("unfold_batch", []).append("reshape splitting the batch")
     out.setdefault("matmul", []).append("torchvision Swin shifted_window_attention (with the ops it computes)")
     out.setdefault("reshape", []).append("x[:, None], Tensor.unsqueeze / squeeze")
     return out
@@ -104,7 +106,8 @@ def _coupling(op: str) -> str:
                "matmul": "heads (a shared leading channel axis) tied across operands; else pins",
                "attention": "heads tied across q, k, v and output; else pins", "sum": "pins channels it sums over",
                "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows",
-               "cond_conv2d": "pins (per-sample kernels)"}
+               "cond_conv2d": "pins (per-sample kernels)", "fold_batch": "channels move with their axis (pins if folded)",
+               "unfold_batch": "channels move with their axis"}
     special.update({"conv1d": "groups tie their in/out channels", "conv_transpose2d": "groups tie their in/out channels",
                     "vector_norm": "pins channels it takes the norm over"})
     if op in special:

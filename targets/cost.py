@@ -65,7 +65,7 @@ OP_WORK = {
     "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
 }
 ELEMENTWISE = set(OP_WORK)
-VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const"}
+VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const", "fold_batch", "unfold_batch"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
 DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute", "expand"}
 # Batched matrix products are GEMMs: the dense kernel's compute and memory efficiency per MAC. Attention
@@ -234,8 +234,10 @@ def features(g: Graph) -> Features:
             amb.append(n.op in ("conv2d", *CONV_LIKE) and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
             w = _work(g, n, ins) if k != VIEW else 0.0
             work.append(w)
-            if n.op in ("conv2d", "linear", *CONV_LIKE):
+            if n.op in ("conv2d", "linear", "matmul", "cond_conv2d", *CONV_LIKE):
                 macs += int(w)
+            elif n.op == "attention":  # its work also counts the softmax; the MACs are the two products
+                macs += OPS[n.op].macs(n, ins)
             we = sum(n.params[p].numel() for p in ("weight", "bias") if p in n.params)
             params += we
             if n.op == "batch_norm":

@@ -203,3 +203,53 @@ def test_swin_window_attention_lifts_exactly_and_prunes_heads():
     heads = [gr for gr in hwopt.channel_groups(g) if gr.prunable and any(p.endswith("attn.qkv") for p in gr.producers)]
     assert sorted(gr.size for gr in heads) == [2, 2, 4, 4]
     assert_removing_unread_channels_is_exact(g, x)
+
+
+def test_lifting_leaves_a_models_caches_alone():
+    """LeViT caches its attention biases in a dict while running forward; tracing must not leave an fx proxy
+    (or anything else) behind in the user's model."""
+    class Cached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.randn(2, 5))
+            self.register_buffer("idx", torch.tensor([[0, 1, 2, 3], [4, 3, 2, 1], [0, 0, 1, 1], [2, 2, 3, 3]]))
+            self.cache: dict[str, torch.Tensor] = {}
+
+        def forward(self, x):  # x [B, 2, 4, 4]
+            key = str(x.device)
+            if key not in self.cache:
+                self.cache[key] = self.bias[:, self.idx]
+            return (x @ x.transpose(-2, -1) + self.cache[key]).softmax(dim=-1)
+
+    m, x = Cached().eval(), torch.randn(1, 2, 4, 4)
+    g = hwopt.lift(m, x)
+    assert m.cache == {} and not any(k.startswith("_tensor_constant") for k in vars(m))
+    x3 = torch.randn(3, 2, 4, 4)
+    assert_close_outputs(g, m, x3)  # the model still runs (and fills its cache with a real tensor)
+    assert isinstance(m.cache["cpu"], torch.Tensor) and not isinstance(m.cache["cpu"], torch.fx.Proxy)
+
+
+def test_mobilevit_style_batch_folding_lifts_exactly_for_any_batch():
+    """MobileViT runs its transformer on [B * patch_area, patches, C]: dims folded into the batch and back."""
+    class Folded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):  # [B, 6, 4, 4], 2x2 patches
+            b, c, h, w = x.shape
+            t = x.reshape(b * c * 2, 2, 2, 2).transpose(1, 2).reshape(b, c, 4, 4).transpose(1, 3).reshape(b * 4, 4, c)
+            t = self.fc(t).softmax(dim=1)
+            t = t.contiguous().view(b, 4, 4, -1).transpose(1, 3).reshape(b * c * 2, 2, 2, 2)
+            return t.transpose(1, 2).reshape(b, c, h, w)
+
+    m = Folded().eval()
+    g = hwopt.lift(m, torch.randn(1, 6, 4, 4))
+    assert {"fold_batch", "unfold_batch"} <= set(g.stats()["ops"])
+    assert_close_outputs(g, m, torch.randn(3, 6, 4, 4))
+
+
+def test_cost_reports_attention_macs():
+    m = _vit("sdpa").eval()
+    g = hwopt.lift(m, torch.randn(1, 3, 8, 8))
+    assert hwopt.load_target("cortex-a72").cost(g).macs == g.stats()["macs"]

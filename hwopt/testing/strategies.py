@@ -16,7 +16,10 @@
 Drawn nets mix plain / strided / grouped / depthwise convs, batch norm with non-trivial statistics,
 every activation of the op set, residual adds (identity and projection), concat (branches and
 DenseNet-style), channel split + concat, squeeze-excite, pooling, and a head that either pools or
-flattens spatial features into a linear layer (so a channel owns H·W features).
+flattens spatial features into a linear layer (so a channel owns H·W features). `modern=True` adds
+ConvNeXt-style channels-last blocks, channel shuffles and GroupNorm + layer scale; `attention=True` adds ViT
+blocks over the feature map's tokens (class token, positional embedding, multi-head attention written as
+SDPA, as matmul + softmax, or as nn.MultiheadAttention), whose heads prune together.
 """
 from __future__ import annotations
 
