@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         module = hwopt.lower(gp)
         t0 = time.perf_counter()
         try:
-            cm = tvm_backend.compile_module(module, (x,), "host", tune_trials=args.tune_trials, work_dir=args.work_dir)
+            cm = tvm_backend.compile_module(module, (x,), "host", tune_trials=args.tune_trials, store=args.work_dir)
             ref = module(x).detach().numpy()
             out = cm.run(x)
             out = out[0] if isinstance(out, (list, tuple)) else out

@@ -75,9 +75,9 @@ def main(argv=None) -> int:
                 t0 = time.time()
                 work_dir = os.path.join(root, f"seed{a.seed}-arch{i}-run{r}")
                 if a.tune_only:
-                    n = tb.tune_module(m, (x,), host.tvm_target, tune_trials=a.tune, work_dir=work_dir)
+                    n = tb.tune_module(m, (x,), host.tvm_target, tune_trials=a.tune, store=work_dir)
                 else:
-                    cm = tb.compile_module(m, (x,), host.tvm_target, tune_trials=a.tune, work_dir=work_dir)
+                    cm = tb.compile_module(m, (x,), host.tvm_target, tune_trials=a.tune, store=work_dir)
                     built[i, r], n = cm, cm.tuning_trials
                 print(f"  arch {i} run {r}: {n} new trials in {time.time() - t0:.0f} s", flush=True)
         if a.tune_only:

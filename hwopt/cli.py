@@ -167,13 +167,15 @@ def cmd_targets(args) -> int:
         t = load_target(name)
         rows.append({"name": t.name, "description": t.description, "clock_mhz": t.clock_mhz, "cores": t.cores_used,
                      "simd_bits": t.simd_bits, "channel_multiple": t.channel_multiple, "dtype": t.deploy_dtype,
-                     "peak_gmacs": t.peak_macs_per_s / 1e9, "sram_bytes": t.sram_bytes, "flash_bytes": t.flash_bytes,
+                     "peak_gmacs": t.peak_macs_per_s / 1e9, "peak_gmacs_float32": t.peak_macs_per_s_at("float32") / 1e9, "sram_bytes": t.sram_bytes, "flash_bytes": t.flash_bytes,
                      "runtime": t.runtime, "calibrations": t.provenance()})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print("ch-mult: layer widths the target runs at full SIMD speed are multiples of this (pruning rounds to it)")
-    print(f"{'target':12s} {'clock':>6s} {'cores':>5s} {'SIMD':>5s} {'ch-mult':>7s} {'dtype':>7s} {'GMAC/s':>7s} "
+    print("deploy: the dtype the device runs (optimize() with data= quantizes to int8 where it is int8); a graph is "
+          "costed at its own dtype (a float32 graph with float kernels), GMAC/s is the peak at the deploy dtype")
+    print(f"{'target':12s} {'clock':>6s} {'cores':>5s} {'SIMD':>5s} {'ch-mult':>7s} {'deploy':>7s} {'GMAC/s':>7s} "
           f"{'SRAM':>8s} {'flash':>9s}  description")
     for r in rows:
         mem = lambda b: f"{b // 1024:,}K" if b else "-"
@@ -222,7 +224,8 @@ def cmd_optimize(args) -> int:
     result = optimize(model.eval(), args.target, x, budget=budget, pipeline=args.pipeline, seed=args.seed,
                       measure=args.measure, data=load_data(args.data), evaluate=evaluate,
                       fit_device=not args.ignore_device_limits, min_channels=args.min_channels,
-                      protect=tuple(p for p in (args.protect or "").split(",") if p))
+                      protect=tuple(p for p in (args.protect or "").split(",") if p),
+                      quantize=False if args.no_quantize else None)
     if args.out:
         out = Path(args.out)
         result.write_report(out)
@@ -293,11 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and flash are limits too unless --ignore-device-limits")
     op.add_argument("--pipeline", help="pass pipeline text; default: chosen from the target and budget")
     op.add_argument("--data", metavar="MODULE:FACTORY", help="a factory returning (x, y) training batches: "
-                    "fine-tuning after pruning (default SGD trainer), Taylor and OBD importance")
+                    "fine-tuning after pruning (default SGD trainer), Taylor and OBD importance, int8 calibration "
+                    "(int8 targets are quantized by default when it is given)")
     op.add_argument("--evaluate", metavar="MODULE:FUNCTION", help="a function evaluate(module) -> accuracy in [0, 1]")
     op.add_argument("--min-channels", type=int, help="narrowest a pruned layer may get (default: the target's "
                                                      "channel multiple)")
     op.add_argument("--protect", help="comma-separated layer names or module-path prefixes never pruned")
+    op.add_argument("--no-quantize", action="store_true",
+                    help="keep float32 on targets that deploy int8 (by default they are quantized when --data is given)")
     op.add_argument("--ignore-device-limits", action="store_true",
                     help="report the target's SRAM / flash limits but do not enforce them")
     op.add_argument("--out", help="directory for report.md/json, plots and exports (checked before the work)")

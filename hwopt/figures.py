@@ -27,20 +27,14 @@ DEVICE_LIMITS = {"peak_sram_bytes": "sram_bytes", "flash_bytes": "flash_bytes"}
 UNITS = {"latency_ms": "ms", "peak_sram_bytes": "B", "flash_bytes": "B", "energy_mj": "mJ", "macs": "", "params": ""}
 
 
-def static_energy_mj(target, latency_ms: float) -> float:
-    """Board power (W, from the target file) over the inference: W x ms = mJ; 0 where the file has none."""
-    return float(getattr(target, "board_power_w", None) or 0.0) * latency_ms
-
-
 def graph_figures(graph: Graph, target=None) -> dict:
     """Every figure of `graph`: params, nonzero_params, macs and, with a target, its cost-model figures."""
     s = graph.stats()
     fig = {"params": s["params"], "nonzero_params": s["nonzero_params"], "macs": s["macs"]}
     if target is not None:
-        c = target.cost(graph)
-        static = static_energy_mj(target, c.latency_ms)
+        c = target.cost(graph)  # energy_mj = dynamic + static (Target.cost, the one place it is summed)
         fig.update(latency_ms=c.latency_ms, peak_sram_bytes=c.peak_sram_bytes, flash_bytes=c.flash_bytes,
-                   energy_mj=c.energy_mj + static, dynamic_energy_mj=c.energy_mj, static_energy_mj=static)
+                   energy_mj=c.energy_mj, dynamic_energy_mj=c.dynamic_energy_mj, static_energy_mj=c.static_energy_mj)
     return fig
 
 

@@ -18,7 +18,7 @@ from .errors import BudgetError, HwoptError, ShapeError
 from .figures import check_budget, device_limits, format_figures, graph_figures, meets
 from .frontend import lift
 from .lower import lower
-from .passmanager import PassContext, PassManager, StatsInstrument
+from .passmanager import PassContext, PassManager, StatsInstrument, make_pass
 from .planning import choose_pipeline, out_of_reach
 from .report import EXPORT_FORMATS, Result  # noqa: F401 - the public names live here too
 
@@ -67,8 +67,9 @@ def default_trainer(batches: list):
 
 def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | None = None,
              pipeline: str | None = None, train=None, evaluate=None, data=None, fit_device: bool = True,
-             min_channels: int | None = None, protect: tuple[str, ...] = (), seed: int = 0,
-             measure: bool = False, workdir: str | None = None, progress: bool = False) -> Result:
+             min_channels: int | None = None, protect: tuple[str, ...] = (), quantize: bool | None = None,
+             seed: int = 0, measure: bool = False, checkpoint_dir: str | None = None, progress: bool = False,
+             workdir: str | None = None) -> Result:
     """Optimize `model` for `target` (a name, a path to a target file, or a Target) within `budget`.
 
     budget: {resource: absolute limit} over latency_ms, peak_sram_bytes, flash_bytes, energy_mj, macs, params.
@@ -79,7 +80,13 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
         `train`, fine-tuning with a default SGD trainer.
     min_channels: the narrowest a pruned layer may get (default: the target's channel multiple);
     protect: layer names (or module-path prefixes) never pruned.
+    quantize: int8 post-training quantization (the `quantize` pass, calibrated on `data`) as the last step.
+        None (default): on targets that deploy int8 (Cortex-M) when `data` is given; without data the
+        result stays float32 and is costed as float32 (the report says so). True: always (needs data);
+        False: never. Pruning then plans with the int8 figures of the graph it will become.
     measure: also compile with TVM and time before/after where the target runs (the host).
+    checkpoint_dir: where searching passes (nas) keep their checkpoints to resume from (`workdir=` is
+        its old, deprecated name).
     """
     from .targets import load_target
     t0 = time.perf_counter()
@@ -87,6 +94,7 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
         raise HwoptError(f"model must be a torch.nn.Module, got {type(model).__name__} {getattr(model, '__name__', '')}"
                          .rstrip() + (" (call the factory to build the model first)" if callable(model) else ""))
     tgt = load_target(target) if not hasattr(target, "cost") else target
+    checkpoint_dir = _renamed(workdir, checkpoint_dir, "workdir", "checkpoint_dir")
     user_budget = check_budget(budget)
     limits = device_limits(tgt)
     full = dict(user_budget)
@@ -102,20 +110,29 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
     before = graph_figures(graph, tgt)
     ctx_train = train if train is not None else (default_trainer(batches) if batches else None)
     ctx = PassContext(target=tgt, train=ctx_train, evaluate=evaluate, data=batches, example_inputs=inputs, seed=seed,
-                      progress=progress, workdir=workdir, instruments=[StatsInstrument()])
+                      progress=progress, checkpoint_dir=checkpoint_dir, instruments=[StatsInstrument()])
     widths = {"min_channels": min_channels, "protect": tuple(protect)}
     why = "pipeline given by the caller"
+    canonical = PassManager.parse("canonicalize").run(graph)
+    quant_pass, dtype_note = plan_quantization(canonical, tgt, ctx, quantize, given_pipeline=pipeline)
+    if quant_pass is not None:
+        ctx.target = tgt.priced_as("int8")  # every pass plans with the figures of the int8 model it becomes
     if pipeline is None:
-        canonical = PassManager.parse("canonicalize").run(graph)
         if full:
-            error = out_of_reach(canonical, tgt, full, limits if fit_device else {}, **widths)
+            error = out_of_reach(canonical, ctx.target, full, limits if fit_device else {}, **widths)
             if error is not None:
                 raise error
-        pm, why = choose_pipeline(canonical, tgt, full, user_budget, can_train=ctx_train is not None,
+        pm, why = choose_pipeline(canonical, ctx.target, full, user_budget, can_train=ctx_train is not None,
                                   can_evaluate=evaluate is not None, **widths)
+        if quant_pass is not None:
+            pm = PassManager([*pm.passes, quant_pass])
+            why += "; then int8 quantization (the target deploys int8)"
     else:
         pm = PassManager.parse(pipeline)
+        if quant_pass is not None:
+            pm = PassManager([*pm.passes, quant_pass])
     graph_out = pm.run(graph, ctx)
+    ctx.target = tgt
     after = graph_figures(graph_out, tgt)
     if not meets(after, full):
         missed = [k for k in full if after[k] > full[k] * (1 + 1e-9)]
@@ -124,13 +141,58 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
                           f"it reached {format_figures(after, missed)}{hint}", {k: after[k] for k in full})
     out_model = lower(graph_out)
     result = Result(out_model, graph_out, graph, tgt, inputs, str(pm), why, before, after, user_budget,
-                    passes=ctx.records, limits=limits, warnings=_warnings(pm, graph, graph_out, ctx))
+                    passes=ctx.records, limits=limits, warnings=_warnings(pm, graph, graph_out, ctx),
+                    dtype_note=dtype_note)
     if evaluate is not None:
         result.accuracy["accuracy"] = (float(evaluate(lower(graph))), float(evaluate(out_model)))
     if measure:
         result.measured = _measure(graph, graph_out, tgt, inputs)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def plan_quantization(canonical, target, ctx: PassContext, quantize: bool | None,
+                      given_pipeline: str | None = None) -> tuple:
+    """(the quantize pass to end the pipeline with or None, the report's line on the dtype)."""
+    from .quant import is_quantized
+    if quantize is not None and not isinstance(quantize, bool):
+        raise HwoptError(f"quantize must be True, False or None (the target decides), got {quantize!r}")
+    deploys_int8 = target.deploy_dtype == "int8"
+    if given_pipeline is not None and "quantize" in [p.name for p in PassManager.parse(given_pipeline).passes]:
+        return None, "quantized to int8 by the given pipeline; costs are of the int8 graph (int8 kernels)"
+    if quantize is False or (quantize is None and not deploys_int8):
+        why = "quantize=False" if quantize is False else f"{target.name} deploys {target.deploy_dtype}"
+        return None, f"float32 ({why}); costs are of the float32 graph (float kernels)"
+    if ctx.data is None:
+        if quantize:
+            raise HwoptError("quantize=True needs calibration batches: give data= (an iterable of (x, y) batches)")
+        return None, (f"NOT quantized: {target.name} deploys int8 but no data= was given to calibrate int8 "
+                      "ranges; costs are of the float32 graph (float kernels: 4 B per weight, float latency)")
+    if is_quantized(canonical):
+        return None, "the model is already int8; costs are of the int8 graph (int8 kernels)"
+    q = make_pass("quantize", batches=min(8, len(ctx.data)))
+    try:
+        q.check_supported(canonical)
+    except HwoptError as e:
+        if quantize:
+            raise
+        return None, (f"NOT quantized: {e}; costs are of the float32 graph (float kernels). quantize=False "
+                      "silences this")
+    n = min(8, len(ctx.data))
+    return q, (f"quantized to int8 (post-training, calibrated on {n} batch{'es' if n > 1 else ''} of data=) because "
+               f"{target.name} deploys int8; costs and accuracy are of the int8 graph (int8 kernels, the "
+               "device's integer arithmetic); quantize=False keeps float32")
+
+
+def _renamed(old_value, new_value, old: str, new: str):
+    """`new_value`, or `old_value` given under its deprecated name `old` (a DeprecationWarning)."""
+    if old_value is None:
+        return new_value
+    import warnings
+    if new_value is not None:
+        raise HwoptError(f"give {new}= only ({old}= is its old name)")
+    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _warnings(pm: PassManager, before, after, ctx: PassContext) -> list[str]:

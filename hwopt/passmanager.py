@@ -18,8 +18,9 @@ import math
 import os
 import time
 import types
+import warnings
 import typing
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -358,11 +359,19 @@ class PassContext:
     seed: int = 0
     verify: bool = True
     progress: bool = False
-    workdir: str | None = None  # where long passes checkpoint and write their plots
+    checkpoint_dir: str | None = None  # where searching passes (nas, morphnet) keep checkpoints and their plots
     instruments: list[Instrument] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     depth: int = 0  # how many pipelines are running (instruments enter/exit at the outermost)
     notes: dict = field(default_factory=dict)  # what the running pass reports (`ctx.note`), kept in its record
+    workdir: InitVar[str | None] = None  # the old name of checkpoint_dir (DeprecationWarning)
+
+    def __post_init__(self, workdir: str | None) -> None:
+        if workdir is not None and not isinstance(workdir, property):
+            if self.checkpoint_dir is not None:
+                raise PassError("PassContext: give checkpoint_dir= only (workdir= is its old name)")
+            warnings.warn("PassContext(workdir=) is deprecated: use checkpoint_dir=", DeprecationWarning, stacklevel=3)
+            self.checkpoint_dir = workdir
 
     def require(self, p: Pass) -> None:
         if isinstance(p, PassManager):
@@ -376,6 +385,14 @@ class PassContext:
     def note(self, **info) -> None:
         """Attach figures to the running pass's record (`record["info"]`; `ctx.notes` when run directly)."""
         self.notes.update(info)
+
+
+def _deprecated_workdir(ctx: PassContext) -> str | None:
+    warnings.warn("PassContext.workdir is deprecated: use checkpoint_dir", DeprecationWarning, stacklevel=2)
+    return ctx.checkpoint_dir
+
+
+PassContext.workdir = property(_deprecated_workdir)  # reading the old name still works, with a warning
 
 
 class PassManager(Pass):

@@ -13,6 +13,12 @@ arm_nn_requantize (doubling high multiply with rounding, then rounding right shi
 divide their int32 sums rounding half away from zero (CMSIS-NN arm_avgpool_s8). `quantize` rounds
 x / s half away from zero; `dequantize` is s * (q - z) in float32.
 
+Residual adds are arm_elementwise_add_s8: both operands brought to a common scale (`add_multipliers`),
+summed in int32, requantized to the output. A concat requantizes each input to the concat's own
+parameters (`rescale`; a copy where they already agree). Smooth activations (sigmoid, tanh, SiLU,
+hard-swish, hard-sigmoid, GELU) are 256-entry lookup tables (`lookup_table`), as TFLite Micro runs them:
+exact for all 256 inputs, so no float island is needed in an int8 graph.
+
 `QuantizedModule(graph)` runs a quantized graph in these integers on the CPU (`hwopt.lower` returns it
 for a quantized graph), so the accuracy measured on it is the device's; the firmware's TIR kernels
 (hwopt.firmware) compute the same integers.
@@ -30,9 +36,13 @@ from .errors import IRError
 from .ir import NODE_CHECKS, Graph, Node, _pair
 
 QMIN, QMAX = -128, 127
+# unary activations computed by a 256-entry int8 lookup table (TFLite Micro's LUT kernels): the table is
+# f(dequantize(q)) requantized to the output's parameters, exact for every one of the 256 inputs
+LUT_OPS = {"sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "gelu"}
 INT8_OPS = {"conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "relu", "relu6",
-            "flatten", "reshape", "identity", "dropout"}
+            "flatten", "reshape", "identity", "dropout", "add", "concat"} | LUT_OPS
 VIEWS = {"flatten", "reshape", "identity", "dropout"}
+ADD_LEFT_SHIFT = 20  # TFLite / CMSIS-NN int8 add: operands scaled up by 2^20 before requantization
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -79,6 +89,59 @@ def layer_multipliers(g: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
     s_out, _ = qparams(n)
     pairs = [quantize_multiplier(s_in * float(sw) / s_out) for sw in n.attrs["quant"]["weight_scale"]]
     return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32)
+
+
+def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """((M1, shift1), (M2, shift2), (M_out, shift_out)) of an int8 add, as TFLite's PrepareGeneralSubOp /
+    CMSIS-NN arm_elementwise_add_s8 set them: both operands are brought to the common scale
+    2 * max(s1, s2) / 2^20, summed in int32, and the sum requantized to the output's scale."""
+    twice_max = 2.0 * max(s1, s2)
+    return (quantize_multiplier(s1 / twice_max), quantize_multiplier(s2 / twice_max),
+            quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * s_out)))
+
+
+def int8_add(x1: torch.Tensor, x2: torch.Tensor, q1: tuple[float, int], q2: tuple[float, int],
+             q_out: tuple[float, int], lo: int = QMIN, hi: int = QMAX) -> torch.Tensor:
+    """arm_elementwise_add_s8 on int8 tensors: each operand (q - z) << 20 requantized to the common scale,
+    the int32 sum requantized to the output, plus its zero point, clamped."""
+    (m1, r1), (m2, r2), (mo, ro) = add_multipliers(q1[0], q2[0], q_out[0])
+    t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    a1 = requantize((x1.to(torch.int64) - q1[1]) * (1 << ADD_LEFT_SHIFT), t(m1), t(r1))
+    a2 = requantize((x2.to(torch.int64) - q2[1]) * (1 << ADD_LEFT_SHIFT), t(m2), t(r2))
+    y = requantize(a1 + a2, t(mo), t(ro)) + q_out[1]
+    return torch.clamp(y, lo, hi).to(torch.int8)
+
+
+def rescale(x: torch.Tensor, q_in: tuple[float, int], q_out: tuple[float, int]) -> torch.Tensor:
+    """An int8 tensor brought to other quantization parameters: requantize(q - z_in, M, shift) + z_out
+    with (M, shift) of s_in / s_out (a concat's inputs to the concat's common scale), clamped."""
+    if q_in == q_out:
+        return x
+    m, r = quantize_multiplier(q_in[0] / q_out[0])
+    y = requantize(x.to(torch.int64) - q_in[1], torch.tensor(m, dtype=torch.int64), torch.tensor(r, dtype=torch.int64))
+    return torch.clamp(y + q_out[1], QMIN, QMAX).to(torch.int8)
+
+
+def lut_function(n: Node):
+    """The float function of a LUT op (float64 in, float64 out)."""
+    op = n.op
+    if op == "gelu":
+        return lambda v: F.gelu(v, approximate=n.attrs.get("approximate") or "none")
+    return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu, "hardswish": F.hardswish,
+            "hardsigmoid": F.hardsigmoid}[op]
+
+
+def lookup_table(n: Node, q_in: tuple[float, int], q_out: tuple[float, int]) -> torch.Tensor:
+    """The 256 int8 outputs of LUT op `n` for inputs -128..127: f(s_in (q - z_in)) quantized to q_out
+    (rounded half away from zero, clamped), computed once in float64."""
+    q = torch.arange(QMIN, QMAX + 1, dtype=torch.float64)
+    y = lut_function(n)((q - q_in[1]) * q_in[0])
+    return torch.clamp(round_half_away(y / q_out[0]) + q_out[1], QMIN, QMAX).to(torch.int8)
+
+
+def lut(n: Node) -> torch.Tensor:
+    """The lookup table of an int8 LUT op (attrs["quant"]["table"]: outputs for inputs -128..127)."""
+    return torch.tensor(n.attrs["quant"]["table"], dtype=torch.int8)
 
 
 def act_range(n: Node) -> tuple[int, int]:
@@ -174,6 +237,13 @@ class QuantizedModule(nn.Module):
             lo = z
             hi = QMAX if op == "relu" else int(min(QMAX, round(6.0 / qparams(n)[0]) + z))
             return torch.clamp(x.to(torch.int32), lo, hi).to(torch.int8)
+        if op == "add":
+            return int8_add(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
+        if op == "concat":
+            q = qparams(n)
+            return torch.cat([rescale(v, qparams(g[i]), q) for v, i in zip(xs, n.inputs)], a["dim"])
+        if op in LUT_OPS:
+            return lut(n)[x.to(torch.int64) - QMIN]
         raise IRError(f"no integer kernel for op {op!r}", n.name)
 
 
@@ -244,7 +314,13 @@ def check_node(g: Graph, n: Node) -> None:
         ws = n.attrs["quant"].get("weight_scale")
         if ws is None or len(ws) != w.shape[0] or not all(float(v) > 0 for v in ws):
             raise IRError(f"int8 layer needs {w.shape[0]} positive per-channel weight scales", n.name)
-    elif dt == "float32" and n.op in ("conv2d", "linear") and not n.params["weight"].is_floating_point():
+    if dt == "int8" and n.op in LUT_OPS:
+        t = n.attrs["quant"].get("table")
+        if t is None or len(t) != QMAX - QMIN + 1 or not all(QMIN <= int(v) <= QMAX for v in t):
+            raise IRError(f"int8 {n.op} needs attrs['quant']['table']: 256 int8 outputs (a lookup table)", n.name)
+    if dt == "int8" and n.op == "add" and len({tuple(g[i].spec.shape) for i in n.inputs}) != 1:
+        raise IRError("int8 add needs two operands of one shape (no broadcasting)", n.name)
+    if dt == "float32" and n.op in ("conv2d", "linear") and not n.params["weight"].is_floating_point():
         raise IRError("float32 layer holds integer weights", n.name)
 
 

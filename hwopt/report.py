@@ -46,10 +46,16 @@ class Result:
     limits: dict = field(default_factory=dict)  # the device's SRAM / flash, as budget entries
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
+    dtype_note: str = ""  # whether the model was quantized, and which dtype its figures are costed at
 
     @property
     def dtype(self) -> str:
-        return self.target.deploy_dtype
+        """The dtype the result is costed (and deployed) at: its graph's own (int8 once quantized)."""
+        return self.target.cost(self.graph).dtype
+
+    @property
+    def dtype_before(self) -> str:
+        return self.target.cost(self.original).dtype
 
     @property
     def fits(self) -> dict[str, bool]:
@@ -62,11 +68,12 @@ class Result:
         else:
             fit = ", ".join(f"{k} {self.after[k]:,.0f} of {v:,.0f} B ({'fits' if self.fits[k] else 'DOES NOT FIT'})"
                             for k, v in self.limits.items())
-        return f"deploy dtype {self.dtype}; {fit}"
+        return f"costed dtype {self.dtype}; {fit}"
 
     @property
     def report(self) -> dict:
-        return {"target": self.target.name, "dtype": self.dtype, "pipeline": self.pipeline, "why": self.why,
+        return {"target": self.target.name, "dtype": self.dtype, "dtype_before": self.dtype_before,
+                "dtype_note": self.dtype_note, "pipeline": self.pipeline, "why": self.why,
                 "budget": self.budget, "limits": self.limits, "fits": self.fits, "before": self.before,
                 "after": self.after, "accuracy": self.accuracy, "measured": self.measured, "warnings": self.warnings,
                 "passes": self.passes, "seconds": self.seconds,
@@ -90,7 +97,7 @@ class Result:
         word = lambda d: "yes" if all(d.values()) else "no (" + ", ".join(k for k, ok in d.items() if not ok) + ")"
         rows.append(("fits device", word(before_fits) if self.limits else "-", word(self.fits) if self.limits else "-",
                      "-", "-"))
-        rows.append(("deploy dtype", self.dtype, self.dtype, "-", "-"))
+        rows.append(("costed dtype", self.dtype_before, self.dtype, "-", "-"))
         return rows
 
     def table(self) -> str:
@@ -98,6 +105,7 @@ class Result:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [f"dtype: {self.dtype_note}"] if self.dtype_note else []
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -105,7 +113,8 @@ class Result:
         rows = self.rows()
         md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * 5] + ["| " + " | ".join(r) + " |" for r in rows[1:]]
         lines = [f"# hwopt report: {self.target.name}", "", f"Pipeline: `{self.pipeline}`", "", f"Why: {self.why}", "",
-                 f"Fits: {self.fits_line()}.", "", *md, ""]
+                 f"Fits: {self.fits_line()}.", "", *([f"Dtype: {self.dtype_note}.", ""] if self.dtype_note else []),
+                 *md, ""]
         lines += [f"**Warning:** {w}" for w in self.warnings] + ([""] if self.warnings else [])
         lines += [f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots] + ([""] if plots else [])
         return "\n".join(lines + [f"Took {self.seconds:.1f} s.", ""])

@@ -73,7 +73,7 @@ refresh_steps
     at the start of each iteration).
 plot
     Path of a PNG bar plot of per-group widths (before / after shrink / after expand). Without it, the
-    plot is written to ``ctx.workdir/morphnet_widths.png`` when ``ctx.workdir`` is set.
+    plot is written to ``ctx.checkpoint_dir/morphnet_widths.png`` when ``ctx.checkpoint_dir`` is set.
 
 The report (per-group widths at each stage, the multiplier, costs) goes to the pass's record through
 ``ctx.note`` (``record["info"]`` under a PassManager). The input graph is never mutated.
@@ -580,7 +580,7 @@ class MorphNet(Pass):
         last = report["iterations"][-1]
         report["strength"] = [it["shrink"].get("strength") for it in report["iterations"]]  # λ, per iteration
         report["after_shrink"], report["after_expand"], report["cost"] = last["after_shrink"], last["after_expand"], last["cost"]
-        path = self.plot or (os.path.join(ctx.workdir, "morphnet_widths.png") if ctx.workdir else None)
+        path = self.plot or (os.path.join(ctx.checkpoint_dir, "morphnet_widths.png") if ctx.checkpoint_dir else None)
         if path:
             from hwopt.report import plot_widths
             plot_widths({"before": report["before"], "after shrink": report["after_shrink"],

@@ -8,8 +8,11 @@ int8 quantization spec).
 3. Conversion: activations per tensor, asymmetric (scale = (max - min) / 255, zero point so that 0 is
    exact); conv/linear weights per output channel, symmetric in [-127, 127]; biases int32 in units of
    s_in * s_w[c]; a ReLU/ReLU6 that is its layer's only reader lends the layer its output range (the
-   layer's clamp is the activation, as TFLite fuses them). Pools, flatten/reshape and standalone
-   activations keep their input's parameters. A `quantize` node converts the float input before the
+   layer's clamp is the activation, as TFLite fuses them). Pools, flatten/reshape and ReLUs keep their
+   input's parameters. A residual add and a concat get their own calibrated parameters and requantize
+   their operands to them (CMSIS-NN arm_elementwise_add_s8; TFLite's concat with scaling); sigmoid, tanh,
+   SiLU, hard-swish, hard-sigmoid and GELU become 256-entry int8 lookup tables (TFLite Micro's LUT
+   kernels) - exact over all 256 inputs, so no float island is needed. A `quantize` node converts the float input before the
    first layer, a `dequantize` node converts back before the output (and before a softmax).
 4. Optional quantization-aware training (`qat_epochs` > 0, needs ctx.train): the float model is trained
    with fake-quantized weights (per channel) and activations (the calibrated ranges) through a
@@ -65,6 +68,11 @@ class Quantize(Pass):
         return convert(g, ranges)
 
 
+    def check_supported(self, graph: Graph) -> None:
+        """PassError naming the first node without an int8 kernel (after batch norms are folded)."""
+        _check_supported(FoldBatchNorm().run(graph, PassContext()))
+
+
 def _check_supported(g: Graph) -> None:
     after_dequant = False
     for name in g.order():
@@ -79,6 +87,9 @@ def _check_supported(g: Graph) -> None:
                             f"kernel (int8 ops: {', '.join(sorted(Q.INT8_OPS))}; a softmax may end the network)")
         if after_dequant and n.op not in Q.VIEWS:
             raise PassError(f"pass 'quantize': node {name!r}: int8 op {n.op!r} after a float softmax")
+        if n.op == "add" and (n.attrs.get("scalar") is not None or len({tuple(g[i].spec.shape) for i in n.inputs}) != 1):
+            raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 add needs two "
+                            "tensors of one shape (no scalar, no broadcasting)")
         if n.op in ("avg_pool2d", "adaptive_avg_pool2d", "mean"):
             try:
                 Q.avg_windows(n, tuple(g[n.inputs[0]].spec.shape))
@@ -183,6 +194,20 @@ def convert(g: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
                 if act.op == "relu6":
                     qa["act_max"] = int(min(Q.QMAX, round(6.0 / s_out) + z_out))
             new.add(name, n.op, [x], {**n.attrs, "quant": qa}, params, source=n.source)
+            int8.add(name)
+        elif n.op in ("add", "concat"):
+            # every operand int8; the output has its own calibrated parameters (the add / concat requantizes)
+            xs = [as_int8(i) for i in n.inputs]
+            s, z = qp[name]
+            new.add(name, n.op, xs, {**n.attrs, "quant": {"scale": s, "zero_point": z}}, source=n.source)
+            int8.add(name)
+        elif n.op in Q.LUT_OPS:
+            x = as_int8(src)
+            q_in = Q.qparams(new[x])
+            q_out = qp[name]
+            table = tuple(int(v) for v in Q.lookup_table(n, q_in, q_out))
+            new.add(name, n.op, [x], {**n.attrs, "quant": {"scale": q_out[0], "zero_point": q_out[1], "table": table}},
+                    source=n.source)
             int8.add(name)
         elif n.op in Q.INT8_OPS and src in int8:
             s, z = new[names[src]].attrs["quant"]["scale"], new[names[src]].attrs["quant"]["zero_point"]

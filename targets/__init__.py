@@ -11,6 +11,7 @@ See README.md in this folder for every field of a target file and how to add a d
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import os
@@ -19,6 +20,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from hwopt.errors import TargetError
 
@@ -91,13 +94,18 @@ class Target:
     runtime: str
     path: str | None = None
     board_power_w: float | None = None  # static power while running (energy.board_power_w), W
+    price_float_as: str | None = None   # a float32 graph is costed as if at this dtype (see `priced_as`)
     doc: dict = field(default_factory=dict, repr=False)
     _token: int = field(default_factory=lambda: next(_TOKENS), repr=False)
 
     # -- derived figures --------------------------------------------------------------------------
     @property
     def peak_macs_per_s(self) -> float:
-        return self.clock_mhz * 1e6 * self.cores_used * self.peak_macs_per_cycle[self.deploy_dtype]
+        """Peak MACs per second at the deploy dtype (`peak_macs_per_s_at` for another)."""
+        return self.peak_macs_per_s_at(self.deploy_dtype)
+
+    def peak_macs_per_s_at(self, dtype: str) -> float:
+        return self.clock_mhz * 1e6 * self.cores_used * self.peak_macs_per_cycle[dtype]
 
     @property
     def bandwidth_bytes_s(self) -> float:
@@ -145,7 +153,7 @@ class Target:
         if runtime not in self.calibration or runtime == "default":
             raise TargetError(f"no calibration for runtime {runtime!r} (have: {self.runtimes})",
                               f"calibration.{runtime}", self.path)
-        return _build(self.doc, self.path, runtime)
+        return _build(self.doc, self.path, runtime).priced_as(self.price_float_as)
 
     def with_coefficients(self, table: dict, runtime: str | None = None) -> "Target":
         """A copy with a calibration table replaced (used by calibration; validated like a file)."""
@@ -153,7 +161,7 @@ class Target:
         rt = runtime or self.runtime
         doc["calibration"][rt] = table
         validate(doc, self.path)
-        return _build(doc, self.path, rt)
+        return _build(doc, self.path, rt).priced_as(self.price_float_as)
 
     @property
     def tvm_target(self) -> dict:
@@ -175,37 +183,92 @@ class Target:
         return d
 
     # -- cost -------------------------------------------------------------------------------------
-    def cost(self, graph) -> Cost:
-        """Latency (ms, per node), flash and peak SRAM (bytes), energy (mJ), MACs and params of `graph` here."""
-        key = f"hwopt.targets.cost:{self._token}"
-        return graph.cached(key, lambda: self._cost(graph))
+    def priced_as(self, dtype: str | None) -> "Target":
+        """The same device, costing a float32 graph as its `dtype` version (None: at its own dtypes).
+        What a pipeline that quantizes last plans with: pruning decisions see int8 figures."""
+        if dtype is not None and dtype not in DTYPE_BYTES:
+            raise TargetError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})", "price_float_as", self.path)
+        if dtype == self.price_float_as:
+            return self
+        return dataclasses.replace(self, price_float_as=dtype, _token=next(_TOKENS))
+
+    def cost(self, graph, dtype: str | None = None) -> Cost:
+        """Latency (ms, per node), flash and peak SRAM (bytes), energy (mJ: dynamic + the board's static
+        power over the latency), MACs and params of `graph` here.
+
+        The graph is costed at its own dtypes: a float32 graph with float kernels (4 B per weight and
+        activation, the float32 MAC rate and energy), a quantized graph's int8 nodes with int8 kernels
+        and its float nodes (input, quantize, dequantize, a float tail) with float ones. `dtype` (or
+        `priced_as`) prices every node of a float graph at that dtype instead. `Cost.dtype` says which."""
+        if dtype is not None and dtype not in DTYPE_BYTES:
+            raise TargetError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})", "cost(dtype=)", self.path)
+        as_dtype = dtype or (None if _cost.features(graph).int8.any() else self.price_float_as)
+        key = f"hwopt.targets.cost:{self._token}:{as_dtype}"
+        return graph.cached(key, lambda: self._cost(graph, as_dtype))
 
     def latency_ms(self, graph) -> float:
         return self.cost(graph).latency_ms
 
-    def _cost(self, g) -> Cost:
-        f = _cost.features(g)
-        ab = DTYPE_BYTES[self.deploy_dtype]
-        nbytes = (f.act_elems + f.weight_elems) * ab
+    def static_energy_mj(self, latency_ms: float) -> float:
+        """Board power (W, energy.board_power_w) over an inference of `latency_ms`: W x ms = mJ; 0 without it."""
+        return float(self.board_power_w or 0.0) * latency_ms
+
+    def _pj_per_mac(self, int8: np.ndarray) -> np.ndarray:
+        return np.where(int8, self.pj_per_mac["int8"], self.pj_per_mac["float32"])
+
+    def _node_seconds(self, f, int8: np.ndarray) -> np.ndarray:
+        """Per-node seconds, each node at its dtype (bytes per element and MAC rate)."""
+        ab = np.where(int8, DTYPE_BYTES["int8"], DTYPE_BYTES["float32"])
         c = self.coefficients
         terms = _cost.term_matrix(f, ab, *self.cache_bytes) if c.terms is not None else None
-        sec = _cost.node_seconds(f.kind, f.work, nbytes, c, self.peak_macs_per_s,
-                                 self.bandwidth_bytes_s, f.grouped, terms, f.ambiguous)
-        ms = sec * 1e3
+        peak_macs = np.where(int8, self.peak_macs_per_s_at("int8"), self.peak_macs_per_s_at("float32"))
+        return _cost.node_seconds(f.kind, f.work, (f.act_elems + f.weight_elems) * ab, c, peak_macs,
+                                  self.bandwidth_bytes_s, f.grouped, terms, f.ambiguous)
+
+    def _conversions(self, g) -> tuple[float, float]:
+        """(ms, dynamic mJ) of the quantize / dequantize nodes the int8 version of float graph `g` adds."""
+        f, int8 = _cost.conversion_features(g)
+        ab = np.where(int8, DTYPE_BYTES["int8"], DTYPE_BYTES["float32"])
+        mj = _cost.energy_mj(f, 0.0, ab, self.onchip_bytes, self._pj_per_mac(int8), self.pj_per_byte_sram,
+                             self.pj_per_byte_dram)
+        return float(self._node_seconds(f, int8).sum() * 1e3), mj
+
+    def _cost(self, g, as_dtype: str | None) -> Cost:
+        f = _cost.features(g)
+        int8 = np.ones(len(f.names), bool) if as_dtype == "int8" else (
+            np.zeros(len(f.names), bool) if as_dtype == "float32" else f.int8)
+        ab = np.where(int8, DTYPE_BYTES["int8"], DTYPE_BYTES["float32"])
+        ms = self._node_seconds(f, int8) * 1e3
         by_kind = {k: float(ms[f.kind == i].sum()) for i, k in enumerate(KINDS)}
-        peak_elems, _ = _cost.peak_sram_elems(g)
-        fl = _cost.flash(g, self.deploy_dtype)
-        energy_mj = _cost.energy_mj(f, fl["total"], ab, self.onchip_bytes, self.pj_per_mac[self.deploy_dtype],
-                                    self.pj_per_byte_sram, self.pj_per_byte_dram)
-        peak = int(peak_elems * ab)
+        peak, _ = _cost.peak_sram_bytes(g, as_dtype)
+        fl = _cost.flash(g, as_dtype)
+        dynamic = _cost.energy_mj(f, fl["total"], ab, self.onchip_bytes, self._pj_per_mac(int8),
+                                  self.pj_per_byte_sram, self.pj_per_byte_dram)
+        latency = float(ms.sum())
+        if as_dtype == "int8" and not f.int8.any():  # the int8 version also converts its inputs and outputs
+            extra_ms, extra_mj = self._conversions(g)
+            latency += extra_ms
+            by_kind["elementwise"] += extra_ms
+            dynamic += extra_mj
+        static = self.static_energy_mj(latency)
         fits = {}
         if self.flash_bytes:
             fits["flash"] = fl["total"] <= self.flash_bytes
         if self.sram_bytes:
             fits["sram"] = peak <= self.sram_bytes
-        return Cost(latency_ms=float(ms.sum()), per_node=dict(zip(f.names, ms.tolist())), by_kind=by_kind,
-                    flash_bytes=int(fl["total"]), peak_sram_bytes=peak, energy_mj=energy_mj, macs=f.macs,
-                    params=f.params, target=self.name, runtime=self.runtime, flash_breakdown=dict(fl), fits=fits)
+        computes_int8 = bool(int8.any())
+        if as_dtype is None:
+            note = ("int8 graph: int8 kernels (its float input / output conversions in float32)" if computes_int8
+                    else "float32 graph: float32 kernels")
+        elif as_dtype == "int8" and not f.int8.any():
+            note = "float32 graph priced as its int8 version (int8 kernels, quantize / dequantize at its inputs / outputs)"
+        else:
+            note = f"every node priced at {as_dtype}"
+        return Cost(latency_ms=latency, per_node=dict(zip(f.names, ms.tolist())), by_kind=by_kind,
+                    flash_bytes=int(fl["total"]), peak_sram_bytes=int(peak), energy_mj=dynamic + static, macs=f.macs,
+                    params=f.params, target=self.name, runtime=self.runtime, flash_breakdown=dict(fl), fits=fits,
+                    dtype="int8" if computes_int8 else "float32", dtype_note=note,
+                    dynamic_energy_mj=dynamic, static_energy_mj=static)
 
     def __repr__(self) -> str:
         return (f"Target({self.name!r}: {self.clock_mhz:g} MHz x{self.cores_used}, {self.deploy_dtype}, "

@@ -100,6 +100,7 @@ class Features:
     params: int
     terms: np.ndarray | None = None  # (nodes x TERMS) monomials of the "terms" latency form
     ambiguous: np.ndarray | None = None  # bool: conv with groups == in_channels == 1 (conv or depthwise)
+    int8: np.ndarray | None = None       # bool: the node computes in int8 (its output dtype; hwopt.quant)
 
 
 def _kind(g: Graph, n: Node, fused: set[str]) -> tuple[int, bool]:
@@ -223,7 +224,7 @@ def term_matrix(f: Features, dtype_bytes: int, l2_bytes: float, llc_bytes: float
 def features(g: Graph) -> Features:
     def compute() -> Features:
         fused = _fused_nodes(g)
-        names, kind, grouped, work, act, wel, rows, amb = [], [], [], [], [], [], [], []
+        names, kind, grouped, work, act, wel, rows, amb, int8 = [], [], [], [], [], [], [], [], []
         macs = params = 0
         for n in g:
             k, grp = _kind(g, n, fused)
@@ -232,6 +233,7 @@ def features(g: Graph) -> Features:
             kind.append(k)
             grouped.append(grp)
             amb.append(n.op in ("conv2d", *CONV_LIKE) and n.attrs["groups"] == 1 and n.attrs["in_channels"] == 1)
+            int8.append(n.spec is not None and n.spec.dtype == "int8")
             w = _work(g, n, ins) if k != VIEW else 0.0
             work.append(w)
             if n.op in ("conv2d", "linear", "matmul", "cond_conv2d", *CONV_LIKE):
@@ -254,7 +256,7 @@ def features(g: Graph) -> Features:
             rows.append(_term_row(n, ins, k, w, float(sum(s.numel for s in ins)), wel[-1]))
         return Features(names, np.array(kind), np.array(grouped, bool), np.array(work), np.array(act),
                         np.array(wel), macs, params, np.array(rows, float).reshape(len(rows), N_GRAPH_TERMS),
-                        np.array(amb, bool))
+                        np.array(amb, bool), np.array(int8, bool))
 
     return g.cached("hwopt.targets.features", compute)
 
@@ -264,7 +266,39 @@ def features(g: Graph) -> Features:
 
 
 def peak_sram_elems(g: Graph) -> tuple[int, dict]:
-    """Peak live activation elements under the graph's topological order, and the step where it is.
+    """Peak live activation elements (see `peak_sram_bytes`) and the step where it is."""
+    return _peak_live(g, "elems", lambda n: n.spec.numel)
+
+
+def peak_sram_bytes(g: Graph, dtype: str | None = None) -> tuple[int, dict]:
+    """Peak live activation bytes and the step where it is: every buffer at its node's own dtype
+    (`dtype` None: a quantized graph's float input and int8 layers each at their size, as the firmware
+    plan lays them out), or every buffer at `dtype` (a float graph priced as its int8 version)."""
+    if dtype == "int8" and not features(g).int8.any():
+        return _peak_live(g, "bytes:int8-version", lambda n: n.spec.numel * DTYPE_BYTES["int8"], conversions=True)
+    return _peak_live(g, f"bytes:{dtype}", lambda n: n.spec.numel * DTYPE_BYTES[dtype or n.spec.dtype])
+
+
+def conversion_features(g: Graph) -> tuple[Features, np.ndarray]:
+    """The conversions the quantize pass adds to float graph `g` (a `quantize` of every input, computing
+    in int8, and a `dequantize` of every output, in float32) as standalone elementwise nodes: their
+    Features and whether each computes in int8. Their cost does not depend on channel counts."""
+    convs = [("quantize", n.spec.numel, True) for n in g.inputs] + \
+        [("dequantize", g[o].spec.numel, False) for o in g.output.inputs]
+    work = np.array([float(e * OP_WORK[op]) for op, e, _ in convs])
+    elems = np.array([float(e) for _, e, _ in convs])
+    rows = np.array([[1.0, w, e, e, 0.0, 0.0, 0.0] for w, e in zip(work, elems)], float).reshape(len(convs), N_GRAPH_TERMS)
+    k = np.full(len(convs), KIND_INDEX["elementwise"])
+    f = Features([op for op, _, _ in convs], k, np.zeros(len(convs), bool), work, 2 * elems, np.zeros(len(convs)),
+                 0, 0, rows, np.zeros(len(convs), bool), np.array([i for _, _, i in convs], bool))
+    return f, f.int8
+
+
+def _peak_live(g: Graph, unit: str, size_of, conversions: bool = False) -> tuple[int, dict]:
+    """Peak of live activation sizes (`size_of(node)`) under the graph's topological order.
+    `conversions`: as the int8 version of float graph `g` lays out memory: the float32 input (4 B per
+    element) is live with its int8 copy while `quantize` runs, and the float32 output is written by a
+    `dequantize` at the end while its int8 source is live.
 
     Every non-view node allocates its output before it runs and its inputs stay live through it; a
     buffer is freed after its last reader. View ops (reshape, flatten, identity, dropout) alias their
@@ -291,7 +325,7 @@ def peak_sram_elems(g: Graph) -> tuple[int, dict]:
                 size[name] = 0
             else:
                 root[name] = name
-                size[name] = n.spec.numel
+                size[name] = size_of(n)
             last[root[name]] = max(last.get(root[name], -1), pos[name])
             for i in n.inputs:
                 r = root[i]
@@ -303,11 +337,17 @@ def peak_sram_elems(g: Graph) -> tuple[int, dict]:
         for r, s in size.items():
             delta[pos[r]] += s
             delta[last[r] + 1] -= s
+        if conversions:
+            for n in g.inputs:  # the quantize step: float input + its int8 copy (the copy is the int8 buffer)
+                delta[pos[n.name]] += 4 * n.spec.numel
+                delta[pos[n.name] + 1] -= 4 * n.spec.numel
+            end = len(order) - 1  # the dequantize step: the float outputs beside their int8 sources
+            delta[end] += sum(4 * g[o].spec.numel for o in g.output.inputs)
         live = np.cumsum(delta)[:-1]
         i = int(np.argmax(live)) if len(live) else 0
         return int(live[i]) if len(live) else 0, {"at": order[i] if order else None}
 
-    return g.cached("hwopt.targets.peak_sram", compute)
+    return g.cached(f"hwopt.targets.peak_sram:{unit}", compute)
 
 
 _storage_cache: dict[tuple, tuple] = {}
@@ -337,14 +377,14 @@ def weight_storage(n: Node, wbytes: int) -> tuple[int, int, str]:
     return val
 
 
-def flash(g: Graph, dtype: str) -> dict:
+def flash(g: Graph, dtype: str | None = None) -> dict:
     """Bytes of everything the deployed model stores per node kind: weights (sparsity-aware), biases
-    (int32 for int8 deployment, float32 otherwise; a batch norm that follows a conv/linear with no
+    (int32 for int8 layers, float32 otherwise; a batch norm that follows a conv/linear with no
     other user is folded into it and costs a bias if the conv has none), per-channel requantization
-    parameters for int8 (int32 multiplier + int32 shift per output channel, as CMSIS-NN / TFLM store
-    them), and standalone batch norms (scale + shift, float32)."""
+    parameters of int8 layers (int32 multiplier + int32 shift per output channel, as CMSIS-NN / TFLM
+    store them), and standalone batch norms (scale + shift, float32). Each layer at its own dtype
+    (`dtype` None: 4 B per float32 weight, 1 B per int8 weight) or every layer at `dtype`."""
     def compute():
-        wb = DTYPE_BYTES[dtype]
         out = {"weights": 0, "weights_dense": 0, "biases": 0, "quant": 0, "other": 0, "formats": {}}
         stored_once: set[int] = set()  # a module called twice lifts to nodes holding the same tensors: stored once
         for n in g:
@@ -353,14 +393,15 @@ def flash(g: Graph, dtype: str) -> dict:
                     continue
                 stored_once.update(id(t) for t in n.params.values())
             if n.op in ("conv2d", "linear", *CONV_LIKE):
-                dense, stored, fmt = weight_storage(n, wb)
+                layer_dtype = dtype or n.spec.dtype
+                dense, stored, fmt = weight_storage(n, DTYPE_BYTES[layer_dtype])
                 out["weights"] += stored
                 out["weights_dense"] += dense
                 out["formats"][n.name] = fmt
                 cout = n.spec.channels if n.op in CONV_LIKE else n.params["weight"].shape[0]
                 if "bias" in n.params:
                     out["biases"] += 4 * cout
-                if dtype == "int8":
+                if layer_dtype == "int8":
                     out["quant"] += 8 * cout
             elif n.op == "batch_norm":
                 src = g[n.inputs[0]]
@@ -371,6 +412,8 @@ def flash(g: Graph, dtype: str) -> dict:
                     out["other"] += 8 * n.spec.channels
             elif n.op in ("const", "group_norm"):  # layer-scale vectors, group-norm scale and shift
                 out["other"] += sum(t.numel() for t in n.params.values()) * 4
+            elif "table" in (n.attrs.get("quant") or {}):  # an int8 activation's 256-entry lookup table
+                out["quant"] += len(n.attrs["quant"]["table"])
         out["total"] = out["weights"] + out["biases"] + out["quant"] + out["other"]
         return out
 
@@ -451,14 +494,16 @@ def node_seconds(kind: np.ndarray, work: np.ndarray, nbytes: np.ndarray, c: Coef
     return np.where(real, sec, 0.0)
 
 
-def energy_mj(f: Features, stored_weight_bytes: float, dtype_bytes: int, onchip_bytes: float, pj_per_mac: float,
+def energy_mj(f: Features, stored_weight_bytes: float, dtype_bytes, onchip_bytes: float, pj_per_mac,
               pj_per_byte_sram: float, pj_per_byte_dram: float) -> float:
-    """Energy of one inference, mJ: MAC work x pJ/MAC; each node's activations from on-chip memory when
-    they fit in it (`onchip_bytes`), else from DRAM; the stored weights streamed from DRAM / flash once.
-    Circuit-level figures (Horowitz, ISSCC 2014): a lower bound, not whole-SoC energy."""
+    """Dynamic energy of one inference, mJ: MAC work x pJ/MAC; each node's activations from on-chip
+    memory when they fit in it (`onchip_bytes`), else from DRAM; the stored weights streamed from DRAM /
+    flash once. `dtype_bytes` and `pj_per_mac` are per node (arrays: each node at its dtype) or scalars.
+    Circuit-level figures (Horowitz, ISSCC 2014): a lower bound, not whole-SoC energy (the board's
+    static power is Target.cost's `static_energy_mj`)."""
     act = f.act_elems * dtype_bytes
     act_pj = np.where(act <= onchip_bytes, act * pj_per_byte_sram, act * pj_per_byte_dram).sum()
-    mac_pj = f.work[f.kind >= 0].sum() * pj_per_mac
+    mac_pj = (f.work * pj_per_mac)[f.kind >= 0].sum()
     return float(mac_pj + act_pj + stored_weight_bytes * pj_per_byte_dram) * 1e-9
 
 
@@ -477,12 +522,18 @@ class Cost:
     runtime: str = ""
     flash_breakdown: dict = field(default_factory=dict)
     fits: dict = field(default_factory=dict)  # {"flash": bool, "sram": bool} where the target has limits
+    dtype: str = "float32"         # the dtype the graph was costed at (its own, or the one asked for)
+    dtype_note: str = ""           # how: "the graph's own dtypes" / "a float32 graph priced as int8"
+    dynamic_energy_mj: float = 0.0  # MACs and memory traffic (energy_mj = dynamic + static)
+    static_energy_mj: float = 0.0   # board power (energy.board_power_w) x latency; 0 without it
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms, "flash_bytes": self.flash_bytes,
-                "peak_sram_bytes": self.peak_sram_bytes, "energy_mj": self.energy_mj, "macs": self.macs,
-                "params": self.params, "target": self.target, "runtime": self.runtime}
+                "peak_sram_bytes": self.peak_sram_bytes, "energy_mj": self.energy_mj,
+                "dynamic_energy_mj": self.dynamic_energy_mj, "static_energy_mj": self.static_energy_mj,
+                "macs": self.macs, "params": self.params, "target": self.target, "runtime": self.runtime,
+                "dtype": self.dtype, "dtype_note": self.dtype_note}
 
     def __repr__(self) -> str:
-        return (f"Cost({self.target}/{self.runtime}: {self.latency_ms:.3f} ms, flash {self.flash_bytes:,} B, "
+        return (f"Cost({self.target}/{self.runtime}, {self.dtype}: {self.latency_ms:.3f} ms, flash {self.flash_bytes:,} B, "
                 f"peak SRAM {self.peak_sram_bytes:,} B, {self.energy_mj:.4f} mJ, {self.macs:,} MACs)")

@@ -17,6 +17,8 @@ from hwopt.sparse import relative_index_entries
 from hwopt.targets.cost import DTYPE_BYTES
 
 TARGETS = [T.load_target(n, runtime=rt) for n in T.available() for rt in T.load_target(n).runtimes]
+# the same devices pricing a float32 graph as its int8 version (what a pipeline that quantizes plans with)
+INT8_PRICED = [t.priced_as("int8") for t in TARGETS if t.deploy_dtype == "int8"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def test_removing_channels_never_raises_cost(net, data):
     smaller = list(stages)
     smaller[i] = (kind, w2, k, s)
     g1, g2 = make_net(stages, res, bn), make_net(smaller, res, bn, head=head2)
-    for t in TARGETS:
+    for t in TARGETS + INT8_PRICED:
         c1, c2 = t.cost(g1), t.cost(g2)
         assert c2.latency_ms <= c1.latency_ms * (1 + 1e-12), (t, c1, c2)
         assert c2.flash_bytes <= c1.flash_bytes
@@ -152,18 +154,20 @@ def test_peak_sram_at_least_largest_activation(net):
     g = make_net(*net)
     largest = max(n.spec.numel for n in g)
     total = sum(n.spec.numel for n in g if n.op not in ("output", "reshape", "flatten", "identity", "dropout"))
-    for t in TARGETS:
-        b = DTYPE_BYTES[t.deploy_dtype]
+    for t in TARGETS + INT8_PRICED:
         c = t.cost(g)
+        b = DTYPE_BYTES[c.dtype]  # a float32 graph: 4 B per element; priced as int8: 1
+        assert b == (1 if t.price_float_as == "int8" else 4)
         assert largest * b <= c.peak_sram_bytes <= total * b
 
 
 def test_peak_sram_exact_on_a_chain_and_a_residual():
     # chain: input(3x8x8) -> conv(8x8x8) -> relu -> ...: the peak is two adjacent buffers
     g = hwopt.lift(nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(1, 3, 8, 8))
-    t = T.load_target("cortex-m7")  # int8: one byte per element
+    t = T.load_target("cortex-m7").priced_as("int8")  # one byte per element
     # the relu is fused into conv0 and writes its buffer in place; conv1 reads it (512) and writes 4x8x8 (256)
     assert t.cost(g).peak_sram_bytes == 8 * 64 + 4 * 64
+    assert T.load_target("cortex-m7").cost(g).peak_sram_bytes == 4 * (8 * 64 + 4 * 64)  # float32: 4 B each
 
     class Res(nn.Module):
         def __init__(self):
@@ -183,19 +187,19 @@ def test_peak_sram_exact_on_a_chain_and_a_residual():
 def test_flash_is_sum_of_dense_weight_bytes(net):
     stages, res, _ = net
     g = make_net(stages, res, bn=False)
-    for t in TARGETS:
-        wb = DTYPE_BYTES[t.deploy_dtype]
+    for t in TARGETS + INT8_PRICED:
+        c = t.cost(g)
+        wb = DTYPE_BYTES[c.dtype]
         weights = sum(n.params["weight"].numel() for n in g if n.op in ("conv2d", "linear"))
         biases = sum(n.params["bias"].numel() for n in g if "bias" in n.params)
         outs = sum(n.params["weight"].shape[0] for n in g if n.op in ("conv2d", "linear"))
-        c = t.cost(g)
         assert c.flash_breakdown["weights"] == weights * wb
-        expected = weights * wb + 4 * biases + (8 * outs if t.deploy_dtype == "int8" else 0)
+        expected = weights * wb + 4 * biases + (8 * outs if c.dtype == "int8" else 0)
         assert c.flash_bytes == expected
     # with batch norms folded into convs, the weight bytes are unchanged
     gbn = make_net(stages, res, bn=True)
-    for t in TARGETS:
-        wb = DTYPE_BYTES[t.deploy_dtype]
+    for t in TARGETS + INT8_PRICED:
+        wb = DTYPE_BYTES[t.cost(gbn).dtype]
         assert t.cost(gbn).flash_breakdown["weights"] == sum(
             n.params["weight"].numel() for n in gbn if n.op in ("conv2d", "linear")) * wb
 
@@ -211,8 +215,8 @@ def test_sparse_weights_stored_compressed():
     g2 = g.copy()
     g2.replace(node)
     nnz = int(mask.sum())
-    for name, wb in (("cortex-m7", 1), ("pixel-1", 4)):
-        t = T.load_target(name)
+    for name, wb in (("cortex-m7", 1), ("cortex-m7", 4), ("pixel-1", 4)):
+        t = T.load_target(name).priced_as("int8" if wb == 1 else None)
         c = t.cost(g2)
         # 4-bit relative index: gap 10 fits in 16 -> no fillers; first entry at 0 (gap 1)
         expect = math.ceil(nnz * (8 * wb + 4) / 8)
@@ -247,6 +251,50 @@ def test_cost_fields_and_breakdown():
     small = hwopt.lift(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval(),
                        torch.randn(1, 3, 8, 8))
     assert T.load_target("cortex-m7").cost(small).fits == {"flash": True, "sram": True}
+
+
+def test_graph_is_costed_at_its_own_dtypes():
+    """A float32 graph on a Cortex-M is priced with float kernels (4 B per weight and activation, the float
+    MAC rate), its quantized version with int8 kernels; `priced_as("int8")` prices the float graph as int8."""
+    from hwopt import models
+    g = hwopt.PassManager.parse("canonicalize").run(hwopt.lift(models.mnist_cnn().eval(), torch.randn(1, 1, 28, 28)))
+    calib = [(torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(i)), None) for i in range(2)]
+    q = hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=calib))
+    for name in ("cortex-m4", "cortex-m7"):
+        t = T.load_target(name)
+        f, i, as8 = t.cost(g), t.cost(q), t.priced_as("int8").cost(g)
+        assert (f.dtype, i.dtype, as8.dtype) == ("float32", "int8", "int8")
+        assert "float32 graph" in f.dtype_note and "int8 graph" in i.dtype_note and "priced as" in as8.dtype_note
+        weights = sum(n.params["weight"].numel() for n in g if n.op in ("conv2d", "linear"))
+        assert f.flash_breakdown["weights"] == 4 * weights and i.flash_breakdown["weights"] == weights
+        assert f.flash_bytes > 3 * i.flash_bytes
+        # float kernels are slower (fewer MACs per cycle) and move 4x the bytes
+        assert f.latency_ms > i.latency_ms and f.peak_sram_bytes > 3 * i.peak_sram_bytes
+        # the quantized graph's float input buffer is 4 B per element: above the all-int8 pricing
+        assert i.peak_sram_bytes >= as8.peak_sram_bytes
+        assert t.cost(g, dtype="int8").latency_ms == as8.latency_ms
+        # pricing as int8 is the quantized graph's cost, its input / output conversions included
+        assert (as8.flash_bytes, as8.peak_sram_bytes) == (i.flash_bytes, i.peak_sram_bytes)
+        assert as8.latency_ms == pytest.approx(i.latency_ms, rel=1e-12)
+        assert as8.energy_mj == pytest.approx(i.energy_mj, rel=1e-12)
+    with pytest.raises(hwopt.errors.TargetError, match="float16"):
+        T.load_target("cortex-m7").cost(g, dtype="float16")
+
+
+def test_static_energy_is_in_target_cost_and_every_report_agrees():
+    """energy_mj = dynamic + board power x latency, summed once in Target.cost; the optimize figures
+    and the report carry the same numbers."""
+    from hwopt.figures import graph_figures
+    g = make_net([("plain", 8, 3, 1)], 16, False)
+    for t in TARGETS:
+        c = t.cost(g)
+        assert c.static_energy_mj == pytest.approx((t.board_power_w or 0.0) * c.latency_ms)
+        assert c.energy_mj == pytest.approx(c.dynamic_energy_mj + c.static_energy_mj)
+        fig = graph_figures(g, t)
+        assert (fig["energy_mj"], fig["dynamic_energy_mj"], fig["static_energy_mj"]) == (
+            c.energy_mj, c.dynamic_energy_mj, c.static_energy_mj)
+    m7 = T.load_target("cortex-m7").cost(g)
+    assert m7.static_energy_mj > 10 * m7.dynamic_energy_mj  # 0.3 W board: static power dominates
 
 
 def test_cost_is_fast_and_cached():

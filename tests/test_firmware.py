@@ -101,8 +101,9 @@ def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
 
 
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("name,target", BOTH_BOARDS)
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7")])
 def test_int8_firmware_in_qemu_is_bit_exact_with_lower(name, target, tmp_path):
+    """int8 add (residual), concat and a sigmoid lookup table included (the "residual" case)."""
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
     gen = torch.Generator().manual_seed(5)

@@ -311,7 +311,7 @@ def test_pass_end_to_end_records_report_and_plot(tmp_path):
     g, x = _lifted("mnist_cnn")
     before = fingerprint(g)
     train = _fake_train()
-    ctx = hwopt.PassContext(target=T, train=train, example_inputs=x, workdir=str(tmp_path))
+    ctx = hwopt.PassContext(target=T, train=train, example_inputs=x, checkpoint_dir=str(tmp_path))
     p = MorphNet(resource="latency_ms", epochs=1.0, retrain_epochs=0.5, iterations=2, threshold=0.05)
     out = PassManager([p]).run(g, ctx)
     assert fingerprint(g) == before

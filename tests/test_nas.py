@@ -304,7 +304,7 @@ def test_nas_pass_in_a_pipeline(tmp_path):
     assert str(pm) == text
     from hwopt import models
     g = hwopt.lift(models.mnist_cnn(), torch.zeros(1, 1, 28, 28))
-    ctx = PassContext(target=TARGET, evaluate=fake_accuracy, workdir=str(tmp_path), seed=1)
+    ctx = PassContext(target=TARGET, evaluate=fake_accuracy, checkpoint_dir=str(tmp_path), seed=1)
     out = pm.run(g, ctx)
     out.verify()
     assert out is not g and g.verify()

@@ -72,7 +72,7 @@ def test_device_limits_are_constraints_by_default_and_can_be_relaxed():
         assert "peak_sram_bytes" in str(e) and "device's limit" in str(e)
     relaxed = hwopt.optimize(m, t, x, budget=budget, fit_device=False)
     assert relaxed.after["latency_ms"] <= budget["latency_ms"] and "peak_sram_bytes=" not in relaxed.pipeline
-    assert "fits device" in relaxed.table() and "deploy dtype" in relaxed.table()
+    assert "fits device" in relaxed.table() and "costed dtype" in relaxed.table()
 
 
 def test_min_channels_and_protect_bound_the_widths():
@@ -96,13 +96,67 @@ def test_data_fine_tunes_with_a_default_trainer_and_feeds_taylor():
     data = [(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(4)]
     x = data[0][0][:1]
     start = load_target("cortex-m7").cost(hwopt.lift(m, x)).latency_ms
-    r = hwopt.optimize(m, "cortex-m7", x, budget={"latency_ms": start / 2}, data=data)
+    r = hwopt.optimize(m, "cortex-m7", x, budget={"latency_ms": start / 2}, data=data, quantize=False)
     assert r.pipeline.endswith("finetune") and not any("fine-tuning" in w for w in r.warnings)
     r2 = hwopt.optimize(m, "cortex-m7", x, data=data,
                         pipeline="canonicalize,channel-prune{criterion=taylor,ratio=0.5}")
     assert r2.after["macs"] < r2.before["macs"]
     with pytest.raises(hwopt.HwoptError, match="data batch 0 must be a pair"):
         hwopt.optimize(m, "cortex-m7", x, data=[torch.zeros(3)])
+
+
+def test_cortex_m_quantizes_by_default_with_data_and_says_so():
+    """issue 18: with data= on an int8 target the result is int8 (figures and accuracy of the int8 graph);
+    quantize=False keeps float32; without data it says it could not quantize."""
+    m = models.get("mnist_cnn").eval()
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(3)]
+    x = data[0][0][:1]
+    t = load_target("cortex-m7")
+    g = hwopt.lift(m, x)
+    start = t.cost(g)
+    evaluate = lambda mod: float((mod(data[0][0]).argmax(1) == data[0][1]).float().mean())  # noqa: E731
+    r = hwopt.optimize(m, t, x, budget={"latency_ms": start.latency_ms / 2}, data=data, evaluate=evaluate)
+    assert r.pipeline.endswith("quantize{batches=3}") and hwopt.quant.is_quantized(r.graph)
+    assert r.dtype == "int8" and r.dtype_before == "float32" and "quantized to int8" in r.dtype_note
+    assert "costed dtype" in r.table() and "dtype: quantized to int8" in r.table()
+    assert r.after["latency_ms"] <= start.latency_ms / 2 and r.after == hwopt.figures.graph_figures(r.graph, t)
+    assert r.after["flash_bytes"] == t.cost(r.graph).flash_bytes  # the int8 graph's own cost
+    assert type(r.model).__name__ == "QuantizedModule"  # accuracy is the device's integer arithmetic
+    off = hwopt.optimize(m, t, x, data=data, quantize=False)
+    assert off.dtype == "float32" and "quantize=False" in off.dtype_note and "quantize" not in off.pipeline
+    assert off.after["flash_bytes"] > 3 * r.after["flash_bytes"]
+    none = hwopt.optimize(m, t, x)
+    assert none.dtype == "float32" and "NOT quantized" in none.dtype_note and "float32 graph" in none.dtype_note
+    assert none.after["flash_bytes"] == start.flash_bytes  # priced with float kernels: 4 B per weight
+    with pytest.raises(hwopt.HwoptError, match="quantize=True needs calibration batches"):
+        hwopt.optimize(m, t, x, quantize=True)
+    # an op without an int8 kernel: the default falls back to float32 and says why; quantize=True refuses
+    class Square(nn.Module):  # x * x: no int8 kernel
+        def __init__(self):
+            super().__init__()
+            self.c, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            y = self.c(x)
+            return self.fc(torch.flatten(y * y, 1))
+    sq = Square().eval()
+    fb = hwopt.optimize(sq, t, x, data=data)
+    assert fb.dtype == "float32" and "NOT quantized" in fb.dtype_note and "'mul'" in fb.dtype_note
+    with pytest.raises(hwopt.PassError, match="'mul'"):
+        hwopt.optimize(sq, t, x, data=data, quantize=True)
+    host = hwopt.optimize(m, "cortex-a72", x, data=data)
+    assert host.dtype == "float32" and "deploys float32" in host.dtype_note
+
+
+def test_checkpoint_dir_and_its_deprecated_name(tmp_path):
+    with pytest.warns(DeprecationWarning, match="checkpoint_dir"):
+        ctx = hwopt.PassContext(workdir=str(tmp_path))
+    assert ctx.checkpoint_dir == str(tmp_path)
+    with pytest.warns(DeprecationWarning, match="checkpoint_dir"):
+        assert ctx.workdir == str(tmp_path)
+    with pytest.warns(DeprecationWarning, match="checkpoint_dir"):
+        hwopt.optimize(models.get("mnist_cnn").eval(), "cortex-m7", torch.randn(1, 1, 28, 28), workdir=str(tmp_path))
 
 
 def test_params_budget_and_one_params_count():
@@ -152,9 +206,12 @@ def test_multi_resource_budget_and_report(tmp_path):
     assert {p.name for p in files} >= {"report.md", "report.json", "latency_by_kind.png", "widths.png"}
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["pipeline"] == r.pipeline and rep["after"]["flash_bytes"] == r.after["flash_bytes"]
-    assert rep["dtype"] == "int8" and rep["fits"] == {"peak_sram_bytes": True, "flash_bytes": True}
+    # no data= to calibrate int8: float32, costed with float kernels, and the report says why
+    assert rep["dtype"] == "float32" and rep["fits"] == {"peak_sram_bytes": True, "flash_bytes": True}
+    assert "NOT quantized" in rep["dtype_note"] and "no data=" in rep["dtype_note"]
     md = (tmp_path / "report.md").read_text()
-    assert "(widths.png)" in md and "(latency_by_kind.png)" in md and "deploy dtype int8" in md
+    assert "(widths.png)" in md and "(latency_by_kind.png)" in md and "costed dtype float32" in md
+    assert "Dtype: NOT quantized" in md
 
 
 def test_user_model_is_never_mutated():

@@ -77,16 +77,80 @@ def test_quantize_needs_data_and_names_unsupported_ops():
     with pytest.raises(PassError, match="calibration data"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext())
 
-    class Gelu(nn.Module):
+    class Square(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c, self.a = nn.Conv2d(1, 2, 3), nn.GELU()
+            self.c = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            return self.a(self.c(x))
-    g = hwopt.lift(Gelu().eval(), torch.randn(1, 1, 6, 6))
-    with pytest.raises(PassError, match="gelu"):
+            y = self.c(x)
+            return y * y
+    g = hwopt.lift(Square().eval(), torch.randn(1, 1, 6, 6))
+    with pytest.raises(PassError, match="'mul'"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
+
+
+def _int8_add_reference(q1, q2, p1, p2, po):
+    """arm_elementwise_add_s8 with Python integers, from the CMSIS-NN source (an independent reference)."""
+    (m1, r1), (m2, r2), (mo, ro) = Q.add_multipliers(p1[0], p2[0], po[0])
+    a1 = _cmsis_requantize((q1 - p1[1]) << 20, m1, r1)
+    a2 = _cmsis_requantize((q2 - p2[1]) << 20, m2, r2)
+    return max(-128, min(127, _cmsis_requantize(a1 + a2, mo, ro) + po[1]))
+
+
+def test_int8_add_matches_cmsis_reference_and_the_real_sum():
+    rng = random.Random(1)
+    for _ in range(300):
+        p1, p2, po = [(rng.uniform(0.002, 0.2), rng.randint(-128, 127)) for _ in range(3)]
+        q1, q2 = rng.randint(-128, 127), rng.randint(-128, 127)
+        got = int(Q.int8_add(torch.tensor([q1], dtype=torch.int8), torch.tensor([q2], dtype=torch.int8), p1, p2, po)[0])
+        assert got == _int8_add_reference(q1, q2, p1, p2, po)
+        real = p1[0] * (q1 - p1[1]) + p2[0] * (q2 - p2[1])
+        if -128 < round(real / po[0]) + po[1] < 127:  # not clamped: a rounding of the real sum
+            assert abs(po[0] * (got - po[1]) - real) <= po[0] * 0.5 + 1e-6 + 2 ** -18 * max(p1[0], p2[0])
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2-style block with a residual add, a concat of two branches and smooth activations."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(c, 4 * c, 1), nn.BatchNorm2d(4 * c), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(4 * c, 4 * c, 3, padding=1, groups=4 * c), nn.BatchNorm2d(4 * c), nn.Hardswish())
+        self.project = nn.Sequential(nn.Conv2d(4 * c, c, 1), nn.BatchNorm2d(c))
+        self.side = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
+        self.head = nn.Linear(2 * c, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = x + self.project(self.dw(self.expand(x)))       # residual add
+        z = torch.cat([y, torch.sigmoid(self.side(y))], 1)   # concat of two scales, LUT activations
+        return self.head(z.mean((2, 3)))
+
+
+def test_residual_concat_and_smooth_activations_quantize():
+    """issue 18: int8 add / concat (requantized to a common scale) and LUT activations instead of refusals."""
+    g, qg = _quantized(_InvertedResidual(), (1, 3, 12, 12), n=4)
+    ops = {n.op: n.spec.dtype for n in qg if n.op not in ("input", "output", "dequantize")}
+    assert all(ops[k] == "int8" for k in ("add", "concat", "gelu", "sigmoid", "hardswish")), ops
+    x = torch.randn((64, 3, 12, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.1
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.8
+    # a lookup table is f at every one of the 256 inputs, rounded once
+    lut = next(n for n in qg if n.op == "sigmoid")
+    (s_in, z_in), (s_out, z_out) = Q.qparams(qg[lut.inputs[0]]), Q.qparams(lut)
+    q = torch.arange(-128, 128)
+    exact = torch.sigmoid((q - z_in).double() * s_in) / s_out + z_out
+    assert ((Q.lut(lut).double() - exact.clamp(-128, 127)).abs() <= 0.5 + 1e-9).all()
+    bad = qg.copy()
+    n = bad[lut.name].copy()
+    n.attrs = {**n.attrs, "quant": {**n.attrs["quant"], "table": (0,) * 10}}
+    bad.replace(n)
+    with pytest.raises(IRError, match="lookup table"):
+        bad.verify()
 
 
 def test_qat_trains_through_fake_quantization():

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 import numpy as np
@@ -196,7 +197,7 @@ def test_compile_error_names_stage():
 def test_tuning_a_board_needs_a_tracker(net, tmp_path):
     m, x, _ = net
     with pytest.raises(tb.CompileError, match="tracker") as ei:
-        tb.compile_module(m, (x,), A72, tune_trials=4, work_dir=tmp_path)
+        tb.compile_module(m, (x,), A72, tune_trials=4, store=tmp_path)
     assert ei.value.stage == "tune"
 
 
@@ -276,20 +277,20 @@ def test_tuning_reuses_database(tmp_path):
     x = torch.randn(1, 16, 28, 28)
     with torch.no_grad():
         ref = conv(x).numpy()
-    first = tb.compile_module(conv, (x,), "host", tune_trials=8, work_dir=tmp_path)
+    first = tb.compile_module(conv, (x,), "host", tune_trials=8, store=tmp_path)
     assert first.tuned and first.tuning_trials > 0
     assert "tuned" in first.schedules.values()
     assert os.path.exists(os.path.join(first.database_dir, "database_tuning_record.json"))
     out1 = first.run(x)
     np.testing.assert_allclose(out1, ref, atol=1e-4, rtol=1e-4)
 
-    second = tb.compile_module(conv, (x,), "host", tune_trials=8, work_dir=tmp_path)
+    second = tb.compile_module(conv, (x,), "host", tune_trials=8, store=tmp_path)
     assert second.tuning_trials == 0 and "tune_s" in second.timings
     assert second.tuned and second.schedules == first.schedules
     np.testing.assert_array_equal(second.run(x), out1)
 
     # without tune_trials, an existing database is still applied
-    third = tb.compile_module(conv, (x,), "host", work_dir=tmp_path)
+    third = tb.compile_module(conv, (x,), "host", store=tmp_path)
     assert third.tuned and third.tuning_trials == 0
 
 
@@ -334,29 +335,34 @@ def test_database_tuned_on_one_model_replays_on_another(tmp_path):
     # the mean workload is shared: records tuned on the first model must replay on the second
     torch.manual_seed(0)
     x = torch.randn(1, 8, 16, 16)
-    first = tb.compile_module(_PoolHead(1).eval(), (x,), "host", tune_trials=2, work_dir=tmp_path)
+    first = tb.compile_module(_PoolHead(1).eval(), (x,), "host", tune_trials=2, store=tmp_path)
     assert first.tuned
     m2 = _PoolHead(3).eval()
-    second = tb.compile_module(m2, (x,), "host", work_dir=tmp_path)  # applies the database, no tuning
+    second = tb.compile_module(m2, (x,), "host", store=tmp_path)  # applies the database, no tuning
     assert second.tuned and second.tuning_trials == 0
     with torch.no_grad():
         np.testing.assert_allclose(second.run(x), m2(x).numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_tune_module_then_compile_applies_the_database(tmp_path):
+def test_tune_module_then_compile_applies_the_database(tmp_path, monkeypatch):
     # the calibration/bench flow: tune several models first, build and time them later
     torch.manual_seed(0)
     x = torch.randn(1, 8, 16, 16)
     models = [_PoolHead(d).eval() for d in (1, 2)]
-    assert tb.tune_module(models[0], (x,), "host", tune_trials=2, work_dir=tmp_path) > 0
-    assert tb.tune_module(models[0], (x,), "host", tune_trials=2, work_dir=tmp_path) == 0  # already tuned
+    scratch = tmp_path / "tmp"  # the temp dir of this process and of MetaSchedule's builder / runner workers
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert tb.tune_module(models[0], (x,), "host", tune_trials=2, store=tmp_path) > 0
+    assert [p.name for p in scratch.iterdir() if p.name != "torchinductor_root"] == []  # builds removed
+    assert tb.tune_module(models[0], (x,), "host", tune_trials=2, store=tmp_path) == 0  # already tuned
     for m in models:
-        built = tb.compile_module(m, (x,), "host", work_dir=tmp_path)
+        built = tb.compile_module(m, (x,), "host", store=tmp_path)
         assert built.tuned and set(built.schedules.values()) == {"tuned"}
         with torch.no_grad():
             np.testing.assert_allclose(built.run(x), m(x).numpy(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="tune_trials"):
-        tb.tune_module(models[0], (x,), "host", tune_trials=0, work_dir=tmp_path)
+        tb.tune_module(models[0], (x,), "host", tune_trials=0, store=tmp_path)
 
 
 def test_calibration_runner_times_a_prepared_model_without_the_tuning_check(tmp_path, monkeypatch):
@@ -367,7 +373,7 @@ def test_calibration_runner_times_a_prepared_model_without_the_tuning_check(tmp_
     torch.manual_seed(0)
     x = torch.randn(1, 8, 16, 16)
     m = _PoolHead(1).eval()
-    runner = TVMRunner(tb._host_spec(), tune_trials=2, work_dir=str(tmp_path))
+    runner = TVMRunner(tb._host_spec(), tune_trials=2, store=str(tmp_path))
     runner.prepare(m, x)
     assert runner._database == tb.database_dir(tb._host_spec(), tmp_path)
     assert os.path.isfile(os.path.join(runner._database, "database_workload.json"))
@@ -395,6 +401,11 @@ def test_one_tuning_store_names_the_database(tmp_path):
     d = store.directory("host")
     assert d == tb.database_dir("host", tmp_path) and d.startswith(str(tmp_path)) and not store.exists("host")
     assert tb.TuningStore.at(d).directory("cortex-a72-anything") == d  # one directory, as is
-    assert tb.as_store(work_dir=tmp_path) == store and tb.as_store(database=d) == tb.TuningStore.at(d)
+    assert tb.as_store(store=tmp_path) == store
+    # work_dir= and database= are the old spellings: still accepted, with a DeprecationWarning naming store=
+    with pytest.warns(DeprecationWarning, match="store="):
+        assert tb.as_store(database=d) == tb.TuningStore.at(d)
+    with pytest.warns(DeprecationWarning, match="store="):
+        assert tb.as_store(work_dir=tmp_path) == store
     with pytest.raises(ValueError, match="one of store="):
         tb.as_store(store, work_dir=tmp_path)

@@ -2,7 +2,8 @@
 written once more in TE so TVM compiles it for the core. Every step matches hwopt.quant bit for bit:
 int32 accumulation of (x - z_in) * w, int32 bias, arm_nn_requantize in int64, clamp; average pools
 rounding half away from zero; quantize with round() (llvm.round: half away from zero) of x * (1/s)
-in float32; dequantize as float32(q - z) * s.
+in float32; dequantize as float32(q - z) * s; residual adds as arm_elementwise_add_s8; concats
+requantizing each input to the output's parameters; smooth activations as 256-entry lookup tables.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from ..ir import Graph, Node, _pair
 
 def weights(g: Graph, n: Node) -> dict[str, np.ndarray]:
     """The arrays a node's int8 kernel reads from flash."""
+    if n.op in Q.LUT_OPS and n.spec.dtype == "int8":
+        return {"table": Q.lut(n).numpy().astype(np.int8)}
     if n.op not in ("conv2d", "linear") or n.spec.dtype != "int8":
         return {}
     p = n.params
@@ -45,6 +48,20 @@ def _clamp_int8(tir, v, lo, hi, dtype):
     return tir.min(tir.max(v, tir.const(lo, dtype)), tir.const(hi, dtype)).astype("int8")
 
 
+def _const_requantize(tir, v, mult_shift):
+    """arm_nn_requantize with a constant (M, shift), on an int64 value."""
+    m, r = mult_shift
+    return _requantize(tir, v, tir.const(m, "int64"), tir.const(r, "int64"))
+
+
+def _rescaled(tir, v, q_in, q_out):
+    """hwopt.quant.rescale of one int8 value: to the parameters q_out (an int8 value)."""
+    if tuple(q_in) == tuple(q_out):
+        return v
+    y = _const_requantize(tir, v.astype("int64") - tir.const(q_in[1], "int64"), Q.quantize_multiplier(q_in[0] / q_out[0]))
+    return _clamp_int8(tir, y + tir.const(q_out[1], "int64"), Q.QMIN, Q.QMAX, "int64")
+
+
 def compute(g: Graph, n: Node, ins: list, w: dict):
     import tvm
     from tvm import te
@@ -60,6 +77,38 @@ def compute(g: Graph, n: Node, ins: list, w: dict):
         s, z = Q.qparams(g[n.inputs[0]])
         scale = tir.const(float(np.float32(s)), "float32")
         return te.compute(x.shape, lambda *i: (x(*i).astype("int32") - z).astype("float32") * scale, name="dequantize")
+    if op == "add":
+        q1, q2, qo = Q.qparams(g[n.inputs[0]]), Q.qparams(g[n.inputs[1]]), Q.qparams(n)
+        m1, m2, mo = Q.add_multipliers(q1[0], q2[0], qo[0])
+        lo, hi = Q.act_range(n)
+        y = ins[1]
+        big = tir.const(1 << Q.ADD_LEFT_SHIFT, "int64")
+
+        def add(*i):
+            a1 = _const_requantize(tir, (x(*i).astype("int64") - tir.const(q1[1], "int64")) * big, m1)
+            a2 = _const_requantize(tir, (y(*i).astype("int64") - tir.const(q2[1], "int64")) * big, m2)
+            return _clamp_int8(tir, _const_requantize(tir, a1 + a2, mo) + tir.const(qo[1], "int64"), lo, hi, "int64")
+        return te.compute(n.spec.shape, add, name="add")
+    if op == "concat":
+        qo = Q.qparams(n)
+        dim = n.attrs["dim"] % len(n.spec.shape)
+        parts = [(t, Q.qparams(g[src]), int(g[src].spec.shape[dim])) for t, src in zip(ins, n.inputs)]
+
+        def cat(*i):
+            # the last input first, then each earlier one wraps it in a select on the concat axis
+            offsets = np.cumsum([0] + [p[2] for p in parts])
+            val = None
+            for k in range(len(parts) - 1, -1, -1):
+                t, q_in, _ = parts[k]
+                idx = list(i)
+                idx[dim] = i[dim] - int(offsets[k])
+                v = _rescaled(tir, t(*idx), q_in, qo)
+                val = v if val is None else tir.if_then_else(i[dim] < int(offsets[k + 1]), v, val)
+            return val
+        return te.compute(n.spec.shape, cat, name="concat")
+    if op in Q.LUT_OPS:
+        table = w["table"]
+        return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") - Q.QMIN], name=f"{op}_lut")
     if op in ("relu", "relu6"):
         s, z = Q.qparams(n)
         hi = Q.QMAX if op == "relu" else int(min(Q.QMAX, round(6.0 / s) + z))

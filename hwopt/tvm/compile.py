@@ -82,6 +82,11 @@ def as_store(store: Any = None, work_dir: str | os.PathLike | None = None, datab
     given = [x for x in (store, work_dir, database) if x is not None]
     if len(given) > 1:
         raise ValueError("give one of store=, work_dir=, database= (they name the same tuning store)")
+    for old, value in (("work_dir", work_dir), ("database", database)):
+        if value is not None:
+            import warnings
+            warnings.warn(f"{old}= is deprecated: give store= (a TuningStore, its root directory, or "
+                          f"TuningStore.at(database_dir))", DeprecationWarning, stacklevel=3)
     if store is not None:
         if isinstance(store, (str, os.PathLike)):
             return TuningStore(os.fspath(store))
@@ -137,8 +142,9 @@ def compile_module(
     tune_trials: MetaSchedule trials per fused operator (0 = no tuning). Tasks that already have
         that many trials in the store are not tuned again.
     store: the TuningStore whose records are applied (and, when tuning, extended). Default: none without
-        tuning; the shared ``TuningStore()`` (~/.cache/hwopt/tvm_tuning) when tuning. ``work_dir=`` (a store
-        root) and ``database=`` (one database directory or MetaSchedule Database, as is) name the same thing.
+        tuning; the shared ``TuningStore()`` (~/.cache/hwopt/tvm_tuning) when tuning. A path is a store root.
+        ``work_dir=`` (a store root) and ``database=`` (one database directory or MetaSchedule Database,
+        as is) are deprecated spellings of the same thing (DeprecationWarning).
     tracker: ``(host, port, key)`` of an RPC tracker, needed to tune non-host targets.
     """
     tgt = tvm_target(target)

@@ -116,22 +116,35 @@ def ms_build(mod, target, _params=None):
     return tvm.tirx.build(mod, target=target)
 
 
-def ms_export_shared(mod, cc=None):
+def ms_export_shared(mod, cc=None, root=None):
     # a shared library (cross-linked with cc) instead of the default tar, for RPC runners
     import os
     import tempfile
 
-    path = os.path.join(tempfile.mkdtemp(prefix="hwopt_ms_"), "tvm_tmp_mod.so")
+    path = os.path.join(tempfile.mkdtemp(prefix="hwopt_ms_", dir=root), "tvm_tmp_mod.so")
     if cc:
         mod.export_library(path, cc=cc)
     else:
         mod.export_library(path)
+    return path
+
+
+def ms_export_tar(mod, root=None):
+    # MetaSchedule's default_export (a tar the local runner links), but inside `root`: the default
+    # writes to a fresh system temp dir that nothing removes (the runner leaves the .tar and its .so)
+    import os
+    import tempfile
+    from tvm.support.tar import tar
+
+    path = os.path.join(tempfile.mkdtemp(prefix="hwopt_ms_", dir=root), "tvm_tmp_mod." + tar.output_format)
+    mod.export_library(path, fcompile=tar)
     return path
 """
 _ms_worker_ns: dict = {"__name__": "_hwopt_tvm_ms_worker"}
 exec(compile(_MS_WORKER_SRC, "<hwopt.tvm.tuning ms worker>", "exec"), _ms_worker_ns)
 _ms_build = _ms_worker_ns["ms_build"]
 _ms_export_shared = _ms_worker_ns["ms_export_shared"]
+_ms_export_tar = _ms_worker_ns["ms_export_tar"]
 
 
 def _persistent_builder(max_workers: int, timeout_sec: float, f_build, f_export, recycle_after: int = 64):
@@ -333,6 +346,8 @@ def _tune(
                 "tracker=(tracker_host, tracker_port, device_key)",
             )
     _ensure_tensor_intrinsics()
+    # every candidate the builder exports lands here, removed after tuning (MetaSchedule leaves them)
+    artifacts = tempfile.TemporaryDirectory(prefix="hwopt_ms_build_")
     if tracker is not None:
         host, port, key = tracker
         runner = ms.runner.RPCRunner(
@@ -343,13 +358,13 @@ def _tune(
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
             max_workers=1,
         )
-        f_export = functools.partial(_ms_export_shared, cc=_cross_cc(target))
+        f_export = functools.partial(_ms_export_shared, cc=_cross_cc(target), root=artifacts.name)
     else:
         runner = ms.runner.LocalRunner(
             timeout_sec=timeout_sec,
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
         )
-        f_export = None  # default: tar of the object, linked by the local runner
+        f_export = functools.partial(_ms_export_tar, root=artifacts.name)  # a tar the local runner links
     builder = _persistent_builder(_physical_cores(), max(timeout_sec, 120.0), _ms_build, f_export)
     scratch = tempfile.TemporaryDirectory(prefix="hwopt_ms_logs_") if not db_dir else None  # removed below
     log_dir = db_dir or scratch.name
@@ -378,6 +393,7 @@ def _tune(
                 manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
     finally:
         builder.close()
+        artifacts.cleanup()
         if scratch is not None:
             scratch.cleanup()
         if db_dir:

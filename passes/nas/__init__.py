@@ -55,9 +55,9 @@ class NAS(Pass):
     override.  target_ms: T (default: predicted latency of the space's MobileNetV2-style member).
     latency: model (the target's cost model) or tvm (compiled and timed).  epochs: training of each
     child with ctx.train; final_epochs: extra training of the winner.  executor: serial | process | ray
-    with `workers`.  checkpoint: JSONL path (default: ctx.workdir/nas-<strategy>-<seed>.jsonl).
+    with `workers`.  checkpoint: JSONL path (default: ctx.checkpoint_dir/nas-<strategy>-<seed>.jsonl).
     baselines: other strategies run with the same budget for the plot (e.g. [random,evolution]).
-    plot: PNG path (default: ctx.workdir/nas-pareto.png when a workdir is set).
+    plot: PNG path (default: ctx.checkpoint_dir/nas-pareto.png when a checkpoint_dir is set).
     """
     needs = ("target",)
 
@@ -116,8 +116,8 @@ class NAS(Pass):
         if ckpt and strategy != self.strategy:
             p = Path(ckpt)
             ckpt = str(p.with_name(f"{p.stem}-{strategy}{p.suffix}"))
-        elif not ckpt and ctx.workdir:
-            ckpt = os.path.join(ctx.workdir, f"nas-{strategy}-{ctx.seed}.jsonl")
+        elif not ckpt and ctx.checkpoint_dir:
+            ckpt = os.path.join(ctx.checkpoint_dir, f"nas-{strategy}-{ctx.seed}.jsonl")
         try:
             samples = self.samples if self.children is None else max(self.samples, 20 * self.children)
             return Search(space, ctx.target, acc, strategy=strategy, samples=samples, children=self.children,
@@ -151,7 +151,7 @@ class NAS(Pass):
                 ctx.train(module, epochs=self.final_epochs)
                 final_acc = float(ctx.evaluate(module)) if ctx.evaluate is not None else final_acc
         out = lift(module.eval(), space.example_input())
-        plot = self.plot or (os.path.join(ctx.workdir, "nas-pareto.png") if ctx.workdir else None)
+        plot = self.plot or (os.path.join(ctx.checkpoint_dir, "nas-pareto.png") if ctx.checkpoint_dir else None)
         if plot:
             pareto_plot({self.strategy: main, **others}, plot, baseline=main.baseline, target_ms=main.target_ms,
                         title=f"NAS for {ctx.target.name}: accuracy vs predicted latency")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -49,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", default=None, help="save the best model: FILE.pt2 (torch.export program) or any other name "
                                                 "(state dict, loads with torch.load(weights_only=True)); see above")
     p.add_argument("--seed", type=int, default=0, help="seed of the controller and the proxy training")
-    p.add_argument("--workdir", default=None, help="directory for the default checkpoint and plot")
+    p.add_argument("--checkpoint-dir", default=None, help="directory for the default checkpoint and plot")
+    p.add_argument("--workdir", dest="workdir", default=None, help=argparse.SUPPRESS)  # old name of --checkpoint-dir
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,8 +70,13 @@ def check_args(args) -> tuple[int, int, int, int]:
     if args.checkpoint:
         from .checkpoint import read_checkpoint
         read_checkpoint(args.checkpoint)  # a file that is not a checkpoint is refused now, untouched
-    if args.workdir and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
-        raise HwoptError(f"--workdir {args.workdir}: exists and is not a directory")
+    if args.workdir:
+        if args.checkpoint_dir:
+            raise HwoptError("give --checkpoint-dir only (--workdir is its old name)")
+        print("hwopt search: --workdir is deprecated, use --checkpoint-dir", file=sys.stderr)
+        args.checkpoint_dir = args.workdir
+    if args.checkpoint_dir and Path(args.checkpoint_dir).exists() and not Path(args.checkpoint_dir).is_dir():
+        raise HwoptError(f"--checkpoint-dir {args.checkpoint_dir}: exists and is not a directory")
     return shape
 
 
@@ -106,7 +113,8 @@ def run(args) -> int:
                     latency=args.latency, proxy_steps=args.proxy_steps, executor=args.executor,
                     workers=args.workers, checkpoint=args.checkpoint, plot=args.plot,
                     baselines=tuple(b for b in args.baselines.split(",") if b))
-    ctx = PassContext(target=target, seed=args.seed, progress=not args.no_progress, workdir=args.workdir)
+    ctx = PassContext(target=target, seed=args.seed, progress=not args.no_progress,
+                      checkpoint_dir=args.checkpoint_dir)
     best = nas.run(graph, ctx)
     rec = next(r for r in ctx.records if r.get("pass") == "nas.search")
     if args.save:

@@ -87,8 +87,10 @@ class TVMRunner:
     machine or over TVM RPC (`rpc=(host, port)` or `tracker=(host, port)` + `key`)."""
 
     def __init__(self, target_dict: dict, rpc: tuple | None = None, tracker: tuple | None = None, key: str | None = None,
-                 tune_trials: int = 0, work_dir: str | None = None, threads: int | None = None):
-        """threads: TVM runtime threads on this machine (None: TVM's default, one per physical core).
+                 tune_trials: int = 0, store=None, threads: int | None = None, work_dir: str | None = None):
+        """store: the tuning store (a hwopt.tvm.TuningStore or its root directory; None: the shared one);
+        `work_dir` is its old, deprecated name.
+        threads: TVM runtime threads on this machine (None: TVM's default, one per physical core).
         Set through TVM_NUM_THREADS, which MetaSchedule's measuring subprocesses inherit too, and the
         runtime's thread pool of this process."""
         self.target_dict, self.rpc, self.tracker, self.key = dict(target_dict), rpc, tracker, key
@@ -98,12 +100,24 @@ class TVMRunner:
                 raise ValueError("TVMRunner: threads applies to this machine, not to an RPC device")
             set_tvm_threads(self.threads)
         self.tune_trials = int(tune_trials)
-        self.work_dir = work_dir
+        if work_dir is not None:
+            import warnings
+            if store is not None:
+                raise ValueError("TVMRunner: give store= only (work_dir= is its old name)")
+            warnings.warn("TVMRunner(work_dir=) is deprecated: use store=", DeprecationWarning, stacklevel=2)
+            store = work_dir
+        self._store = store  # resolved on first use: importing TVM takes seconds
         self.runtime = "tvm-tuned" if self.tune_trials else "tvm-default"
         self.schedules = (f"TVM 0.27 Relax, MetaSchedule-tuned ({self.tune_trials} trials per workload)" if self.tune_trials
                           else "TVM 0.27 Relax default schedules (LegalizeOps TIR, no tuning: single-threaded loop nests)")
         self._session = None
         self._database = None  # the tuning database directory, once prepare() has tuned into it
+
+    @property
+    def store(self):
+        """The tuning store (hwopt.tvm.TuningStore) this runner tunes into and builds from."""
+        b = _backend()
+        return b.as_store(self._store) if self._store is not None else b.TuningStore()
 
     def ident(self) -> str:
         import tvm
@@ -117,10 +131,11 @@ class TVMRunner:
             # tuned by prepare(): build with the records as they are. With tune_trials the backend
             # would re-extract the tasks and check each against the manifest, ~5 s per model, on
             # every timing pass.
-            return backend.compile_module(module, (example,), self.target_dict, database=self._database)
+            return backend.compile_module(module, (example,), self.target_dict,
+                                          store=backend.TuningStore.at(self._database))
         tracker = (self.tracker[0], int(self.tracker[1]), self.key) if (self.tracker and self.tune_trials) else None
         return backend.compile_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
-                                      work_dir=self.work_dir, tracker=tracker)
+                                      store=self.store, tracker=tracker)
 
     def prepare(self, module, example) -> None:
         """Tune `module` into the shared database (no timing): with --tune, calibration tunes every
@@ -130,8 +145,8 @@ class TVMRunner:
             backend = _backend()
             tracker = (self.tracker[0], int(self.tracker[1]), self.key) if self.tracker else None
             backend.tune_module(module, (example,), self.target_dict, tune_trials=self.tune_trials,
-                                work_dir=self.work_dir, tracker=tracker)
-            self._database = backend.database_dir(self.target_dict, self.work_dir)
+                                store=self.store, tracker=tracker)
+            self._database = self.store.directory(self.target_dict)
 
     def _remote(self):
         if self._session is None:
@@ -154,7 +169,7 @@ class TVMRunner:
 
 def _backend():
     """hwopt's TVM backend (imported on first use: TVM takes seconds to import). Names used:
-    compile_module, tune_module, database_dir, remote_session, CompiledModel.benchmark."""
+    compile_module, tune_module, as_store, TuningStore, remote_session, CompiledModel.benchmark."""
     from hwopt import tvm
     return tvm
 
