@@ -17,6 +17,8 @@ Drawn nets mix plain / strided / grouped / depthwise convs, batch norm with non-
 every activation of the op set, residual adds (identity and projection), concat (branches and
 DenseNet-style), channel split + concat, squeeze-excite, pooling, and a head that either pools or
 flattens spatial features into a linear layer (so a channel owns H·W features).
+`net_specs(decoder=True)` / `decoder_modules()` add upsampling, ConvTranspose2d and U-Net blocks;
+`conv1d_modules()` draws Conv1d nets over [N, C, L] (strategies_conv.py).
 """
 from __future__ import annotations
 
