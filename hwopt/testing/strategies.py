@@ -20,6 +20,8 @@ flattens spatial features into a linear layer (so a channel owns H·W features).
 ConvNeXt-style channels-last blocks, channel shuffles and GroupNorm + layer scale; `attention=True` adds ViT
 blocks over the feature map's tokens (class token, positional embedding, multi-head attention written as
 SDPA, as matmul + softmax, or as nn.MultiheadAttention), whose heads prune together.
+`net_specs(decoder=True)` / `decoder_modules()` add upsampling, ConvTranspose2d and U-Net blocks;
+`conv1d_modules()` draws Conv1d nets over [N, C, L] (strategies_conv.py).
 """
 from __future__ import annotations
 
