@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not zoo.available(), reason="timm and torchvisio
 
 # The fast subset's models this branch lifts and prunes; the rest of FAST must fail with a clear error.
 EXPECTED_TO_LIFT = ("timm/mobilenetv3_small_050", "timm/convnext_atto", "timm/ghostnet_050",
-                    "torchvision/shufflenet_v2_x0_5", "torchvision/efficientnet_b0")
+                    "torchvision/shufflenet_v2_x0_5", "torchvision/efficientnet_b0", "timm/vit_tiny_patch16_224")
 
 
 @pytest.mark.parametrize("name", zoo.FAST)
