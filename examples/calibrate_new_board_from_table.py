@@ -1,6 +1,6 @@
 """Calibrate a new board from a CSV of 20 measured models (no TVM, no RPC: you timed them yourself).
 
-    OMP_WAIT_POLICY=PASSIVE python examples/calibrate_new_board_from_table.py --out my-board.toml
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python examples/calibrate_new_board_from_table.py --out my-board.toml
 
 What a user with a new board does, end to end:
 

@@ -1,7 +1,7 @@
 """Describe a new device in one TOML file, check it, and calibrate its cost model over TVM RPC.
 
-    OMP_WAIT_POLICY=PASSIVE python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090  # board via SSH tunnel
-    OMP_WAIT_POLICY=PASSIVE python examples/new_target_and_calibrate.py --local   # a loopback RPC server here
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090  # board via SSH tunnel
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python examples/new_target_and_calibrate.py --local   # a loopback RPC server here
 
 TVM's RPC server is unauthenticated and unencrypted: whoever reaches its port can upload a shared library
 and run it on the board. Never bind it to 0.0.0.0 on a network you do not fully control. Bind it to the
@@ -9,7 +9,7 @@ board's loopback and reach it through SSH, which authenticates and encrypts:
 
     pi$      python -m tvm.exec.rpc_server --host 127.0.0.1 --port 9090
     laptop$  ssh -N -L 9090:127.0.0.1:9090 pi@raspberrypi.local     # forwards this machine's 9090 to the board's
-    laptop$  python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090
+    laptop$  .venv/bin/python examples/new_target_and_calibrate.py --rpc 127.0.0.1:9090
 
 (The server's ports for uploads are the same 9090 connection, so one forwarded port is enough.) `--local`
 starts a server on 127.0.0.1 and calibrates the host-flavoured copy of the file against it: the same path a

@@ -114,8 +114,8 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
     widths = {"min_channels": min_channels, "protect": tuple(protect)}
     why = "pipeline given by the caller"
     canonical = PassManager.parse("canonicalize").run(graph)
-    quant_pass, dtype_note = plan_quantization(canonical, tgt, ctx, quantize, given_pipeline=pipeline)
-    if quant_pass is not None:
+    quant_pass, dtype_note, ends_int8 = plan_quantization(canonical, tgt, ctx, quantize, given_pipeline=pipeline)
+    if ends_int8:
         ctx.target = tgt.priced_as("int8")  # every pass plans with the figures of the int8 model it becomes
     if pipeline is None:
         if full:
@@ -153,23 +153,24 @@ def optimize(model: torch.nn.Module, target, example_inputs, *, budget: dict | N
 
 def plan_quantization(canonical, target, ctx: PassContext, quantize: bool | None,
                       given_pipeline: str | None = None) -> tuple:
-    """(the quantize pass to end the pipeline with or None, the report's line on the dtype)."""
+    """(the quantize pass to end the pipeline with or None, the report's line on the dtype, whether the
+    pipeline ends int8 so that its passes plan with int8 figures)."""
     from .quant import is_quantized
     if quantize is not None and not isinstance(quantize, bool):
         raise HwoptError(f"quantize must be True, False or None (the target decides), got {quantize!r}")
     deploys_int8 = target.deploy_dtype == "int8"
     if given_pipeline is not None and "quantize" in [p.name for p in PassManager.parse(given_pipeline).passes]:
-        return None, "quantized to int8 by the given pipeline; costs are of the int8 graph (int8 kernels)"
+        return None, "quantized to int8 by the given pipeline; costs are of the int8 graph (int8 kernels)", True
     if quantize is False or (quantize is None and not deploys_int8):
         why = "quantize=False" if quantize is False else f"{target.name} deploys {target.deploy_dtype}"
-        return None, f"float32 ({why}); costs are of the float32 graph (float kernels)"
+        return None, f"float32 ({why}); costs are of the float32 graph (float kernels)", False
     if ctx.data is None:
         if quantize:
             raise HwoptError("quantize=True needs calibration batches: give data= (an iterable of (x, y) batches)")
         return None, (f"NOT quantized: {target.name} deploys int8 but no data= was given to calibrate int8 "
-                      "ranges; costs are of the float32 graph (float kernels: 4 B per weight, float latency)")
+                      "ranges; costs are of the float32 graph (float kernels: 4 B per weight, float latency)"), False
     if is_quantized(canonical):
-        return None, "the model is already int8; costs are of the int8 graph (int8 kernels)"
+        return None, "the model is already int8; costs are of the int8 graph (int8 kernels)", False
     q = make_pass("quantize", batches=min(8, len(ctx.data)))
     try:
         q.check_supported(canonical)
@@ -177,11 +178,12 @@ def plan_quantization(canonical, target, ctx: PassContext, quantize: bool | None
         if quantize:
             raise
         return None, (f"NOT quantized: {e}; costs are of the float32 graph (float kernels). quantize=False "
-                      "silences this")
+                      "silences this"), False
     n = min(8, len(ctx.data))
+    reason = "quantize=True" if quantize else f"{target.name} deploys int8"
     return q, (f"quantized to int8 (post-training, calibrated on {n} batch{'es' if n > 1 else ''} of data=) because "
-               f"{target.name} deploys int8; costs and accuracy are of the int8 graph (int8 kernels, the "
-               "device's integer arithmetic); quantize=False keeps float32")
+               f"{reason}; costs and accuracy are of the int8 graph (int8 kernels, the "
+               "device's integer arithmetic); quantize=False keeps float32"), True
 
 
 def _renamed(old_value, new_value, old: str, new: str):

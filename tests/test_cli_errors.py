@@ -97,6 +97,8 @@ CASES = {
         (["--checkpoint", "{d}/notes.txt"], "notes.txt line 1: not JSON"),
         (["--checkpoint", "{d}/headerless.jsonl"], "line 1: the first line must be the checkpoint header"),
         (["--checkpoint", "{d}"], "is a directory"),
+        (["--checkpoint-dir", "{d}/notes.txt"], "notes.txt: exists and is not a directory"),
+        (["--checkpoint-dir", "{out}", "--workdir", "{out}"], "give --checkpoint-dir only"),
         (["--save", "{d}", "--checkpoint", "{out}/c.jsonl"], "--save"),
         (["--input-shape", "1,3,32,32", "--checkpoint", "{out}/c.jsonl"], "ctx.evaluate"),
     ],

@@ -123,6 +123,8 @@ def test_cortex_m_quantizes_by_default_with_data_and_says_so():
     assert r.after["latency_ms"] <= start.latency_ms / 2 and r.after == hwopt.figures.graph_figures(r.graph, t)
     assert r.after["flash_bytes"] == t.cost(r.graph).flash_bytes  # the int8 graph's own cost
     assert type(r.model).__name__ == "QuantizedModule"  # accuracy is the device's integer arithmetic
+    again = hwopt.optimize(m, t, x, data=data, pipeline=r.pipeline)  # the recipe plans with int8 figures too
+    assert again.after == r.after and "by the given pipeline" in again.dtype_note
     off = hwopt.optimize(m, t, x, data=data, quantize=False)
     assert off.dtype == "float32" and "quantize=False" in off.dtype_note and "quantize" not in off.pipeline
     assert off.after["flash_bytes"] > 3 * r.after["flash_bytes"]

@@ -369,6 +369,11 @@ def _tune(
     scratch = tempfile.TemporaryDirectory(prefix="hwopt_ms_logs_") if not db_dir else None  # removed below
     log_dir = db_dir or scratch.name
     before = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
+    # builder and runner workers start during tuning and inherit TMPDIR: whatever temp files they make
+    # (TVM's export scratch in a worker killed at pool shutdown never runs its cleanup) land in `artifacts`
+    tempfile.gettempdir()  # this process keeps its own temp dir (cached before TMPDIR changes)
+    old_tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = artifacts.name
     try:
         for budget, group in sorted(pending.items()):
             with _foreign_log_handlers_detached():
@@ -393,6 +398,10 @@ def _tune(
                 manifest[key] = {"trials": trials, "target": str(target), "time": time.time()}
     finally:
         builder.close()
+        if old_tmpdir is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_tmpdir
         artifacts.cleanup()
         if scratch is not None:
             scratch.cleanup()
