@@ -82,7 +82,7 @@ PAPER = {"lenet_300_100": dict(before=267_000, after=22_000, x=12, err0=1.64, er
 
 L2 = 5e-4  # Caffe's LeNet solvers (the paper's); for training and retraining alike
 FINAL_300, FINAL_5 = 16.0, 12.0  # last retraining round: 4x a regular one
-ALLOCATION = "auto"  # the pass default: the best of global / equal-drop / min-drop one-shot on val
+ALLOCATION = "auto"  # the pass default: with retraining, one global threshold; one-shot, the best of three on val
 SCHEDULE, FINAL_AVERAGE = "geometric", False
 FINAL_CYCLES, KEEP_BEST, FINAL_EVAL_EVERY = 1, False, 1.0  # last round: one cosine, its last step (--keep-best: best epoch on val)
 KD_T, KD_ALPHA = 4.0, 0.9  # distillation temperature and weight of the soft targets (Hinton et al. 2015's usual)
@@ -203,7 +203,7 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
             print(f"  [{label}] stage -> {comp:g}x: {p}  ({t_prune:.0f}s); allocation {plan.allocation}"
                   + (" (one-shot val accuracy " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in plan.candidates.items())
                      + ")" if plan.candidates else ""))
-            print(f"  {'layer':8s} {'op':7s} {'weights':>9s} {'kept %':>7s}   (scan on val: acc@0 = {100 * (plan.baseline or 0):.2f} %)")
+            print(f"  {'layer':8s} {'op':7s} {'weights':>9s} {'kept %':>7s}   " + (f"(scan on val: acc@0 = {100 * plan.baseline:.2f} %)" if plan.baseline is not None else "(no scan)"))
             for n in names:
                 w = g[n].params["weight"].numel()
                 kept = int(torch.count_nonzero(sp.effective_weight(gp[n])))
@@ -267,9 +267,9 @@ def allocation_table(res, cfg, args) -> list[dict]:
     """Issue 20: test error of each allocation at 80 / 90 / 95 % sparsity, one-shot and retrained (the
     OBD comparison's short retraining), from the same unpruned net. "global" is one magnitude threshold
     over all layers (torch.nn.utils.prune.global_unstructured's rule), "default" what
-    `magnitude-prune{sparsity=s}` picks (allocation=auto: the best of the three one-shot on the scan's
-    validation half; the test split only reports). Rows whose per-layer fractions are the same plan are
-    one run, printed under each name."""
+    `magnitude-prune{sparsity=s}` picks (allocation=auto: one-shot, the best of the three on the scan's
+    validation half; with retraining, the global threshold; the test split only reports). Rows whose
+    per-layer fractions are the same plan are one run, printed under each name."""
     from hwopt import sensitivity as sens
     from hwopt.passes.magnitude_prune import Plan, global_fractions
     g, tr, tester = res["g"], res["tr"], res["tester"]
@@ -280,22 +280,26 @@ def allocation_table(res, cfg, args) -> list[dict]:
     sizes = {k: g[k].params["weight"].numel() for k in names}
     rows = []
     for s in ALLOCATION_SPARSITIES:
-        default = MagnitudePrune(sparsity=s, retrain_epochs=0).plan(g, ctx)  # the pass's own choice, its own scan
-        plans = {"global": Plan(global_fractions(g, names, s)), "default": default}
+        passes = {r: MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
+                  for r in (False, True)}
+        # the pass's own choice, one-shot and with the retraining to follow (auto decides on both)
+        default = {r: passes[r].plan(g, ctx) for r in (False, True)}
+        scan = default[False].scan
+        base = {"global": Plan(global_fractions(g, names, s))}
         for a in ("equal-drop", "min-drop"):
-            plans[a] = Plan(sens.ALLOCATIONS[a](default.scan, sizes, s), default.scan)
+            base[a] = Plan(sens.ALLOCATIONS[a](scan, sizes, s), scan)
         done = {}
         for a in ALLOCATION_ROWS:
-            key = tuple(round(plans[a].fractions[k], 9) for k in names)
-            if key not in done:
-                err = {}
-                for r in (False, True):
-                    mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
-                    err[r] = 100 * (1 - tester.evaluate(hwopt.lower(mp.apply(g, ctx, plans[a]))))
-                done[key] = err
+            err = {}
+            for r in (False, True):
+                plan = default[r] if a == "default" else base[a]
+                key = (r, tuple(round(plan.fractions[k], 9) for k in names))
+                if key not in done:
+                    done[key] = 100 * (1 - tester.evaluate(hwopt.lower(passes[r].apply(g, ctx, plan))))
+                err[r] = done[key]
             rows.append(dict(kind="allocation", model=res["model"], seed=args.seed, s=s, allocation=a,
-                             one_shot=done[key][False], retrained=done[key][True], err0=res["err0"],
-                             picked=default.allocation, fractions=plans[a].fractions,
+                             one_shot=err[False], retrained=err[True], err0=res["err0"],
+                             picked=f"{default[False].allocation}/{default[True].allocation}",
                              protocol=f"{iters}x{ep:g} epochs, l2 {L2:g}"))
     print_allocation_rows(rows, f"[{res['model']}] allocation at equal sparsity, test error %, seed {args.seed}, "
                                 f"unpruned {res['err0']:.2f} %; retrained = {iters}x{ep:g} epochs")
@@ -316,7 +320,7 @@ def print_allocation_rows(rows, title):
               + " |           " + " ".join(f"{mean(a, s, 'retrained'):6.2f}" for s in sparsities))
     ok = all(mean("default", s, k) <= mean("global", s, k) + 1e-9 for s in sparsities for k in ("one_shot", "retrained"))
     picks = {s: sorted({r["picked"] for r in rows if r["s"] == s and r["allocation"] == "default"}) for s in sparsities}
-    print(f"  default's pick per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
+    print(f"  default's pick (one-shot/retrained) per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
           + f"; default <= global in every column: {'yes' if ok else 'NO'}")
     sys.stdout.flush()
 
