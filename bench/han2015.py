@@ -15,9 +15,9 @@ the results log):
   for 15.
 - `magnitude-prune` with the sparsity that gives the compression target (all parameters counted):
   per-layer fractions from a sensitivity scan on the *validation* split (the paper's Figure 2, written
-  as PNG), turned into fractions by the pass's default `allocation=auto` (of one global magnitude
-  threshold, equal-drop and min-drop, the most accurate one-shot on the scan's split; until 2026-12-01
-  the bench used min-drop, the rows in bench/results/han2015/ before then are min-drop's); then
+  as PNG; it runs only for the OBD and allocation comparisons now), turned into fractions by the pass's
+  default `allocation=auto`: with retraining, as here, one global magnitude threshold (until 2026-12-01
+  the bench used min-drop: the rows in bench/results/han2015/ before then are min-drop's); then
   4 prune → retrain rounds, masks fixed, the same L2; every round retrains at the training lr with a
   cosine to 0 and a *fresh* minibatch order, and the last round 4x longer than the others (16 epochs
   for LeNet-300-100, 12 for LeNet-5: the paper retrains to convergence after the final pruning step),
