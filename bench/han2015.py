@@ -226,30 +226,25 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
 
 
 def obd_vs_magnitude(res, cfg, args):
-    from hwopt import sensitivity as sens
-    from hwopt.passes.magnitude_prune import Plan
     g, tr, tester = res["g"], res["tr"], res["tester"]
     iters, ep = cfg["obd"]
     retrain_lr = tr.lr * args.retrain_lr_scale
     ctx = hwopt.PassContext(train=retrainer(tr, retrain_lr, args.seed), evaluate=tr.evaluate, seed=args.seed,
                             data=[(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)])
-    names = sp.prunable_layers(g)
-    sizes = {k: g[k].params["weight"].numel() for k in names}
-    scan = MagnitudePrune(sparsity=0.9, retrain_epochs=0).plan(g, ctx).scan  # one scan serves every sparsity
     rows = []
     for s in cfg["obd_sparsities"]:
         row = {"s": s}
-        plan = Plan(sens.ALLOCATIONS[args.allocation](scan, sizes, s), scan)
-        for r in (False, True):
-            mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
-            gm = mp.apply(g, ctx, plan)
+        for r in (False, True):  # magnitude: the bench's allocation (default auto), planned per column
+            mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2,
+                                allocation=args.allocation)
+            gm = mp.run(g, ctx)
             row[("magnitude", r)] = 100 * (1 - tester.evaluate(hwopt.lower(gm)))
             ob = OptimalBrainDamage(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
             go = ob.run(g, ctx)
             row[("obd", r)] = 100 * (1 - tester.evaluate(hwopt.lower(go)))
             row[("nz", r)] = (gm.stats()["nonzero_params"], go.stats()["nonzero_params"])
         rows.append(row)
-    print(f"\n[{res['model']}] OBD (Gauss-Newton diagonal, global ranking) vs magnitude (sensitivity-allocated), "
+    print(f"\n[{res['model']}] OBD (Gauss-Newton diagonal, global ranking) vs magnitude (allocation {args.allocation}), "
           f"test error %, baseline {res['err0']:.2f} %; retrained = {iters}x{ep} epochs; dead units removed in both")
     print(f"  {'sparsity':>8s} | {'mag one-shot':>12s} {'OBD one-shot':>12s} | {'mag retrained':>13s} {'OBD retrained':>13s}"
           f" | non-zero params mag / OBD")
@@ -280,7 +275,8 @@ def allocation_table(res, cfg, args) -> list[dict]:
     sizes = {k: g[k].params["weight"].numel() for k in names}
     rows = []
     for s in ALLOCATION_SPARSITIES:
-        passes = {r: MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
+        passes = {r: MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2,
+                                    plot="" if r else os.path.join(args.out, f"sensitivity_{res['model']}.png"))
                   for r in (False, True)}
         # the pass's own choice, one-shot and with the retraining to follow (auto decides on both)
         default = {r: passes[r].plan(g, ctx) for r in (False, True)}
