@@ -15,9 +15,9 @@ the results log):
   for 15.
 - `magnitude-prune` with the sparsity that gives the compression target (all parameters counted):
   per-layer fractions from a sensitivity scan on the *validation* split (the paper's Figure 2, written
-  as PNG), turned into fractions by the pass's default `allocation=auto` (of one global magnitude
-  threshold, equal-drop and min-drop, the most accurate one-shot on the scan's split; until 2026-12-01
-  the bench used min-drop, the rows in bench/results/han2015/ before then are min-drop's); then
+  as PNG; it runs only for the OBD and allocation comparisons now), turned into fractions by the pass's
+  default `allocation=auto`: with retraining, as here, one global magnitude threshold (until 2026-12-01
+  the bench used min-drop: the rows in bench/results/han2015/ before then are min-drop's); then
   4 prune → retrain rounds, masks fixed, the same L2; every round retrains at the training lr with a
   cosine to 0 and a *fresh* minibatch order, and the last round 4x longer than the others (16 epochs
   for LeNet-300-100, 12 for LeNet-5: the paper retrains to convergence after the final pruning step),
@@ -82,7 +82,7 @@ PAPER = {"lenet_300_100": dict(before=267_000, after=22_000, x=12, err0=1.64, er
 
 L2 = 5e-4  # Caffe's LeNet solvers (the paper's); for training and retraining alike
 FINAL_300, FINAL_5 = 16.0, 12.0  # last retraining round: 4x a regular one
-ALLOCATION = "auto"  # the pass default: the best of global / equal-drop / min-drop one-shot on val
+ALLOCATION = "auto"  # the pass default: with retraining, one global threshold; one-shot, the best of three on val
 SCHEDULE, FINAL_AVERAGE = "geometric", False
 FINAL_CYCLES, KEEP_BEST, FINAL_EVAL_EVERY = 1, False, 1.0  # last round: one cosine, its last step (--keep-best: best epoch on val)
 KD_T, KD_ALPHA = 4.0, 0.9  # distillation temperature and weight of the soft targets (Hinton et al. 2015's usual)
@@ -203,7 +203,7 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
             print(f"  [{label}] stage -> {comp:g}x: {p}  ({t_prune:.0f}s); allocation {plan.allocation}"
                   + (" (one-shot val accuracy " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in plan.candidates.items())
                      + ")" if plan.candidates else ""))
-            print(f"  {'layer':8s} {'op':7s} {'weights':>9s} {'kept %':>7s}   (scan on val: acc@0 = {100 * (plan.baseline or 0):.2f} %)")
+            print(f"  {'layer':8s} {'op':7s} {'weights':>9s} {'kept %':>7s}   " + (f"(scan on val: acc@0 = {100 * plan.baseline:.2f} %)" if plan.baseline is not None else "(no scan)"))
             for n in names:
                 w = g[n].params["weight"].numel()
                 kept = int(torch.count_nonzero(sp.effective_weight(gp[n])))
@@ -226,30 +226,25 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
 
 
 def obd_vs_magnitude(res, cfg, args):
-    from hwopt import sensitivity as sens
-    from hwopt.passes.magnitude_prune import Plan
     g, tr, tester = res["g"], res["tr"], res["tester"]
     iters, ep = cfg["obd"]
     retrain_lr = tr.lr * args.retrain_lr_scale
     ctx = hwopt.PassContext(train=retrainer(tr, retrain_lr, args.seed), evaluate=tr.evaluate, seed=args.seed,
                             data=[(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)])
-    names = sp.prunable_layers(g)
-    sizes = {k: g[k].params["weight"].numel() for k in names}
-    scan = MagnitudePrune(sparsity=0.9, retrain_epochs=0).plan(g, ctx).scan  # one scan serves every sparsity
     rows = []
     for s in cfg["obd_sparsities"]:
         row = {"s": s}
-        plan = Plan(sens.ALLOCATIONS[args.allocation](scan, sizes, s), scan)
-        for r in (False, True):
-            mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
-            gm = mp.apply(g, ctx, plan)
+        for r in (False, True):  # magnitude: the bench's allocation (default auto), planned per column
+            mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2,
+                                allocation=args.allocation)
+            gm = mp.run(g, ctx)
             row[("magnitude", r)] = 100 * (1 - tester.evaluate(hwopt.lower(gm)))
             ob = OptimalBrainDamage(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
             go = ob.run(g, ctx)
             row[("obd", r)] = 100 * (1 - tester.evaluate(hwopt.lower(go)))
             row[("nz", r)] = (gm.stats()["nonzero_params"], go.stats()["nonzero_params"])
         rows.append(row)
-    print(f"\n[{res['model']}] OBD (Gauss-Newton diagonal, global ranking) vs magnitude (sensitivity-allocated), "
+    print(f"\n[{res['model']}] OBD (Gauss-Newton diagonal, global ranking) vs magnitude (allocation {args.allocation}), "
           f"test error %, baseline {res['err0']:.2f} %; retrained = {iters}x{ep} epochs; dead units removed in both")
     print(f"  {'sparsity':>8s} | {'mag one-shot':>12s} {'OBD one-shot':>12s} | {'mag retrained':>13s} {'OBD retrained':>13s}"
           f" | non-zero params mag / OBD")
@@ -267,9 +262,9 @@ def allocation_table(res, cfg, args) -> list[dict]:
     """Issue 20: test error of each allocation at 80 / 90 / 95 % sparsity, one-shot and retrained (the
     OBD comparison's short retraining), from the same unpruned net. "global" is one magnitude threshold
     over all layers (torch.nn.utils.prune.global_unstructured's rule), "default" what
-    `magnitude-prune{sparsity=s}` picks (allocation=auto: the best of the three one-shot on the scan's
-    validation half; the test split only reports). Rows whose per-layer fractions are the same plan are
-    one run, printed under each name."""
+    `magnitude-prune{sparsity=s}` picks (allocation=auto: one-shot, the best of the three on the scan's
+    validation half; with retraining, the global threshold; the test split only reports). Rows whose
+    per-layer fractions are the same plan are one run, printed under each name."""
     from hwopt import sensitivity as sens
     from hwopt.passes.magnitude_prune import Plan, global_fractions
     g, tr, tester = res["g"], res["tr"], res["tester"]
@@ -280,22 +275,27 @@ def allocation_table(res, cfg, args) -> list[dict]:
     sizes = {k: g[k].params["weight"].numel() for k in names}
     rows = []
     for s in ALLOCATION_SPARSITIES:
-        default = MagnitudePrune(sparsity=s, retrain_epochs=0).plan(g, ctx)  # the pass's own choice, its own scan
-        plans = {"global": Plan(global_fractions(g, names, s)), "default": default}
+        passes = {r: MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2,
+                                    plot="" if r else os.path.join(args.out, f"sensitivity_{res['model']}.png"))
+                  for r in (False, True)}
+        # the pass's own choice, one-shot and with the retraining to follow (auto decides on both)
+        default = {r: passes[r].plan(g, ctx) for r in (False, True)}
+        scan = default[False].scan
+        base = {"global": Plan(global_fractions(g, names, s))}
         for a in ("equal-drop", "min-drop"):
-            plans[a] = Plan(sens.ALLOCATIONS[a](default.scan, sizes, s), default.scan)
+            base[a] = Plan(sens.ALLOCATIONS[a](scan, sizes, s), scan)
         done = {}
         for a in ALLOCATION_ROWS:
-            key = tuple(round(plans[a].fractions[k], 9) for k in names)
-            if key not in done:
-                err = {}
-                for r in (False, True):
-                    mp = MagnitudePrune(sparsity=s, iterations=iters if r else 1, retrain_epochs=ep if r else 0, l2=L2)
-                    err[r] = 100 * (1 - tester.evaluate(hwopt.lower(mp.apply(g, ctx, plans[a]))))
-                done[key] = err
+            err = {}
+            for r in (False, True):
+                plan = default[r] if a == "default" else base[a]
+                key = (r, tuple(round(plan.fractions[k], 9) for k in names))
+                if key not in done:
+                    done[key] = 100 * (1 - tester.evaluate(hwopt.lower(passes[r].apply(g, ctx, plan))))
+                err[r] = done[key]
             rows.append(dict(kind="allocation", model=res["model"], seed=args.seed, s=s, allocation=a,
-                             one_shot=done[key][False], retrained=done[key][True], err0=res["err0"],
-                             picked=default.allocation, fractions=plans[a].fractions,
+                             one_shot=err[False], retrained=err[True], err0=res["err0"],
+                             picked=f"{default[False].allocation}/{default[True].allocation}",
                              protocol=f"{iters}x{ep:g} epochs, l2 {L2:g}"))
     print_allocation_rows(rows, f"[{res['model']}] allocation at equal sparsity, test error %, seed {args.seed}, "
                                 f"unpruned {res['err0']:.2f} %; retrained = {iters}x{ep:g} epochs")
@@ -316,7 +316,7 @@ def print_allocation_rows(rows, title):
               + " |           " + " ".join(f"{mean(a, s, 'retrained'):6.2f}" for s in sparsities))
     ok = all(mean("default", s, k) <= mean("global", s, k) + 1e-9 for s in sparsities for k in ("one_shot", "retrained"))
     picks = {s: sorted({r["picked"] for r in rows if r["s"] == s and r["allocation"] == "default"}) for s in sparsities}
-    print(f"  default's pick per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
+    print(f"  default's pick (one-shot/retrained) per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
           + f"; default <= global in every column: {'yes' if ok else 'NO'}")
     sys.stdout.flush()
 

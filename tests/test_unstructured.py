@@ -423,6 +423,11 @@ def test_sparsity_without_evaluate_uses_global_threshold_and_says_so():
     info = ctx.records[-1]["info"]
     assert info["allocation"] == "global" and info["scan"] is False and "no sensitivity scan" in info["note"]
     assert sp.sparsity(out, list(info["fractions"])) > 0.85  # dead units removed afterwards change the count
+    # with retraining to follow, the default takes the global threshold without a scan, and says so
+    calls = []
+    ctx = hwopt.PassContext(evaluate=lambda m: calls.append(1) or 0.9, train=lambda m, **kw: None)
+    plan = MagnitudePrune(sparsity=0.9, iterations=2, retrain_epochs=1.0).plan(g, ctx)
+    assert plan.allocation == "global" and not plan.scan and not calls and "retraining" in ctx.notes["note"]
     # scan-based allocations and the no-target mode still need the callback, and say so
     for text in ("magnitude-prune{sparsity=0.9,allocation=min-drop}", "magnitude-prune{retrain_epochs=0}"):
         with pytest.raises(hwopt.PassError, match="evaluate"):
