@@ -124,8 +124,11 @@ def min_units(graph: Graph, gr: ChannelGroup, min_channels: int = 1) -> int:
     analysis would split its input and output and growing them would make it dense)."""
     uc = unit_channels(gr)
     low = 1
-    for name in gr.members:
+    # the width floor is for layers (the weight rows the group removes); a tensor whose channel axis is
+    # something else -- the heads of an attention's scores -- would otherwise keep every head
+    for name in _layers(graph, gr):
         low = max(low, -(-min_channels * gr.size // graph[name].spec.channels))
+    for name in gr.members:
         for user in graph.users(name):
             u = graph[user]
             if u.op in ("conv2d", "conv1d", "conv_transpose2d") and u.attrs["groups"] > 1 and gr.size * uc >= 2:
@@ -138,8 +141,15 @@ def owns_its_layers(graph: Graph, gr: ChannelGroup) -> bool:
     case (a norm after a concat, as in DenseNet, reads several groups and does not count). A ShuffleNet
     stage's chunk / concat / shuffle chain spreads each conv's output channels over several orbit groups;
     no one of them can round that conv's width."""
-    layers = [n for n in gr.producers if graph[n].op in ("conv2d", "linear")] or list(gr.members)
-    return all(gr.members[n].size == graph[n].spec.channels for n in layers)
+    return all(gr.members[n].size == graph[n].spec.channels for n in _layers(graph, gr))
+
+
+_WEIGHT_LAYERS = ("conv2d", "conv1d", "conv_transpose2d", "linear")
+
+
+def _layers(graph: Graph, gr: ChannelGroup) -> list[str]:
+    """The conv / linear outputs the group's units are rows of; all its tensors when it has none."""
+    return [n for n in gr.producers if graph[n].op in _WEIGHT_LAYERS] or list(gr.members)
 
 
 def kept_levels(size: int, multiple: int, unit_channels: int = 1, min_keep: int = 1) -> list[int]:
