@@ -54,12 +54,11 @@ def graphs(name: str) -> dict:
 
 
 def predicted(target, g, dtype: str) -> dict:
-    """Flash, peak SRAM, latency and per-node work at the graph's dtype (int8 graphs: the target's cost)."""
-    if dtype == "int8":
-        c = target.cost(g)
-        return {"flash": c.flash_bytes, "sram": c.peak_sram_bytes, "ms": c.latency_ms}
-    # the cost model costs Cortex-M graphs at the deploy dtype (int8); a float32 image stores 4-byte values
-    return {"flash": _cost.flash(g, "float32")["total"], "sram": _cost.peak_sram_elems(g)[0] * 4, "ms": float("nan")}
+    """Flash, peak SRAM and latency as the target costs the graph: at its own dtypes (a float32 graph with
+    float kernels and 4-byte values, an int8 graph with int8 kernels)."""
+    c = target.cost(g)
+    assert c.dtype == dtype, (c.dtype, dtype)
+    return {"flash": c.flash_bytes, "sram": c.peak_sram_bytes, "ms": c.latency_ms}
 
 
 def main(argv=None) -> int:
