@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import math
 import operator
 import warnings
@@ -31,6 +30,7 @@ from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, 
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, ConcreteTracer
+from .gcpause import collector_paused
 from .ir import Graph, TensorSpec, _pair, snapshot
 
 
@@ -1060,25 +1060,9 @@ def lift(model: nn.Module, example_inputs) -> Graph:
         warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
                       f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
                       f"to silence this", stacklevel=2)
-    with _state_kept(model), _collector_paused():
+    with _state_kept(model), collector_paused():
         g = _Lifter(model, examples).run()
     return g.verify()
-
-
-@contextlib.contextmanager
-def _collector_paused():
-    """Tracing allocates ~100k short-lived objects (fx nodes, proxies, arguments); with the cyclic collector
-    running they live long enough to be promoted, and the full collection they then trigger scans every
-    object of the process (~0.3 s beside a timm model and its copies). Paused, they die young: one young
-    collection when lifting ends frees the fx graph's cycles."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-            gc.collect(0)
 
 
 @contextlib.contextmanager
