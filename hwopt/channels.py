@@ -20,6 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import IRError
+from .gcpause import pauses_collector
 from .ir import OPS, Graph, Node, reshape_axis, selected, shared_nodes, split_dims
 
 _NCHW = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
@@ -226,6 +227,7 @@ def channel_groups(graph: Graph) -> list[ChannelGroup]:
     return graph.cached("channel_groups", lambda: _analyse(graph))
 
 
+@pauses_collector
 def _analyse(graph: Graph) -> list[ChannelGroup]:
     c = _Coupler(graph)
     for n in graph:
@@ -325,6 +327,7 @@ def _keep(n: int, removed: np.ndarray | None) -> torch.Tensor | None:
     return torch.from_numpy(np.flatnonzero(mask))
 
 
+@pauses_collector
 def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], groups: list[ChannelGroup] | None = None) -> Graph:
     """A new graph without the given units: `removal` maps group id -> unit indices to delete.
 

@@ -30,6 +30,7 @@ from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, 
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, ConcreteTracer
+from .gcpause import collector_paused
 from .ir import Graph, TensorSpec, _pair, snapshot
 
 
@@ -1059,7 +1060,7 @@ def lift(model: nn.Module, example_inputs) -> Graph:
         warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
                       f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
                       f"to silence this", stacklevel=2)
-    with _state_kept(model):
+    with _state_kept(model), collector_paused():
         g = _Lifter(model, examples).run()
     return g.verify()
 

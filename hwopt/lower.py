@@ -17,6 +17,7 @@ from torch import nn
 from . import nn as hnn
 from . import quant
 from .errors import IRError
+from .gcpause import pauses_collector
 from .ir import Graph, Node, snapshot
 
 
@@ -239,6 +240,7 @@ class _Paths:
                 or any(".".join(parts[:i]) in self.leaves for i in range(1, len(parts))))
 
 
+@pauses_collector
 def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     """A torch module computing `graph`, in eval mode. The graph is only read. A quantized graph lowers to a
     hwopt.quant.QuantizedModule computing in the device's integers (not trainable)."""
