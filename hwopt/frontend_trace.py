@@ -46,17 +46,6 @@ def _name(target) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def _proxies(a):
-    if isinstance(a, fx.Proxy):
-        yield a
-    elif isinstance(a, (list, tuple)):
-        for x in a:
-            yield from _proxies(x)
-    elif isinstance(a, dict):
-        for x in a.values():
-            yield from _proxies(x)
-
-
 # torch.nn modules fx would keep as calls but whose forward is lifted op by op (nn.Upsample's F.interpolate
 # needs the input's size, which a module rule does not see).
 TRACED_THROUGH: tuple[type, ...] = (torch.nn.Upsample,)
