@@ -219,7 +219,9 @@ class _Lifter(ConvOps):
         return a
 
     def run(self) -> Graph:
-        tracer = self.tracer = ConcreteTracer(self.examples, leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
+        tracer = self.tracer = ConcreteTracer(self.examples, shape_of=self.lifted_shape,
+                                              leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
+        self.lifted, self.speculating, self.placeholders = 0, True, None
         try:
             fxg = tracer.trace(self.model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not symbolically traceable"
@@ -229,32 +231,16 @@ class _Lifter(ConvOps):
             stack = list(tracer.module_stack.values())
             raise UnsupportedOpError("data-dependent control flow or untraceable Python", stack[-1][0] if stack else "",
                                      f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        placeholders = [n for n in fxg.nodes if n.op == "placeholder"]
+        nodes = list(fxg.nodes)
+        placeholders = [n for n in nodes if n.op == "placeholder"]
         required = [p for p in placeholders if not p.args]  # fx keeps a parameter's default as its arg
         if not len(required) <= len(self.examples) <= len(placeholders):
             raise ShapeError(f"the model's forward takes {len(placeholders)} input(s) "
                              f"({', '.join(p.name for p in placeholders)}), got {len(self.examples)} example input(s)")
-        for n in fxg.nodes:
-            if any(isinstance(self.env.get(a), _Unsupported) for a in n.all_input_nodes):
-                # downstream of an unsupported op: not lifted, but an op outside the tables is reported too
-                self.env[n] = _Unsupported()
-                if not self.known(n):
-                    self.errors.append(self.unsupported(n))
-                continue
-            try:
-                self.env[n] = self.lift_node(n, placeholders)
-                if ERROR in n.meta:
-                    raise self.misfit(n)
-                if self.writes_input(n):
-                    self.check_inplace(n, n.args[0])
-            except UnsupportedOpError as e:
-                self.errors.append(e)
-                self.env[n] = _Unsupported()
-            except ShapeError:
-                raise
-            except (ValueError, TypeError, KeyError, IndexError) as e:
-                self.errors.append(self.unsupported(n, str(e)))
-                self.env[n] = _Unsupported()
+        if not self.speculation_holds(nodes):
+            self.g, self.env, self.errors, self.shaped, self.lifted = Graph(), {}, [], {}, 0
+        for n in nodes[self.lifted:]:
+            self.step(n, placeholders)
         if self.errors:
             first = self.errors[0]
             if len(self.errors) == 1:
@@ -263,6 +249,76 @@ class _Lifter(ConvOps):
             raise UnsupportedOpError(first.op, first.module_path,
                                      f"{len(self.errors)} unsupported ops: {listing}", found=self.errors)
         return self.g
+
+    def step(self, n: fx.Node, placeholders: list[fx.Node], speculative: bool = False) -> None:
+        """Lift fx node `n` into self.env (an unsupported op is recorded in self.errors)."""
+        if any(isinstance(self.env.get(a), _Unsupported) for a in n.all_input_nodes):
+            # downstream of an unsupported op: not lifted, but an op outside the tables is reported too
+            self.env[n] = _Unsupported()
+            if not self.known(n):
+                self.errors.append(self.unsupported(n))
+            return
+        try:
+            self.env[n] = self.lift_node(n, placeholders)
+            if ERROR in n.meta:
+                raise self.misfit(n)
+            if not speculative and self.writes_input(n):  # a speculative step is checked once all users are known
+                self.check_inplace(n, n.args[0])
+        except UnsupportedOpError as e:
+            self.errors.append(e)
+            self.env[n] = _Unsupported()
+        except ShapeError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            self.errors.append(self.unsupported(n, str(e)))
+            self.env[n] = _Unsupported()
+
+    # Speculative lifting: timm's norm+act layers ask `x.ndim` of nearly every tensor while being traced.
+    # Computing example values to answer would run the whole forward at lift time (most of a mobile net's
+    # lift); instead the nodes recorded so far are lifted as they are traced, and the IR's shape rules
+    # answer. Only when the speculation held (no unsupported op, misfit or unsafe in-place write, which
+    # depend on the finished graph) is it kept; otherwise everything is lifted again after tracing, as
+    # without it.
+    def lifted_shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        """The shape of traced `node` from the lifted IR, lifting the nodes recorded up to it (None: unknown)."""
+        if not self.speculating:
+            return None
+        recorded, tracer = self.tracer.recorded, self.tracer
+        if self.placeholders is None:  # the forward is running: every placeholder exists
+            self.placeholders = [n for n in recorded if n.op == "placeholder"]
+            if len(self.placeholders) < len(self.examples):
+                self.speculating = False
+                return None
+        was, tracer.evaluating = tracer.evaluating, True  # the lifter's own module reads record no nodes
+        try:
+            while node not in self.env and self.lifted < len(recorded):
+                n = recorded[self.lifted]
+                self.step(n, self.placeholders, speculative=True)
+                if self.errors or isinstance(self.env.get(n), _Unsupported):
+                    self.speculating = False
+                    return None
+                self.lifted += 1
+        except Exception:  # noqa: BLE001 - lifted again after tracing, where the error is reported as usual
+            self.speculating = False
+            return None
+        finally:
+            tracer.evaluating = was
+        v = self.env.get(node)
+        return self.g[v].spec.shape if isinstance(v, _Tensor) else None
+
+    def speculation_holds(self, nodes: list[fx.Node]) -> bool:
+        """Are the nodes lifted while tracing lifted as they would be now that the graph is complete?"""
+        if not self.speculating or any(a is not b for a, b in zip(self.tracer.recorded[:self.lifted], nodes)):
+            return False
+        try:
+            for n in nodes[:self.lifted]:
+                if ERROR in n.meta:
+                    return False
+                if self.writes_input(n):
+                    self.check_inplace(n, n.args[0])
+        except UnsupportedOpError:
+            return False
+        return True
 
     def lift_node(self, n: fx.Node, placeholders: list[fx.Node]):
         if n.op == "placeholder":

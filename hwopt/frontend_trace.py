@@ -51,11 +51,42 @@ def _name(target) -> str:
 TRACED_THROUGH: tuple[type, ...] = (torch.nn.Upsample,)
 
 
+# Shape questions the lifted IR answers without running the model (`ConcreteTracer.shape_of`).
+_SHAPE_ATTRS = frozenset({"shape", "ndim"})
+_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+
+
+class _ShapeView:
+    """The shape-only face of a tensor: what `x.ndim`, `x.shape`, `x.size(d)`, `x.dim()`, `x.numel()` give."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = torch.Size(shape)
+        self.ndim = len(shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    ndimension = dim
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    nelement = numel
+
+
 class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str):
-        value = self.tracer.value(self.node)
-        if isinstance(value, torch.Tensor) and (k in _META_ATTRS or k in _META_METHODS):
-            return getattr(value, k)
+        if k in _SHAPE_ATTRS or k in _SHAPE_METHODS:
+            shape = self.tracer.known_shape(self.node)
+            if shape is not None:
+                return getattr(_ShapeView(shape), k)
+        if k in _META_ATTRS or k in _META_METHODS:  # only these need the example value (`x.mean` does not)
+            value = self.tracer.value(self.node)
+            if isinstance(value, torch.Tensor):
+                return getattr(value, k)
         return super().__getattr__(k)
 
     def __bool__(self) -> bool:
@@ -66,12 +97,18 @@ class ConcreteProxy(fx.Proxy):
                          f"(`if tensor`, `and`/`or` on a tensor, or a tensor comparison in an assert)")
 
     def __len__(self) -> int:
+        shape = self.tracer.known_shape(self.node)
+        if shape:
+            return shape[0]
         value = self.tracer.value(self.node)
         if isinstance(value, (list, tuple, torch.Tensor)):
             return len(value)
         raise TraceError(f"len() of {self.node.name!r}")
 
     def __iter__(self):
+        shape = self.tracer.known_shape(self.node)
+        if shape:
+            return iter([self[i] for i in range(shape[0])])
         value = self.tracer.value(self.node)
         if isinstance(value, (list, tuple)):
             return iter([self[i] for i in range(len(value))])
@@ -86,8 +123,12 @@ class ConcreteProxy(fx.Proxy):
 class ConcreteTracer(fx.Tracer):
     """An fx tracer whose proxies carry example values; `leaf` decides which modules stay calls."""
 
-    def __init__(self, examples: tuple[torch.Tensor, ...], leaf):
+    def __init__(self, examples: tuple[torch.Tensor, ...], leaf, shape_of=None):
         super().__init__()
+        # shape_of(node) -> its shape or None: answers shape questions without computing example values
+        # (the front end lifts the ops recorded so far and reads the IR's shape rules)
+        self.shape_of = shape_of
+        self.recorded: list[fx.Node] = []  # every node, in graph order
         # copies: an in-place op in forward must not write into the caller's tensors
         self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
         self._param_names: dict[int, str] | None = None
@@ -117,6 +158,19 @@ class ConcreteTracer(fx.Tracer):
             self._pending.append((proxy.node, kind, target, args, kwargs))
         return proxy
 
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        self.recorded.append(node)
+        return node
+
+    def known_shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        """`node`'s shape if it is a tensor whose shape is known without running an op (its example value
+        is computed already, or `shape_of` knows it); None otherwise."""
+        value = node.meta.get(VALUE)
+        if value is not None or VALUE in node.meta:
+            return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+        return self.shape_of(node) if self.shape_of is not None else None
+
     def value(self, node: fx.Node):
         """The example value of `node`, computing every op recorded so far that is not computed yet."""
         if VALUE not in node.meta:
@@ -132,7 +186,7 @@ class ConcreteTracer(fx.Tracer):
         # fx patches Module.__call__ / __getattr__ while tracing; `evaluating` makes those hooks (call_module,
         # getattr below) plain calls, so running an op here records no nodes of its own. (Reverting the
         # patches instead costs ~10 ms an op: every class attribute write invalidates type caches.)
-        self.evaluating = True
+        was, self.evaluating = self.evaluating, True
         try:
             if kind == "get_attr":
                 obj: Any = self.root
@@ -148,7 +202,7 @@ class ConcreteTracer(fx.Tracer):
                 if kind == "call_module":
                     return self.root.get_submodule(target)(*a, **kw)
         finally:
-            self.evaluating = False
+            self.evaluating = was
         raise TraceError(f"cannot evaluate a {kind} node")
 
     def create_arg(self, a):
