@@ -72,7 +72,7 @@ def digits_splits():
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise SystemExit(f"bench/morphnet.py --datasets digits needs scikit-learn (the dev extra: pip install -e ".[dev]"): {e}")
+        raise SystemExit(f"bench/morphnet.py --datasets digits needs scikit-learn (the dev extra: pip install -e '.[dev]'): {e}")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = (x - x[:1000].mean()) / x[:1000].std()

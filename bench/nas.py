@@ -14,7 +14,9 @@ member: all blocks MBConv6 k3, no SE, x1.0, base layers). Printed per run: best 
 found model dominates the baseline (higher proxy accuracy at <= its predicted latency), wall and CPU
 time; per strategy: mean, standard deviation and standard error of the best reward over the seeds, and
 REINFORCE's lead over each baseline paired by seed (mean difference and its standard error). Every run
-checkpoints under --out, so an interrupted bench resumes.
+checkpoints under --out, so an interrupted bench resumes (a killed search loses at most the child in
+training). A seed's MobileNetV2-style baseline is trained once (in the first strategy's search; its score
+does not depend on the strategy) and shared by that seed's other searches.
 
 Results log (2026-12-01, shared 2-core machine, so only partial runs; cpu = this process and children):
 - REINFORCE at these defaults, 30 children, seeds 0 and 1 (`--strategies reinforce --children 30`): the
@@ -101,13 +103,17 @@ def main(argv=None) -> dict:
     main_strategy = strategies[0]
     for seed in seeds:
         acc = ProxyTrainer(a.train_limit, a.eval_limit, a.steps, a.batch_size, lr=a.lr, seed=seed)
+        baseline = None  # one seed's children are trained identically whatever the strategy: train it once
         for strategy in strategies:
             opts = {"lr": a.controller_lr} if strategy == "reinforce" else {}
             t0, c0 = time.perf_counter(), cpu_seconds()
             res = Search(space, target, acc, strategy=strategy, children=a.children, samples=a.samples,
                          batch=a.batch, seed=seed, reward=a.reward,
                          checkpoint=os.path.join(a.out, f"{strategy}-{seed}.jsonl"),
-                         progress=a.progress, strategy_options=opts, evaluate_baseline=True).run()
+                         progress=a.progress, strategy_options=opts, evaluate_baseline=baseline is None).run()
+            if baseline is None:
+                baseline = res.baseline
+            res.baseline = baseline
             results[(strategy, seed)] = res
             base, best = res.baseline, res.best
             dominates = best["accuracy"] > base["accuracy"] and best["latency_ms"] <= base["latency_ms"]

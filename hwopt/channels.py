@@ -356,10 +356,11 @@ def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], gr
             raise IRError("removal would leave this tensor with no channel", name)
 
     new = graph.copy()
+    keeps = {name: _keep(graph[name].spec.channels, r) for name, r in rem.items()}  # each tensor's once
     for name in graph.order():
         n = graph[name]
-        keep_out = _keep(n.spec.channels, rem.get(name))
-        keep_in = _keep(graph[n.inputs[0]].spec.channels, rem.get(n.inputs[0])) if n.inputs else None
+        keep_out = keeps.get(name)
+        keep_in = keeps.get(n.inputs[0]) if n.inputs else None
         if keep_out is None and keep_in is None:
             continue
         m = new[name]

@@ -727,6 +727,11 @@ class Graph:
     def replace(self, node: Node) -> None:
         """Put `node` (a modified copy of an existing node of the same name) in place, re-wiring edges."""
         old = self.nodes[node.name]
+        if tuple(node.inputs) == tuple(old.inputs):  # same edges: the topological order stays valid
+            self.nodes[node.name] = node
+            self._cache.clear()
+            self._verified = False
+            return
         for i in node.inputs:
             if i not in self.nodes:
                 raise IRError(f"input {i!r} does not exist", node.name)

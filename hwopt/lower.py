@@ -217,6 +217,9 @@ MODULES.update({"conv1d": _conv1d_module, "conv_transpose2d": _conv_transpose2d_
 BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
 
+_PLAIN_PATH = re.compile(r"\w+(\.\w+)*")  # a module path that needs no sanitising (the common case)
+
+
 class _Paths:
     """Unique module paths; a path may not also be a prefix of another (a leaf module has no children)."""
 
@@ -225,7 +228,7 @@ class _Paths:
         self.prefixes: set[str] = set()
 
     def take(self, name: str) -> str:
-        base = ".".join(re.sub(r"\W", "_", p) or "_" for p in name.split("."))
+        base = name if _PLAIN_PATH.fullmatch(name) else ".".join(re.sub(r"\W", "_", p) or "_" for p in name.split("."))
         path, k = base, 1
         while self._clash(path):
             path, k = f"{base}_{k}", k + 1

@@ -136,6 +136,17 @@ def test_proxy_trainer_short_schedules(steps):
         ProxyTrainer(256, 200, 0)
 
 
+def test_proxy_trainer_score_does_not_depend_on_the_evaluation_chunk():
+    # the chunk is a speed setting only: 200 images in chunks of 7 (a short last one) or 100 score alike
+    def score(chunk):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+        return ProxyTrainer(256, 200, 3, seed=0, eval_batch=chunk)(m)
+    assert score(7) == score(100) == score(200)
+    with pytest.raises(ValueError, match="eval_batch"):
+        ProxyTrainer(256, 200, 3, eval_batch=0)
+
+
 def test_search_cli_short_proxy_and_safe_save(tmp_path, capsys):
     # item 8 through the CLI, and --save: a .pt2 and a state dict, both loadable without unpickling code
     from hwopt.passes.nas import cli
