@@ -40,48 +40,92 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def noise_floor(rows: list[dict], col: str) -> tuple[float, float, int]:
-    """(share within ±10 % of the group median, median |deviation|, rows in groups) over groups of cells
-    with the same canonical form (the same live edges: the same network after dead-code elimination)."""
+def best_share_within(y: np.ndarray, tol: float = 0.1) -> int:
+    """The most of the latencies `y` one prediction p can put within ±tol: p is within of y_i when
+    |p / y_i - 1| <= tol, i.e. p in [(1 - tol) y_i, (1 + tol) y_i]; the answer is the largest number of
+    these intervals that overlap (a sweep over their ends; an interval's start before an end at the
+    same point, since both bounds are inclusive)."""
+    ev = sorted([((1 - tol) * v, 0) for v in y] + [((1 + tol) * v, 1) for v in y])
+    best = cur = 0
+    for _, end in ev:
+        cur += -1 if end else 1
+        best = max(best, cur)
+    return best
+
+
+def same_network_groups(rows: list[dict]) -> dict[str, list[int]]:
+    """Row indices grouped by canonical cell: cells whose live edges are the same compute the same
+    network (dead-end edges are eliminated by the runtime: hwopt.nasbench201.live_edges)."""
     from hwopt.nasbench201 import canonical
     groups = defaultdict(list)
-    for r in rows:
-        key = canonical(r["arch_str"])
-        if key:
-            groups[key].append(float(r[col]))
-    dev = []
-    for v in groups.values():
-        x = np.array(v)
-        if len(x) > 1 and np.median(x) > 0.5:
-            dev += list(np.abs(x / np.median(x) - 1))
-    dev = np.array(dev)
-    return float(np.mean(dev <= 0.1)), float(np.median(dev)), len(dev)
+    for i, r in enumerate(rows):
+        groups[canonical(r["arch_str"])].append(i)
+    return groups
+
+
+def noise_ceiling(rows: list[dict], col: str) -> dict:
+    """What the measurements allow on `rows` (the test rows) for ANY predictor that gives identical
+    networks the same prediction (every cost model does: it sees the network, not the cell string):
+    `w10_max`, the largest achievable share within ±10 %, is the sum over groups of identical networks
+    of the most rows one prediction can put within ±10 % (`best_share_within`; a network measured once
+    counts as achievable), over all rows: a true upper bound. `rho_oracle`: Spearman of the oracle that
+    predicts every network by the mean of its own test rows (not a proven bound, a reference point).
+    `spread`: median |y / group median - 1| over rows in groups of >= 2; `grouped`: those rows."""
+    from hwopt.targets.calibrate.table import spearman
+    y = np.array([float(r[col]) for r in rows])
+    groups = same_network_groups(rows)
+    reach, dev, oracle = 0, [], np.zeros(len(y))
+    for ids in groups.values():
+        v = y[ids]
+        reach += best_share_within(v)
+        oracle[ids] = v.mean()
+        if len(v) > 1:
+            dev += list(np.abs(v / np.median(v) - 1))
+    return {"w10_max": reach / len(y), "rho_oracle": spearman(oracle, y), "spread": float(np.median(dev)) if dev else 0.0,
+            "grouped": len(dev), "networks": len(groups)}
 
 
 class Designs:
-    """Per-row features of the lifted network, computed once per distinct network (canonical cell)."""
+    """Per-row features of the network, computed once per distinct network (canonical cell). The IR is
+    built from the cell description (`nasbench201_graph`: node for node what `hwopt.lift` traces from
+    `nasbench201(arch)`, tests/test_nasbench201.py; ~20x faster than lifting, which took most of the
+    5,000-row run); `check_lift(n)` re-lifts n networks through torch and compares their costs."""
 
     def __init__(self, target):
         self.t = target
         self.cache: dict[str, tuple] = {}
 
     def __call__(self, rows: list[dict]):
-        import torch
-
-        import hwopt
-        from hwopt.nasbench201 import canonical, nasbench201
+        from hwopt.nasbench201 import canonical, nasbench201_graph
         from hwopt.targets.calibrate import Design
         from hwopt.targets.cost import DTYPE_BYTES
-        x = torch.randn(1, 3, 32, 32)
         out = []
         for r in rows:
             k = canonical(r["arch_str"])
             if k not in self.cache:
-                g = hwopt.lift(nasbench201(r["arch_str"]), x)
+                g = nasbench201_graph(r["arch_str"])
                 d = Design.from_graphs([g], DTYPE_BYTES[self.t.deploy_dtype], self.t.cache_bytes)
-                self.cache[k] = (d, g.stats()["macs"])
-            out.append(self.cache[k])
+                self.cache[k] = (d, g.stats()["macs"], r["arch_str"])
+            out.append(self.cache[k][:2])
         return out
+
+    def check_lift(self, n: int, seed: int = 0) -> int:
+        """Lift n of the cached networks from their torch modules; raise if any costs differently."""
+        import torch
+
+        import hwopt
+        from hwopt.nasbench201 import nasbench201
+        from hwopt.targets.calibrate import Design
+        from hwopt.targets.cost import DTYPE_BYTES
+        keys = sorted(self.cache)
+        pick = np.random.default_rng(seed).choice(len(keys), size=min(n, len(keys)), replace=False)
+        for i in pick:
+            d, macs, arch = self.cache[keys[i]]
+            g = hwopt.lift(nasbench201(arch), torch.randn(1, 3, 32, 32))
+            dl = Design.from_graphs([g], DTYPE_BYTES[self.t.deploy_dtype], self.t.cache_bytes)
+            if g.stats()["macs"] != macs or not np.array_equal(dl.term_matrix(), d.term_matrix()):
+                raise AssertionError(f"nasbench201_graph({arch!r}) costs differently from the lifted module")
+        return len(pick)
 
 
 def concat(parts) -> "Design":
@@ -160,7 +204,8 @@ def main(argv=None) -> int:
     sel = lambda ids: [live[i] for i in ids]  # noqa: E731
     d_fit, d_few, d_test = (concat(designs(sel(i))) for i in (fit_i, few_i, test_i))
     macs_test = np.array([m for _, m in designs(sel(test_i))], float)
-    print(f"lifted {len(designs.cache)} distinct networks in {time.time() - t0:.0f} s")
+    print(f"built {len(designs.cache)} distinct networks in {time.time() - t0:.0f} s; "
+          f"{designs.check_lift(3 if a.smoke else 20)} of them lifted from torch modules too: same costs")
     fits = {}
     for col in DEVICES:
         y = lambda ids: np.array([float(live[i][col]) for i in ids])  # noqa: E731
@@ -183,14 +228,19 @@ def main(argv=None) -> int:
         lines.append((f"fit {len(few_i)} rows from the {DEVICES[other][0].split(' (')[0]} fit",
                       scores(d_test.predict_s(c20p, 1, 1) * 1e3, yt)))
         from hwopt.targets.calibrate.table import spearman
-        floor_w10, floor_med, floor_n = noise_floor(rows, col)
+        ceil = noise_ceiling(sel(test_i), col)
         print(f"\n{label}: test rows {len(yt)}, {yt.min():.1f}..{yt.max():.1f} ms")
         print(f"  {'model':44s} {'Spearman':>8s} {'±10%':>6s} {'±20%':>6s} {'median|err|':>11s}")
         for name, s in lines:
             print(f"  {name:44s} {s['rho']:8.3f} {s['w10']:6.1%} {s['w20']:6.1%} {s['med']:11.1%}")
         print(f"  {'MACs (rank only)':44s} {spearman(macs_test, yt):8.3f}")
-        print(f"  noise floor: {floor_n} rows in groups of cells equal after dead-code elimination: "
-              f"{floor_w10:.1%} within ±10 % of their group's median (median spread {floor_med:.1%})")
+        print(f"  measurement noise: the {len(yt)} test rows are {ceil['networks']} distinct networks; "
+              f"{ceil['grouped']} rows share theirs with other test rows, spread median {ceil['spread']:.1%}")
+        print(f"  ceiling for ±10 % (any predictor giving identical networks one prediction): {ceil['w10_max']:.1%}"
+              f"; oracle Spearman (each network predicted by its rows' mean): {ceil['rho_oracle']:.3f}")
+        if ceil["w10_max"] < 0.9:
+            print(f"  the goal of 90 % within ±10 % is above this data's ceiling of {ceil['w10_max']:.1%}: "
+                  f"unreachable by any cost model on these measurements")
     print(f"\ngoal (issue 17): 100 rows rho >= 0.97 and >= 90 % within ±10 %; 20 rows rho >= 0.93 (HELP: 0.890 from 10)")
     print(f"runtime {time.time() - t0:.0f} s")
     return 0

@@ -68,3 +68,42 @@ def test_skeleton_sizes():
         (3, 16, 1), (16, 32, 2), (32, 32, 1), (16, 32, 1), (32, 64, 2), (64, 64, 1), (32, 64, 1)])
     assert sum(n.params["weight"].numel() for n in convs) == 3 * 16 * 9 + 16 * 32 * 9 + 32 * 32 * 9 + 16 * 32 \
         + 32 * 64 * 9 + 64 * 64 * 9 + 32 * 64
+
+
+def _cells(n: int, seed: int) -> list[str]:
+    import random
+    from hwopt.nasbench201 import OPS
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        a = "+".join("|" + "|".join(f"{rng.choice(OPS)}~{i}" for i in range(j)) + "|" for j in (1, 2, 3))
+        if live_edges(a):
+            out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("cell", [CELL, "|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|",
+                                  "|none~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|skip_connect~2|",
+                                  "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|",
+                                  *_cells(6, 0)])
+def test_graph_built_from_the_cell_is_the_lifted_graph(cell):
+    """nasbench201_graph (no module, no tracing) builds node for node what lift traces: names, ops,
+    inputs, attributes, shapes, sources, parameter shapes; hence the same cost on every target."""
+    import hwopt.targets as T
+    from hwopt.nasbench201 import nasbench201_graph
+    lifted = hwopt.lift(nasbench201(cell), torch.randn(1, 3, 32, 32))
+    built = nasbench201_graph(cell)
+    assert list(built.nodes) == list(lifted.nodes) and built.order() == lifted.order()
+    for name in lifted.nodes:
+        a, b = lifted[name], built[name]
+        assert (b.op, b.inputs, b.attrs, b.spec, b.source) == (a.op, a.inputs, a.attrs, a.spec, a.source), name
+        assert {k: tuple(v.shape) for k, v in b.params.items()} == {k: tuple(v.shape) for k, v in a.params.items()}, name
+    for name in ("cortex-a72", "pixel-3"):
+        t = T.load_target(name)
+        assert t.cost(built).latency_ms == t.cost(lifted).latency_ms
+        assert t.cost(built).flash_bytes == t.cost(lifted).flash_bytes
+
+
+def test_graph_of_a_constant_cell_is_refused():
+    from hwopt.nasbench201 import nasbench201_graph
+    with pytest.raises(NasBench201Error, match="constant"):
+        nasbench201_graph("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
