@@ -21,10 +21,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .errors import IRError
 from .gcpause import pauses_collector
-from .ir import OPS, Graph, Node, reshape_axis, selected, shared_nodes, split_dims
-
-_NCHW = {"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
-
+from .ir import OPS, Graph, Node, shared_nodes
 
 @dataclass
 class ChannelGroup:
@@ -73,153 +70,20 @@ class _Coupler:
             self.pinned.append(self.el(n, np.arange(self.g[n].spec.channels)))
 
 
-def _rank(g: Graph, name: str) -> int:
-    return len(g[name].spec.shape)
-
-
 def _couple_node(c: _Coupler, n: Node) -> None:
-    g, out = c.g, n.name
-    ins = list(n.inputs)
-    op, a = n.op, n.attrs
-    if op == "input":
-        c.pin(out)
-    elif op == "output":
-        c.pin(out, *ins)
-    elif op in _NCHW and g[ins[0]].spec.axis != 1:
-        c.pin(out, *ins)  # an NCHW kernel over a tensor whose channels sit elsewhere
-    elif op == "conv2d":
-        groups = a["groups"]
-        if groups > 1:  # a group's inputs and outputs live and die together
-            ig, og = a["in_channels"] // groups, a["out_channels"] // groups
-            cin, cout = np.arange(a["in_channels"]), np.arange(a["out_channels"])
-            c.tie(ins[0], cin, ins[0], (cin // ig) * ig)
-            c.tie(ins[0], (cout // og) * ig, out, cout)
-    elif op == "linear":
-        x = g[ins[0]].spec
-        if x.axis != len(x.shape) - 1:
-            c.pin(ins[0])  # contracts a dim that is not the input's channel axis
-        # else: fresh output features; input features are contracted away
-    elif op in ("add", "sub", "mul", "div"):
-        co, axis = n.spec.channels, n.spec.axis
-        for i in ins:
-            x = g[i].spec
-            if len(x.shape) != _rank(g, out):
-                c.pin(out, *ins)  # broadcasting across ranks misaligns the channel axis
-            elif x.shape[axis] == co and (x.axis == axis or g[i].op == "const"):
-                c.same(i, out)
-            elif x.shape[axis] == 1 and x.axis == axis:
-                c.pin(i)  # a broadcast singleton channel cannot be removed
-            else:
-                c.pin(out, *ins)  # operands whose channel axes differ
-    elif op == "concat":
-        if a["dim"] == n.spec.axis:
-            off = 0
-            for i in ins:
-                ci = g[i].spec.channels
-                c.tie(i, np.arange(ci), out, off + np.arange(ci))
-                off += ci
-        else:
-            for i in ins:
-                c.same(i, out)
-    elif op == "slice" and a.get("step", 1) != 1:
-        (c.pin(out, *ins) if a["dim"] == n.spec.axis else c.same(ins[0], out))
-    elif op == "slice":
-        if a["dim"] == n.spec.axis:
-            c.tie(ins[0], a["start"] + np.arange(n.spec.channels), out, np.arange(n.spec.channels))
-        else:
-            c.same(ins[0], out)
-    elif op in ("flatten", "reshape"):
-        x = g[ins[0]].spec
-        how = reshape_axis(x.shape, n.spec.shape, x.axis)[1]
-        if how == "block":  # channel c owns a contiguous block of the merged dim
-            block = n.spec.channels // x.channels
-            c.tie(ins[0], np.repeat(np.arange(x.channels), block), out, np.arange(n.spec.channels))
-        elif how == "split":  # features -> [.., heads, head_dim]: a head owns every feature whose index has it
-            first, end, chosen = split_dims(x.shape, n.spec.shape, x.axis)
-            digit = np.unravel_index(np.arange(x.channels), n.spec.shape[first:end])[chosen - first]
-            c.tie(ins[0], np.arange(x.channels), out, digit)
-        elif how == "same":
-            c.same(ins[0], out)
-        else:
-            c.pin(out, *ins)
-    elif op == "permute":
-        c.same(ins[0], out)  # the channel axis moves, its channels do not
-    elif op == "layer_norm":
-        x = g[ins[0]].spec
-        (c.same(ins[0], out) if x.axis == len(x.shape) - 1 else c.pin(out, *ins))
-    elif op in ("softmax", "log_softmax"):
-        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
-    elif op == "fold_batch":
-        (c.pin(out, *ins) if g[ins[0]].spec.axis == 1 else c.same(ins[0], out))  # channels folded into the batch
-    elif op == "unfold_batch":
-        c.same(ins[0], out)
-    elif op == "cond_conv2d":
-        c.pin(out, *ins)  # per-sample kernels mixed from experts: not pruned (exactness first)
-    elif op in ("matmul", "attention"):
-        _couple_heads(c, n)
-    elif op == "normalize":
-        (c.pin(out, *ins) if a["dim"] % _rank(g, out) == g[ins[0]].spec.axis else c.same(ins[0], out))
-    elif op == "expand":
-        x = g[ins[0]].spec
-        (c.pin(out, *ins) if x.channels != n.spec.channels else c.same(ins[0], out))
-    elif op in ("mean", "sum"):
-        x = g[ins[0]].spec
-        (c.pin(out, *ins) if x.axis in {d % len(x.shape) for d in a["dims"]} else c.same(ins[0], out))
-    elif op == "group_norm":  # a group's statistics mix its channels: whole groups go together
-        cpg = a["num_channels"] // a["num_groups"]
-        ch = np.arange(a["num_channels"])
-        c.tie(ins[0], ch, ins[0], (ch // cpg) * cpg)
-        c.same(ins[0], out)
-    elif op in CONV_LIKE + ("interpolate",) and g[ins[0]].spec.axis != 1:
-        c.pin(out, *ins)  # an NCHW kernel over a tensor whose channels sit elsewhere
-    elif op in CONV_LIKE:
-        _tie_conv_groups(c, ins[0], out, a)
-    elif op == "vector_norm":  # like mean: a norm across the channels mixes them
-        x = g[ins[0]].spec
-        (c.pin(out, *ins) if x.axis in {d % len(x.shape) for d in a["dims"]} else c.same(ins[0], out))
-    elif op == "const":
-        pass  # its channels are tied by the op that reads it (a layer scale ties them to the scaled tensor)
-    elif op == "channel_shuffle":
-        # out[j] = in[(j % g) * cpg + j // g]; removing the same offset r from every group keeps a valid
-        # shuffle of g groups, so a unit is offset r of all g groups (ties them, like a grouped conv)
-        groups, ch = a["groups"], np.arange(n.spec.channels)
-        cpg = n.spec.channels // groups
-        c.tie(ins[0], (ch % groups) * cpg + ch // groups, out, ch)
-        c.tie(ins[0], ch, ins[0], ch % cpg)
-    elif OPS[op].channel_preserving:
-        c.same(ins[0], out)
+    """The op table's coupling rule (hwopt.ir.OPS[op].couple; hwopt.op_channels), or channel i ↔ channel i
+    for a channel-preserving op without one."""
+    d = OPS.get(n.op)
+    if d is not None and d.couple is not None:
+        d.couple(c, n)
+    elif d is not None and d.channel_preserving:
+        c.same(n.inputs[0], n.name)
     else:
-        raise IRError(f"no channel-coupling rule for op {op!r}", out)
+        raise IRError(f"no channel-coupling rule for op {n.op!r}", n.name)
 
 
-def _couple_heads(c: _Coupler, n: Node) -> None:
-    """matmul / attention: operands whose channel axis is the same leading (batch-like) dim -- the heads of
-    q, k, v and of the scores -- keep head h in every operand and the output together: removing a head
-    removes it everywhere, exactly. Any other layout (a contracted or row/column channel axis, a broadcast
-    head dim, a mask) pins all operands: exactness first."""
-    g, out = c.g, n.name
-    ins = list(n.inputs)
-    r = len(n.spec.shape)
-    specs = [g[i].spec for i in ins]
-    lead = n.spec.axis
-    heads = lead < r - 2 and len(ins) <= (3 if n.op == "attention" else 2) and all(
-        s.axis + r - len(s.shape) == lead and s.shape[s.axis] == n.spec.shape[lead] for s in specs)
-    if heads:
-        for i in ins:
-            c.same(i, out)
-    else:
-        c.pin(out, *ins)
 # Convolutions besides conv2d: weights [out, in/groups, k] (conv1d) and [in, out/groups, kh, kw] (transposed).
 CONV_LIKE = ("conv1d", "conv_transpose2d")
-
-
-def _tie_conv_groups(c: _Coupler, x: str, out: str, a: dict) -> None:
-    groups = a["groups"]
-    if groups > 1:  # a group's inputs and outputs live and die together (as for conv2d)
-        ig, og = a["in_channels"] // groups, a["out_channels"] // groups
-        cin, cout = np.arange(a["in_channels"]), np.arange(a["out_channels"])
-        c.tie(x, cin, x, (cin // ig) * ig)
-        c.tie(x, (cout // og) * ig, out, cout)
 
 
 def channel_groups(graph: Graph) -> list[ChannelGroup]:
@@ -364,7 +228,9 @@ def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], gr
         if keep_out is None and keep_in is None:
             continue
         m = new[name]
-        _RESIZE.get(n.op, _no_params)(m, n, keep_in, keep_out, rem.get(n.inputs[0]) if n.inputs else None, graph)
+        resize = OPS[n.op].resize
+        if resize is not None:
+            resize(m, n, keep_in, keep_out, rem.get(n.inputs[0]) if n.inputs else None, graph)
         new.replace(m)
     _reshare(graph, new)
     return new.verify(infer_shapes=True)
@@ -382,121 +248,6 @@ def _reshare(old: Graph, new: Graph) -> None:
             m = m.copy()
             m.params = dict(first.params)
             new.replace(m)
-
-
-def _no_params(m, n, keep_in, keep_out, removed_in, graph) -> None:
-    pass
-
-
-def _rows(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return t if keep is None else selected(t, 0, keep)
-
-
-def _cols(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return t if keep is None else selected(t, 1, keep)
-
-
-def _resize_conv(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    a = dict(n.attrs)
-    groups = a["groups"]
-    p = dict(n.params)
-    if groups == 1:
-        for k in ("weight", "weight_mask"):
-            if k in p:
-                p[k] = _cols(_rows(p[k], keep_out), keep_in)
-    else:
-        og = a["out_channels"] // groups
-        kept_groups = len(keep_out) // og if keep_out is not None else groups
-        if keep_out is not None and len(keep_out) % og:
-            raise IRError("grouped conv lost part of a group", n.name)
-        a["groups"] = kept_groups
-        for k in ("weight", "weight_mask"):
-            if k in p:
-                p[k] = _rows(p[k], keep_out)
-    if "bias" in p:
-        p["bias"] = _rows(p["bias"], keep_out)
-    if keep_out is not None:
-        a["out_channels"] = len(keep_out)
-    if keep_in is not None:
-        a["in_channels"] = len(keep_in)
-    m.attrs, m.params = a, p
-
-
-def _resize_linear(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    p = {k: _cols(_rows(v, keep_out), keep_in) if k != "bias" else _rows(v, keep_out) for k, v in n.params.items()}
-    m.params = p
-    m.attrs = {**n.attrs, "in_features": p["weight"].shape[1], "out_features": p["weight"].shape[0]}
-
-
-def _resize_bn(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
-    m.attrs = {**n.attrs, "num_features": len(keep_out) if keep_out is not None else n.attrs["num_features"]}
-
-
-def _resize_group_norm(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    cpg = n.attrs["num_channels"] // n.attrs["num_groups"]
-    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
-    c = len(keep_out) if keep_out is not None else n.attrs["num_channels"]
-    m.attrs = {**n.attrs, "num_channels": c, "num_groups": c // cpg}
-
-
-def _resize_const(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    if keep_out is not None:
-        m.params = {"value": selected(n.params["value"], n.spec.axis, keep_out)}
-        m.attrs = {**n.attrs, "shape": tuple(m.params["value"].shape)}
-
-
-def _resize_layer_norm(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    m.params = {k: _rows(v, keep_out) for k, v in n.params.items()}
-    m.attrs = {**n.attrs, "normalized_size": len(keep_out) if keep_out is not None else n.attrs["normalized_size"]}
-
-
-def _resize_reshape(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    if keep_out is not None:  # the channel dim (or the block it was merged into) shrank
-        shape = list(n.spec.shape)
-        shape[n.spec.axis] = len(keep_out)
-        m.attrs = {**n.attrs, "shape": tuple(shape[1:])}
-
-
-def _resize_expand(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    if keep_out is not None:
-        shape = list(n.spec.shape)
-        shape[n.spec.axis] = len(keep_out)
-        m.attrs = {**n.attrs, "shape": tuple(shape[1:])}
-
-
-def _resize_slice(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    if n.attrs["dim"] != n.spec.axis or removed_in is None:
-        return
-    before = lambda pos: pos - int(np.searchsorted(removed_in, pos))  # kept channels in [0, pos)
-    m.attrs = {**n.attrs, "start": before(n.attrs["start"]), "end": before(n.attrs["end"])}
-
-
-_RESIZE = {"conv2d": _resize_conv, "linear": _resize_linear, "batch_norm": _resize_bn, "slice": _resize_slice,
-           "group_norm": _resize_group_norm, "const": _resize_const, "layer_norm": _resize_layer_norm,
-           "reshape": _resize_reshape, "expand": _resize_expand}
-
-
-def _resize_conv_transpose(m: Node, n: Node, keep_in, keep_out, removed_in, graph) -> None:
-    # weight [in, out / groups, kh, kw]: input channels are rows; a group's columns are its output channels
-    a, p = dict(n.attrs), dict(n.params)
-    groups = a["groups"]
-    if groups == 1:
-        p["weight"] = _cols(_rows(p["weight"], keep_in), keep_out)
-    else:
-        ig = a["in_channels"] // groups
-        if keep_in is not None and len(keep_in) % ig:
-            raise IRError("grouped transposed conv lost part of a group", n.name)
-        a["groups"] = len(keep_in) // ig if keep_in is not None else groups
-        p["weight"] = _rows(p["weight"], keep_in)
-    if "bias" in p:
-        p["bias"] = _rows(p["bias"], keep_out)
-    a["in_channels"] = p["weight"].shape[0]
-    a["out_channels"] = p["weight"].shape[1] * a["groups"]
-    m.attrs, m.params = a, p
-
-
-_RESIZE.update({"conv1d": _resize_conv, "conv_transpose2d": _resize_conv_transpose})
 
 
 # ---------------------------------------------------------------------------------------------------

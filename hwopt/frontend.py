@@ -289,7 +289,7 @@ class _Lifter(ConvOps):
             if len(self.placeholders) < len(self.examples):
                 self.speculating = False
                 return None
-        was, tracer.evaluating = tracer.evaluating, True  # the lifter's own module reads record no nodes
+        was, tracer.evaluating = tracer.evaluating, True  # modules the lifter calls record no nodes
         try:
             while node not in self.env and self.lifted < len(recorded):
                 n = recorded[self.lifted]
@@ -356,7 +356,7 @@ class _Lifter(ConvOps):
                 raise self.unsupported(n, "expected exactly one tensor argument")
             op, attrs, params = rule(m)
             return self.emit(n, op, [self.env[n.args[0]]], attrs, params, name=str(n.target))
-        if n.op == "get_attr":  # buffers become get_attr nodes without passing through create_proxy
+        if n.op == "get_attr":  # parameters and buffers passed to ops (or fx tensor constants)
             obj = self.model
             for part in str(n.target).split("."):
                 obj = getattr(obj, part)

@@ -131,8 +131,8 @@ class ConcreteTracer(fx.Tracer):
         self.recorded: list[fx.Node] = []  # every node, in graph order
         # copies: an in-place op in forward must not write into the caller's tensors
         self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
-        self._param_names: dict[int, str] | None = None
-        self._buffer_names: dict[int, str] | None = None
+        self._tensor_names: dict[int, str] | None = None  # id(parameter or buffer) -> its name in the model
+        self._attr_nodes: dict[str, fx.Node] = {}  # one get_attr node per parameter or buffer read
         self.leaf = leaf
         self._placeholders = 0
         self._pending: list = []
@@ -183,9 +183,8 @@ class ConcreteTracer(fx.Tracer):
         return node.meta.get(VALUE)
 
     def _value(self, kind: str, target, args, kwargs) -> Any:
-        # fx patches Module.__call__ / __getattr__ while tracing; `evaluating` makes those hooks (call_module,
-        # getattr below) plain calls, so running an op here records no nodes of its own. (Reverting the
-        # patches instead costs ~10 ms an op: every class attribute write invalidates type caches.)
+        # While tracing, calling a module of the model records a node (`trace`); `evaluating` makes that a
+        # plain call, so running an op here records no nodes of its own.
         was, self.evaluating = self.evaluating, True
         try:
             if kind == "get_attr":
@@ -206,35 +205,81 @@ class ConcreteTracer(fx.Tracer):
         raise TraceError(f"cannot evaluate a {kind} node")
 
     def create_arg(self, a):
-        # fx finds a buffer passed as an argument (the BN statistics timm's norm+act layers hand to
-        # F.batch_norm) by scanning every buffer of the model, per argument: quadratic. By identity instead.
-        if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter):
-            if self._buffer_names is None:
-                self._buffer_names = {}
-                for name, b in self.root.named_buffers():
-                    self._buffer_names.setdefault(id(b), name)
-            name = self._buffer_names.get(id(a))
+        if isinstance(a, fx.Proxy):  # the common cases first: fx's generic path costs ~10 us an argument
+            return a.node
+        if a is None or type(a) in _PLAIN:
+            return a
+        # Parameters and buffers passed as arguments (`F.batch_norm(x, self.running_mean, ..., self.weight)`)
+        # become get_attr nodes, found by identity: fx's own lookup scans every tensor of the model per
+        # argument (quadratic on timm models).
+        if isinstance(a, torch.Tensor):
+            if self._tensor_names is None:
+                self._tensor_names = {}
+                for name, t in (*self.root.named_parameters(), *self.root.named_buffers()):
+                    self._tensor_names.setdefault(id(t), name)
+            name = self._tensor_names.get(id(a))
             if name is not None:
-                return self.create_node("get_attr", name, (), {})
+                node = self._attr_nodes.get(name)
+                if node is None:
+                    node = self._attr_nodes[name] = self.create_proxy("get_attr", name, (), {}).node
+                return node
         return super().create_arg(a)
 
-    def call_module(self, m, forward, args, kwargs):
-        if self.evaluating:
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
+    def trace(self, root: torch.nn.Module, concrete_args=None) -> fx.Graph:
+        """fx's Tracer.trace for a module root, intercepting module calls per instance instead of patching
+        nn.Module.__call__ and __getattr__: assigning to nn.Module's attributes re-derives the type slots of
+        every nn.Module subclass loaded (~1,400 with timm imported), ~3 ms per write, four writes per trace.
+        Without the __getattr__ patch, parameters read in `forward` are the real tensors: an op on them alone
+        runs eagerly (a constant, as the lifter would fold it) and one reaching a traced op becomes a
+        get_attr node (`create_arg`)."""
+        st = fx._symbolic_trace
+        flag, st._is_fx_tracing_flag = st._is_fx_tracing_flag, True
+        hooked: list[tuple[torch.nn.Module, Any]] = []
+        try:
+            self.root = root
+            fn = type(root).forward
+            self.root_module_name = root._get_name()
+            modules = list(root.named_modules())
+            self.submodule_paths = {m: name for name, m in modules}
+            self.graph = fx.Graph(tracer_cls=type(self))
+            # plain tensor attributes of modules (not parameters or buffers), as fx's trace collects them
+            self.tensor_attrs = {v: f"{name}.{k}" if name else k for name, m in modules
+                                 for k, v in m.__dict__.items() if isinstance(v, torch.Tensor)}
+            fn_globals = fn.__globals__
+            fn, args = self.create_args_for_root(fn, True, concrete_args)
+            with st._new_patcher() as patcher:
+                st._patch_wrapped_functions(patcher)
+                st._autowrap_check(patcher, fn_globals, self._autowrap_function_ids)
+                for module in self._autowrap_search:
+                    st._autowrap_check(patcher, module.__dict__, self._autowrap_function_ids)
+                for _, m in modules:
+                    hooked.append((m, m.__dict__.get("_compiled_call_impl", _ABSENT)))
+                    m.__dict__["_compiled_call_impl"] = self._module_call(m, patcher)
+                self.create_node("output", "output", (self.create_arg(fn(*args)),), {})
+            self.submodule_paths = None
+        finally:
+            for m, old in hooked:
+                if old is _ABSENT:
+                    del m.__dict__["_compiled_call_impl"]
+                else:
+                    m.__dict__["_compiled_call_impl"] = old
+            st._is_fx_tracing_flag = flag
+        return self.graph
 
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if self.evaluating or not isinstance(attr_val, torch.nn.Parameter):
-            return attr_val
-        # fx's own lookup scans every parameter of the model on each access (quadratic on timm models)
-        if self._param_names is None:
-            self._param_names = {id(p): n for n, p in self.root.named_parameters()}
-        name = self._param_names.get(id(attr_val))
-        if name is None:
-            return attr_val
-        if name not in parameter_proxy_cache:
-            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
-        return parameter_proxy_cache[name]
+    def _module_call(self, m: torch.nn.Module, patcher):
+        """What calling `m` does while tracing (nn.Module.__call__ defers to an instance's
+        `_compiled_call_impl`): fx's call_module, or the plain call while evaluating an example value."""
+        def call(*args, **kwargs):
+            if self.evaluating:
+                return m._call_impl(*args, **kwargs)
+            fx._symbolic_trace._autowrap_check(patcher, getattr(getattr(m, "forward", m), "__globals__", {}),
+                                               self._autowrap_function_ids)
+            return self.call_module(m, m._call_impl, args, kwargs)
+        return call
+
+
+_PLAIN = frozenset({int, float, bool, str})
+_ABSENT = object()
 
 
 def _inplace(fn):

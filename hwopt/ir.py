@@ -3,21 +3,31 @@
 A `Node` holds its op, attributes, parameters (torch tensors) and the spec of its output. The ordered
 inputs of each node are the truth; a networkx DiGraph mirrors them so graph algorithms (topological
 order, reachability, dominators) come from networkx. The op set is data: `OPS` maps each op to its
-arity, attribute names, parameter rule, shape rule and MAC count. Tensors held by a graph are never
+`OpDef`: arity, attribute names, parameter, shape, axis and MAC rules, its channel-coupling and removal
+rules (hwopt.op_channels), its torch lowering (hwopt.op_lowering), its cost kind and what each feature
+(int8, firmware, dead-unit folding) can do with it. Tensors held by a graph are never
 modified in place: passes copy the graph (`Graph.copy()` is shallow in tensors) and replace tensors.
-This module imports nothing else of hwopt but its errors.
+This module imports nothing else of hwopt but its errors and the rule modules the table references
+(hwopt.op_channels, hwopt.op_lowering, hwopt.tensors), which import nothing else of hwopt but hwopt.nn.
 """
 from __future__ import annotations
 
 import math
-import weakref
+import operator
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import networkx as nx
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from . import op_channels as channel
+from . import op_lowering as lowering
 from .errors import IRError
+from .op_channels import reshape_axis, split_dims  # noqa: F401 - re-exported (hwopt.ir.reshape_axis)
+from .tensors import finite, selected, snapshot  # noqa: F401 - re-exported (hwopt.ir.snapshot, .selected)
 
 Shape = tuple[int, ...]
 
@@ -285,55 +295,6 @@ def _flatten_axis(node: Node, x: TensorSpec) -> int:
     return x.axis if x.axis < s else s if x.axis <= e else x.axis - (e - s)
 
 
-def split_dims(in_shape: Shape, out_shape: Shape, axis: int) -> tuple[int, int, int] | None:
-    """When a reshape splits the channel dim into several output dims (qkv features -> [3, heads, head_dim],
-    features -> [heads, head_dim]): (first, last + 1, chosen) output dims it became, where `chosen`, the
-    channel axis of the output, is the second-to-last non-singleton one (the heads) -- a unit is then one
-    head with every feature it owns in the input. None for any other reshape."""
-    before = math.prod(in_shape[1:axis])
-    acc, k = 1, 1
-    while k < len(out_shape) and acc < before:
-        acc *= out_shape[k]
-        k += 1
-    if acc != before:
-        return None
-    first, prod = k, 1
-    while k < len(out_shape) and prod < in_shape[axis]:
-        prod *= out_shape[k]
-        k += 1
-    real = [j for j in range(first, k) if out_shape[j] > 1]
-    if prod != in_shape[axis] or len(real) < 2:
-        return None
-    return first, k, real[-2]
-
-
-def reshape_axis(in_shape: Shape, out_shape: Shape, axis: int) -> tuple[int, str]:
-    """(output axis, how): "same" when the channel dim survives a reshape whole, "block" when it is merged
-    with the dims after it (each channel owns a contiguous block, as in flatten), "split" when it is split
-    into several dims (see split_dims: the axis goes to the heads), "lost" otherwise."""
-    before = math.prod(in_shape[1:axis])  # the batch dim maps to itself (and may be 1)
-    acc = 1
-    for k, size in enumerate(out_shape[1:], start=1):
-        if acc == before:
-            if size == in_shape[axis]:
-                return k, "same"
-            split = split_dims(in_shape, out_shape, axis) if size < in_shape[axis] else None
-            if split is not None:
-                return split[2], "split"
-            merged = in_shape[axis]
-            for j in range(axis + 1, len(in_shape)):
-                merged *= in_shape[j]
-                if merged >= size:
-                    break
-            if merged == size and size != in_shape[axis]:
-                return k, "block"
-            break
-        acc *= size
-        if acc > before:
-            break
-    return min(axis, len(out_shape) - 1), "lost"
-
-
 def _reshape_axis(node: Node, x: TensorSpec) -> int:
     return reshape_axis(x.shape, (x.shape[0], *node.attrs["shape"]), x.axis)[0]
 
@@ -479,6 +440,9 @@ def _interpolate_macs(node: Node, ins: list[TensorSpec]) -> int:
 
 @dataclass(frozen=True)
 class OpDef:
+    """Everything hwopt knows about one op. Rules are functions referenced here and defined beside their
+    kind: shape / MAC / axis rules in this file, channel rules in hwopt.op_channels, lowerings in
+    hwopt.op_lowering; features read the flags (see "How to add an op" in docs/ARCHITECTURE.md)."""
     arity: tuple[int, int | None]  # min, max number of tensor inputs (None: unbounded)
     attrs: tuple[str, ...] = ()
     shape: Callable[..., Shape] | None = None  # (node, *input specs) -> output shape; None: same as input 0
@@ -487,123 +451,277 @@ class OpDef:
     macs: Callable[[Node, list], int] | None = None
     channel_preserving: bool = False  # output channel i depends only on input channel i
     axis: Callable[..., int] | None = None  # (node, *input specs) -> output channel axis; None: input 0's (or 1)
+    doc: str = ""  # what it computes, for the generated op list (docs/ops.md)
+    nchw: bool = False  # its output's channels are dim 1 whatever its input's axis (an NCHW kernel)
+    # channel-coupling rule (c, node) and removal rule (m, node, keep_in, keep_out, removed_in, graph), see
+    # hwopt.op_channels; None: channel i <-> channel i if channel_preserving, and nothing to resize
+    couple: Callable[..., None] | None = None
+    resize: Callable[..., None] | None = None
+    lower: Callable[..., Any] | None = None  # (node, emitter) -> nn.Module or fx node, see hwopt.op_lowering
+    # cost kind (hwopt.targets.cost): view (no kernel), elementwise, pool, reduce, data (movement), dense,
+    # matmul, conv, resample; `work`: operations per output element (elementwise) or input element (reduce)
+    cost: str = ""
+    work: float = 0
+    int8: str = ""  # int8 kernel in hwopt.quant: "kernel", "lut" (a 256-entry table), "view"; "": none
+    firmware: str = ""  # Cortex-M firmware (hwopt.firmware): "anchor" (others fuse into it), "fused", "kernel", "view"
+    # removing dead units after magnitude pruning (hwopt.sparse): the constant a channel holds after the op
+    # when its input channel is the constant v, (attrs, v) -> tensor (NaN: unknown); None: not folded through
+    constant: Callable[[dict, torch.Tensor], torch.Tensor] | None = None
 
 
-_UNARY = OpDef((1, 1), channel_preserving=True)
-_BINARY = OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True, axis=_binary_axis)
+def _same_constant(a: dict, v: torch.Tensor) -> torch.Tensor:
+    return v
+
+
+def _pointwise(f: Callable) -> Callable[[dict, torch.Tensor], torch.Tensor]:
+    return lambda a, v: f(v)
+
+
+def _avg_pool_constant(a: dict, v: torch.Tensor) -> torch.Tensor:
+    if a["count_include_pad"] and any(p > 0 for p in _pair(a["padding"])):
+        return torch.where(v == 0, v, torch.full_like(v, float("nan")))  # padded borders dilute a non-zero
+    return v
+
+
+def _activation(doc: str, module: type[nn.Module], work: float, fn: Callable, *, int8: str) -> OpDef:
+    """A unary, channel-preserving op without attributes, lowered to `module()`, computed by `fn` (which
+    folds a dead unit's constant through it), fused into the producer's kernel on Cortex-M."""
+    return OpDef((1, 1), channel_preserving=True, doc=doc, lower=lowering.module(lambda n: module()), cost="elementwise",
+                 work=work, int8=int8, firmware="fused", constant=_pointwise(fn))
+
+
+def _binary(doc: str, fn: Callable, work: float, **flags) -> OpDef:
+    return OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True, axis=_binary_axis, doc=doc,
+                 couple=channel.elementwise, lower=lowering.binary(fn), cost="elementwise", work=work, **flags)
+
+
+_CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
 _POOL_ATTRS = ("kernel_size", "stride", "padding", "ceil_mode")
+_NCHW_SAME = channel.nchw(channel.same)
 
 OPS: dict[str, OpDef] = {
-    "input": OpDef((0, 0)),
-    "output": OpDef((1, None)),
-    "conv2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
-                    _conv_shape, _conv_params, ("weight",), _conv_macs),
-    "conv1d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
-                    _conv1d_shape, _conv1d_params, ("weight",),
-                    lambda n, ins: n.spec.numel * (n.attrs["in_channels"] // n.attrs["groups"]) * n.attrs["kernel_size"]),
-    "conv_transpose2d": OpDef((1, 1), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
-                                       "dilation", "groups"), _conv_transpose_shape, _conv_transpose_params, ("weight",),
-                              _conv_transpose_macs),
+    "input": OpDef((0, 0), doc="a graph input (its spec is the example input's)", couple=channel.pin_output,
+                   lower=lowering.input_, cost="view"),
+    "output": OpDef((1, None), doc="the graph's result(s)", nchw=True, couple=channel.pin_all, lower=lowering.output,
+                    cost="view"),
+    "conv2d": OpDef((1, 1), _CONV_ATTRS, _conv_shape, _conv_params, ("weight",), _conv_macs,
+                    doc="2-D convolution (grouped, depthwise, dilated); optional weight_mask", nchw=True,
+                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv2d,
+                    cost="conv", int8="kernel", firmware="anchor"),
+    "conv1d": OpDef((1, 1), _CONV_ATTRS, _conv1d_shape, _conv1d_params, ("weight",),
+                    lambda n, ins: n.spec.numel * (n.attrs["in_channels"] // n.attrs["groups"]) * n.attrs["kernel_size"],
+                    doc="1-D convolution over [N, C, L] (grouped, depthwise, dilated)", nchw=True,
+                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv1d,
+                    cost="conv"),
+    "conv_transpose2d": OpDef((1, 1), _CONV_ATTRS[:5] + ("output_padding",) + _CONV_ATTRS[5:], _conv_transpose_shape,
+                              _conv_transpose_params, ("weight",), _conv_transpose_macs,
+                              doc="2-D transposed convolution (weight [in, out/groups, kh, kw]; output_padding, groups)",
+                              nchw=True, couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv_transpose,
+                              lower=lowering.conv_transpose2d, cost="conv"),
     # upsampling to `size`; `scale_factor` (None or per-dim) is kept because torch maps sample positions with it
     "interpolate": OpDef((1, 1), ("size", "scale_factor", "mode", "align_corners"), _interpolate_shape,
-                         channel_preserving=True),
+                         channel_preserving=True, nchw=True, couple=_NCHW_SAME, lower=lowering.interpolate,
+                         doc="upsample / resize NCHW to `size`: nearest, nearest-exact, bilinear (align_corners)",
+                         cost="resample"),
     # p-norm over `dims` (torch.linalg.vector_norm; ConvNeXt-V2's GRN takes it over the spatial dims)
-    "vector_norm": OpDef((1, 1), ("ord", "dims", "keepdim"), _mean_shape, axis=_mean_axis),
+    "vector_norm": OpDef((1, 1), ("ord", "dims", "keepdim"), _mean_shape, axis=_mean_axis,
+                         doc="p-norm over `dims` (Tensor.norm, torch.linalg.vector_norm)", couple=channel.over_dims,
+                         lower=lowering.vector_norm, cost="reduce", work=2),
     "linear": OpDef((1, 1), ("in_features", "out_features"), _linear_shape, _linear_params, ("weight",),
-                    lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=_last_axis),
+                    lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=_last_axis,
+                    doc="x @ Wᵀ + b over the last dim (any rank)", couple=channel.linear, resize=channel.resize_linear,
+                    lower=lowering.linear, cost="dense", int8="kernel", firmware="anchor"),
     "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), _bn_shape, _bn_params,
-                        ("running_mean", "running_var"), channel_preserving=True),
-    **{op: _UNARY for op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "tanh", "identity")},
-    "gelu": OpDef((1, 1), ("approximate",), channel_preserving=True),
-    "dropout": OpDef((1, 1), ("p",), channel_preserving=True),
-    "softmax": OpDef((1, 1), ("dim",)),
-    "log_softmax": OpDef((1, 1), ("dim",)),
-    **{op: _BINARY for op in ("add", "sub", "mul", "div")},
-    "concat": OpDef((1, None), ("dim",), _concat_shape),
-    "slice": OpDef((1, 1), ("dim", "start", "end"), _slice_shape),
-    "channel_shuffle": OpDef((1, 1), ("groups",), _shuffle_shape),
-    "max_pool2d": OpDef((1, 1), _POOL_ATTRS + ("dilation",), lambda n, x: (*x.shape[:2], *_spatial(n, x, True, n.attrs["ceil_mode"])),
-                        channel_preserving=True),
+                        ("running_mean", "running_var"), channel_preserving=True, nchw=True,
+                        doc="inference batch norm with running statistics", couple=_NCHW_SAME,
+                        resize=channel.resize_batch_norm, lower=lowering.batch_norm, cost="elementwise", work=2,
+                        firmware="fused"),
+    "relu": _activation("max(x, 0)", nn.ReLU, 1, F.relu, int8="kernel"),
+    "relu6": _activation("min(max(x, 0), 6)", nn.ReLU6, 1, F.relu6, int8="kernel"),
+    "hardswish": _activation("x · relu6(x + 3) / 6", nn.Hardswish, 4, F.hardswish, int8="lut"),
+    "hardsigmoid": _activation("relu6(x + 3) / 6", nn.Hardsigmoid, 3, F.hardsigmoid, int8="lut"),
+    "sigmoid": _activation("1 / (1 + e⁻ˣ)", nn.Sigmoid, 16, torch.sigmoid, int8="lut"),
+    "silu": _activation("x · sigmoid(x)", nn.SiLU, 16, F.silu, int8="lut"),
+    "tanh": _activation("tanh(x)", nn.Tanh, 16, torch.tanh, int8="lut"),
+    "identity": OpDef((1, 1), channel_preserving=True, doc="x", lower=lowering.module(lambda n: nn.Identity()),
+                      cost="view", int8="view", firmware="view", constant=_same_constant),
+    "gelu": OpDef((1, 1), ("approximate",), channel_preserving=True, doc="x · Φ(x) (exact or tanh)",
+                  lower=lowering.module(lambda n: nn.GELU(approximate=n.attrs["approximate"])), cost="elementwise",
+                  work=20, int8="lut", firmware="fused",
+                  constant=lambda a, v: F.gelu(v, approximate=a.get("approximate", "none"))),
+    "dropout": OpDef((1, 1), ("p",), channel_preserving=True, doc="dropout (identity at inference)",
+                     lower=lowering.module(lambda n: nn.Dropout(n.attrs["p"])), cost="view", int8="view",
+                     firmware="view", constant=_same_constant),
+    "softmax": OpDef((1, 1), ("dim",), doc="softmax along `dim`", couple=channel.along_dim,
+                     lower=lowering.module(lambda n: nn.Softmax(n.attrs["dim"])), cost="elementwise", work=20,
+                     firmware="kernel"),
+    "log_softmax": OpDef((1, 1), ("dim",), doc="log-softmax along `dim`", couple=channel.along_dim,
+                         lower=lowering.module(lambda n: nn.LogSoftmax(n.attrs["dim"])), cost="elementwise", work=24,
+                         firmware="kernel"),
+    "add": _binary("x + y, or x + scalar", operator.add, 1, int8="kernel", firmware="fused"),
+    "sub": _binary("x - y (scalar, reversed)", operator.sub, 1, firmware="fused"),
+    "mul": _binary("x · y, or x · scalar", operator.mul, 1, firmware="fused"),
+    "div": _binary("x / y (scalar, reversed)", operator.truediv, 4, firmware="fused"),
+    "concat": OpDef((1, None), ("dim",), _concat_shape, doc="concatenate along `dim`", couple=channel.concat,
+                    lower=lowering.concat, cost="data", int8="kernel", firmware="kernel"),
+    "slice": OpDef((1, 1), ("dim", "start", "end"), _slice_shape, doc="x[start:end] along `dim`", couple=channel.slice_,
+                   resize=channel.resize_slice, lower=lowering.slice_, cost="data", firmware="kernel"),
+    "channel_shuffle": OpDef((1, 1), ("groups",), _shuffle_shape, doc="ShuffleNet channel shuffle", nchw=True,
+                             couple=channel.channel_shuffle,
+                             lower=lowering.module(lambda n: nn.ChannelShuffle(n.attrs["groups"])), cost="data"),
+    "max_pool2d": OpDef((1, 1), _POOL_ATTRS + ("dilation",),
+                        lambda n, x: (*x.shape[:2], *_spatial(n, x, True, n.attrs["ceil_mode"])), channel_preserving=True,
+                        doc="2-D max pooling", nchw=True, couple=_NCHW_SAME,
+                        lower=lowering.module(lambda n: nn.MaxPool2d(n.attrs["kernel_size"], n.attrs["stride"],
+                                                                     n.attrs["padding"], n.attrs["dilation"],
+                                                                     ceil_mode=n.attrs["ceil_mode"])),
+                        cost="pool", int8="kernel", firmware="kernel", constant=_same_constant),
     "avg_pool2d": OpDef((1, 1), _POOL_ATTRS + ("count_include_pad",),
-                        lambda n, x: (*x.shape[:2], *_spatial(n, x, False, n.attrs["ceil_mode"])), channel_preserving=True),
-    "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
-    "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True),
-    "pad": OpDef((1, 1), ("pads", "value"), _pad_shape, channel_preserving=True),
-    "leaky_relu": OpDef((1, 1), ("negative_slope",), channel_preserving=True),
+                        lambda n, x: (*x.shape[:2], *_spatial(n, x, False, n.attrs["ceil_mode"])), channel_preserving=True,
+                        doc="2-D average pooling", nchw=True, couple=_NCHW_SAME,
+                        lower=lowering.module(lambda n: nn.AvgPool2d(n.attrs["kernel_size"], n.attrs["stride"],
+                                                                     n.attrs["padding"], n.attrs["ceil_mode"],
+                                                                     n.attrs["count_include_pad"])),
+                        cost="pool", int8="kernel", firmware="kernel", constant=_avg_pool_constant),
+    "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True,
+                                 doc="adaptive average pooling", nchw=True, couple=_NCHW_SAME,
+                                 lower=lowering.module(lambda n: nn.AdaptiveAvgPool2d(n.attrs["output_size"])),
+                                 cost="pool", int8="kernel", firmware="kernel", constant=_same_constant),
+    "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True,
+                                 doc="adaptive max pooling", nchw=True, couple=_NCHW_SAME,
+                                 lower=lowering.module(lambda n: nn.AdaptiveMaxPool2d(n.attrs["output_size"])),
+                                 cost="pool", constant=_same_constant),
+    "pad": OpDef((1, 1), ("pads", "value"), _pad_shape, channel_preserving=True,
+                 doc="constant padding of spatial dims (TF 'same')", lower=lowering.pad, cost="data"),
+    "leaky_relu": OpDef((1, 1), ("negative_slope",), channel_preserving=True, doc="max(x, 0) + slope · min(x, 0)",
+                        lower=lowering.module(lambda n: nn.LeakyReLU(n.attrs["negative_slope"])), cost="elementwise",
+                        work=2),
     "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), _group_norm_shape,
-                        lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)}),
+                        lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)},
+                        doc="group norm with per-channel scale and shift", couple=channel.group_norm,
+                        resize=channel.resize_group_norm, lower=lowering.group_norm, cost="elementwise", work=6),
     # a tensor that does not depend on the input (a layer-scale vector): learnable, batch dim 1
     "const": OpDef((0, 0), ("shape",), _const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",),
-                   axis=lambda n: n.attrs.get("axis", 1)),
-    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape, axis=_flatten_axis),
-    "reshape": OpDef((1, 1), ("shape",), _reshape_shape, axis=_reshape_axis),
-    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
-    "permute": OpDef((1, 1), ("dims",), _permute_shape, axis=_permute_axis),
+                   axis=lambda n: n.attrs.get("axis", 1),
+                   doc="a learnable tensor that does not depend on the input (layer scale)", couple=channel.untied,
+                   resize=channel.resize_const, lower=lowering.const, cost="view"),
+    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape, axis=_flatten_axis, doc="merge dims start..end",
+                     couple=channel.reshape,
+                     lower=lowering.module(lambda n: nn.Flatten(n.attrs["start_dim"], n.attrs["end_dim"])),
+                     cost="view", int8="view", firmware="view", constant=_same_constant),
+    "reshape": OpDef((1, 1), ("shape",), _reshape_shape, axis=_reshape_axis, doc="reshape keeping the batch dim",
+                     couple=channel.reshape, resize=channel.resize_shape_attr, lower=lowering.reshape, cost="view",
+                     int8="view", firmware="view"),
+    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis, doc="mean over `dims` (not the batch)",
+                  couple=channel.over_dims, lower=lowering.mean, cost="pool", int8="kernel", firmware="kernel"),
+    "permute": OpDef((1, 1), ("dims",), _permute_shape, axis=_permute_axis,
+                     doc="reorder dims, batch first (channels-last blocks)", couple=channel.same,
+                     lower=lowering.permute, cost="data"),
     # LayerNorm over the last dim (channels-last blocks, tokens); over the channels it couples them like
     # batch norm (weight and bias per channel)
     "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), _layer_norm_shape,
-                        lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)}),
+                        lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)},
+                        doc="layer norm over the last dim", couple=channel.last_dim_norm,
+                        resize=channel.resize_layer_norm, lower=lowering.layer_norm, cost="elementwise", work=6),
     # tokens and attention: batched matrix products, scaled dot-product attention (its scale is stored,
     # so pruning head dims does not change it), sums, L2 normalisation, broadcasting singleton dims
-    "matmul": OpDef((2, 2), (), _matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=_matmul_axis),
+    "matmul": OpDef((2, 2), (), _matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=_matmul_axis,
+                    doc="batched matrix product [..., M, K] @ [..., K, N] (leading dims broadcast)",
+                    couple=channel.heads, lower=lowering.matmul, cost="matmul"),
     "attention": OpDef((3, 4), ("scale", "causal"), _attention_shape, macs=_attention_macs,
-                       axis=lambda n, q, *rest: q.axis if q.axis < len(q.shape) - 1 else len(q.shape) - 1),
-    "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis),
-    "normalize": OpDef((1, 1), ("dim", "eps")),
-    "expand": OpDef((1, 1), ("shape",), _expand_shape),
+                       axis=lambda n, q, *rest: q.axis if q.axis < len(q.shape) - 1 else len(q.shape) - 1,
+                       doc="softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
+                       couple=channel.heads, lower=lowering.attention, cost="matmul"),
+    "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis, doc="sum over `dims` (not the batch)",
+                 couple=channel.over_dims, lower=lowering.sum_, cost="reduce", work=1),
+    "normalize": OpDef((1, 1), ("dim", "eps"), doc="x / max(‖x‖₂, eps) along `dim` (F.normalize)",
+                       couple=channel.along_dim, lower=lowering.normalize, cost="reduce", work=4),
+    "expand": OpDef((1, 1), ("shape",), _expand_shape, doc="broadcast singleton dims to `shape` (the batch dim kept)",
+                    couple=channel.expand, resize=channel.resize_shape_attr, lower=lowering.expand, cost="data"),
     # a dim folded into the batch and back (MobileViT runs its transformer on [B * patch_area, patches, C]):
     # every op treats dim 0 as the batch, so a folded tensor's ops act per (sample, folded index)
-    "fold_batch": OpDef((1, 1), (), _fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1)),
-    "unfold_batch": OpDef((1, 1), ("factor",), _unfold_batch_shape, axis=lambda n, x: x.axis + 1),
+    "fold_batch": OpDef((1, 1), (), _fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1),
+                        doc="merge dim 1 into the batch dim: [N, K, ...] -> [N·K, ...]", couple=channel.fold_batch,
+                        lower=lowering.fold_batch, cost="view"),
+    "unfold_batch": OpDef((1, 1), ("factor",), _unfold_batch_shape, axis=lambda n, x: x.axis + 1,
+                          doc="split `factor` out of the batch dim: [N·factor, ...] -> [N, factor, ...]",
+                          couple=channel.same, lower=lowering.unfold_batch, cost="view"),
     # CondConv (Yang et al. 2019): a conv whose kernel is each sample's mix of expert kernels, weighted by
-    # its routing input [N, experts]
-    "cond_conv2d": OpDef((2, 2), ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                                  "experts"), _cond_conv_shape, _cond_conv_params, ("weight",), _cond_conv_macs),
+    # its routing input [N, experts]; not pruned (exactness first)
+    "cond_conv2d": OpDef((2, 2), _CONV_ATTRS + ("experts",), _cond_conv_shape, _cond_conv_params, ("weight",),
+                         _cond_conv_macs, nchw=True, couple=channel.pin_all, lower=lowering.cond_conv2d, cost="conv",
+                         doc="conv with per-sample kernels Σₑ routing[n, e] · weight[e] (CondConv; input 2: routing "
+                             "[N, experts])"),
     # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back
-    "quantize": OpDef((1, 1), ("quant",), channel_preserving=True),
-    "dequantize": OpDef((1, 1), channel_preserving=True),
+    "quantize": OpDef((1, 1), ("quant",), channel_preserving=True,
+                      doc="float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
+                      lower=lowering.quantized_only, cost="elementwise", work=3),
+    "dequantize": OpDef((1, 1), channel_preserving=True, doc="int8 -> float32 with the producer's scale and zero point",
+                        lower=lowering.quantized_only, cost="elementwise", work=2),
 }
 OUTPUT_DTYPE = {"quantize": "int8", "dequantize": "float32"}  # ops whose output dtype is not their input's
 # Per-node checks other modules add to verify() (hwopt.quant: dtypes and quantization parameters).
 NODE_CHECKS: list[Callable[["Graph", Node], None]] = []
 
-# What each op computes, for the generated op list (docs/ops.md, `python -m hwopt.opsdoc`).
-OP_DOCS: dict[str, str] = {
-    "input": "a graph input (its spec is the example input's)", "output": "the graph's result(s)",
-    "conv2d": "2-D convolution (grouped, depthwise, dilated); optional weight_mask", "linear": "x @ Wᵀ + b over the last dim (any rank)",
-    "conv1d": "1-D convolution over [N, C, L] (grouped, depthwise, dilated)",
-    "conv_transpose2d": "2-D transposed convolution (weight [in, out/groups, kh, kw]; output_padding, groups)",
-    "interpolate": "upsample / resize NCHW to `size`: nearest, nearest-exact, bilinear (align_corners)",
-    "vector_norm": "p-norm over `dims` (Tensor.norm, torch.linalg.vector_norm)",
-    "batch_norm": "inference batch norm with running statistics", "relu": "max(x, 0)", "relu6": "min(max(x, 0), 6)",
-    "hardswish": "x · relu6(x + 3) / 6", "hardsigmoid": "relu6(x + 3) / 6", "sigmoid": "1 / (1 + e⁻ˣ)",
-    "silu": "x · sigmoid(x)", "tanh": "tanh(x)", "identity": "x", "gelu": "x · Φ(x) (exact or tanh)",
-    "dropout": "dropout (identity at inference)", "softmax": "softmax along `dim`", "log_softmax": "log-softmax along `dim`",
-    "add": "x + y, or x + scalar", "sub": "x - y (scalar, reversed)", "mul": "x · y, or x · scalar", "div": "x / y (scalar, reversed)",
-    "concat": "concatenate along `dim`", "slice": "x[start:end] along `dim`", "channel_shuffle": "ShuffleNet channel shuffle",
-    "max_pool2d": "2-D max pooling", "avg_pool2d": "2-D average pooling", "adaptive_avg_pool2d": "adaptive average pooling",
-    "adaptive_max_pool2d": "adaptive max pooling", "pad": "constant padding of spatial dims (TF 'same')",
-    "leaky_relu": "max(x, 0) + slope · min(x, 0)", "group_norm": "group norm with per-channel scale and shift",
-    "const": "a learnable tensor that does not depend on the input (layer scale)", "flatten": "merge dims start..end",
-    "reshape": "reshape keeping the batch dim", "mean": "mean over `dims` (not the batch)",
-    "permute": "reorder dims, batch first (channels-last blocks)", "layer_norm": "layer norm over the last dim",
-    "matmul": "batched matrix product [..., M, K] @ [..., K, N] (leading dims broadcast)",
-    "attention": "softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
-    "sum": "sum over `dims` (not the batch)", "normalize": "x / max(‖x‖₂, eps) along `dim` (F.normalize)",
-    "expand": "broadcast singleton dims to `shape` (the batch dim kept)",
-    "fold_batch": "merge dim 1 into the batch dim: [N, K, ...] -> [N·K, ...]",
-    "unfold_batch": "split `factor` out of the batch dim: [N·factor, ...] -> [N, factor, ...]",
-    "cond_conv2d": "conv with per-sample kernels Σₑ routing[n, e] · weight[e] (CondConv; input 2: routing [N, experts])",
-    "quantize": "float32 -> int8 with a per-tensor scale and zero point (hwopt.quant)",
-    "dequantize": "int8 -> float32 with the producer's scale and zero point",
-}
-assert set(OP_DOCS) == set(OPS), sorted(set(OPS) ^ set(OP_DOCS))
 
+class _Docs(Mapping):
+    """OP_DOCS[op]: the op table's `doc` of each op (a live view, so an op added to OPS is documented)."""
+
+    def __getitem__(self, op: str) -> str:
+        return OPS[op].doc
+
+    def __iter__(self):
+        return iter(OPS)
+
+    def __len__(self) -> int:
+        return len(OPS)
+
+
+OP_DOCS: Mapping[str, str] = _Docs()
+
+
+class OpsWhere(Set):
+    """The ops whose OpDef passes `test`, read live from OPS (so an op added to the table is in it): the
+    op lists features keep (hwopt.quant.INT8_OPS, the cost kinds, the firmware's fusable ops) are these."""
+
+    def __init__(self, test: Callable[[OpDef], bool]):
+        self.test = test
+
+    def __contains__(self, op) -> bool:
+        d = OPS.get(op)
+        return d is not None and bool(self.test(d))
+
+    def __iter__(self):
+        return (op for op, d in OPS.items() if self.test(d))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @classmethod
+    def _from_iterable(cls, it):
+        return set(it)
+
+    def __repr__(self) -> str:
+        return f"OpsWhere({sorted(self)})"
+
+
+class OpWork(Mapping):
+    """op -> its `work` for the ops of one cost kind, read live from OPS (hwopt.targets.cost.OP_WORK)."""
+
+    def __init__(self, cost: str):
+        self.ops = OpsWhere(lambda d: d.cost == cost)
+
+    def __getitem__(self, op: str) -> float:
+        if op not in self.ops:
+            raise KeyError(op)
+        return OPS[op].work
+
+    def __iter__(self):
+        return iter(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
 OPTIONAL_ATTRS = {"scalar": None, "reverse": False, "axis": 1, "step": 1}
-# Ops whose output channels are dim 1 whatever their input's channel axis (NCHW kernels).
-_NCHW_OPS = {"conv2d", "cond_conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-             "channel_shuffle", "output"}
-_NCHW_OPS.update({"conv1d", "conv_transpose2d", "interpolate"})  # channels at dim 1 by definition
 
 
 def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
@@ -644,53 +762,8 @@ def infer_spec(node: Node, inputs: list[TensorSpec]) -> TensorSpec:
         raise IRError(f"{node.op} needs two tensor inputs, or one and a 'scalar' attribute", node.name)
     shape = tuple(int(s) for s in (d.shape(node, *inputs) if d.shape else inputs[0].shape))
     dtype = inputs[0].dtype if inputs else str(node.params["value"].dtype).removeprefix("torch.")
-    axis = d.axis(node, *inputs) if d.axis else inputs[0].axis if inputs and node.op not in _NCHW_OPS else 1
+    axis = d.axis(node, *inputs) if d.axis else inputs[0].axis if inputs and not d.nchw else 1
     return TensorSpec(shape, OUTPUT_DTYPE.get(node.op, dtype), axis if len(shape) > 1 else 1)
-
-
-# Tensors already checked finite. IR tensors are never modified in place, so a check holds for life.
-# Keyed by id with a weak reference (tensors compare elementwise, so they cannot be set members).
-_FINITE: dict[int, weakref.ref] = {}
-
-
-def _known_finite(t: torch.Tensor) -> bool:
-    ref = _FINITE.get(id(t))
-    return ref is not None and ref() is t
-
-
-def _remember_finite(t: torch.Tensor) -> None:
-    key = id(t)
-    _FINITE[key] = weakref.ref(t, lambda _r, key=key: _FINITE.pop(key, None) if _FINITE.get(key) is _r else None)
-
-
-def _finite(t: torch.Tensor) -> bool:
-    if _known_finite(t):
-        return True
-    # any NaN/inf element makes the sum non-finite; only a finite-element overflow needs the full check
-    ok = bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-    if ok:
-        _remember_finite(t)
-    return ok
-
-
-_LAZY_CLONE = getattr(torch, "_lazy_clone", None)
-
-
-def snapshot(t: torch.Tensor) -> torch.Tensor:
-    """A detached copy of `t` that shares memory until either side is written: torch's copy-on-write
-    `_lazy_clone` (numpy/dlpack/data_ptr access materialize it), a plain clone on a torch without it.
-    Lift, lower and read_back copy whole models, and ResNet-50's 100 MB of weights take ~40 ms to clone."""
-    t = t.detach()
-    return _LAZY_CLONE(t) if _LAZY_CLONE is not None else t.clone()
-
-
-def selected(src: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """`src.index_select(dim, index)`; a selection from a tensor verified finite is known finite, so
-    verify() does not scan it again (graph rewrites that slice weights stay cheap to verify)."""
-    out = src.index_select(dim, index)
-    if _known_finite(src):
-        _remember_finite(out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -857,7 +930,7 @@ class Graph:
             for pname, t in n.params.items():
                 if not isinstance(t, torch.Tensor):
                     raise IRError(f"parameter {pname!r} is a {type(t).__name__}, not a tensor", name)
-                if not _finite(t):
+                if not finite(t):
                     raise IRError(f"parameter {pname!r} holds NaN or inf", name)
             if infer_shapes and n.op != "input":
                 n.spec = infer_spec(n, self.input_specs(n))  # checks parameter shapes against the inputs too

@@ -2,15 +2,13 @@
 
     python -m hwopt.opsdoc > docs/ops.md     # tests/test_opsdoc.py checks the file is up to date
 
-Each row is read from the code, never written by hand: `hwopt.ir.OPS` (arity, attributes, parameters,
-shape / channel-axis / MAC rules), `hwopt.ir.OP_DOCS` (semantics), `hwopt.frontend_rules` (what torch code
-lifts to it), `hwopt.lower` (how it lowers), `hwopt.channels` (how it couples channels) and
-`hwopt.targets.cost` (its cost kind).
+Each row is read from the code, never written by hand: the op's entry in `hwopt.ir.OPS` (semantics,
+arity, attributes, parameters, channel-coupling rule, cost kind, lowering, the features that take it)
+and `hwopt.frontend_rules` (what torch code lifts to it: the front end's own tables).
 """
 from __future__ import annotations
 
 import builtins
-import importlib
 import operator
 import sys
 
@@ -19,8 +17,6 @@ from torch.nn import functional as F
 
 from . import frontend
 from .ir import OP_DOCS, OPS
-
-lower = importlib.import_module("hwopt.lower")  # `hwopt.lower` the attribute is the function
 
 _HOW_TO_ADD = """
 To add an op, see "How to add an op" in [ARCHITECTURE.md](ARCHITECTURE.md#how-to-add-an-op): a worked
@@ -93,73 +89,47 @@ def _ops_of_rule(rule, cls) -> list[str]:
 
 
 def _coupling(op: str) -> str:
-    special = {"conv2d": "groups tie their in/out channels", "linear": "contracts its input's channels; fresh outputs",
-               "concat": "offsets along the concat dim", "slice": "a window of its input's channels",
-               "flatten": "channel owns its H·W block", "reshape": "tracked if the channel dim survives (whole or as a block)",
-               "permute": "channels move with their axis", "channel_shuffle": "unit = one offset of every shuffle group",
-               "group_norm": "unit = one norm group", "layer_norm": "per channel (channels-last)",
-               "softmax": "pins the channels it normalizes over", "log_softmax": "pins the channels it normalizes over",
-               "mean": "pins channels it averages over", "input": "pinned", "output": "pinned",
-               "const": "tied by the op reading it", "add": "operands tied channel by channel",
-               "sub": "operands tied channel by channel", "mul": "operands tied channel by channel",
-               "div": "operands tied channel by channel",
-               "matmul": "heads (a shared leading channel axis) tied across operands; else pins",
-               "attention": "heads tied across q, k, v and output; else pins", "sum": "pins channels it sums over",
-               "normalize": "pins the channels it normalizes over", "expand": "tracked unless the channel axis grows",
-               "cond_conv2d": "pins (per-sample kernels)", "fold_batch": "channels move with their axis (pins if folded)",
-               "unfold_batch": "channels move with their axis"}
-    special.update({"conv1d": "groups tie their in/out channels", "conv_transpose2d": "groups tie their in/out channels",
-                    "vector_norm": "pins channels it takes the norm over"})
-    if op in special:
-        return special[op]
-    return "channel i ↔ channel i" if OPS[op].channel_preserving else "pins"
+    rule = OPS[op].couple
+    if rule is None:
+        return "channel i ↔ channel i" if OPS[op].channel_preserving else "—"
+    return getattr(rule, "summary", rule.__name__)
+
+
+_COST_KINDS = {"view": "view (no kernel)", "conv": "conv / pointwise / depthwise", "dense": "dense",
+               "matmul": "dense (GEMM)", "pool": "pooling", "data": "data movement",
+               "resample": "data movement (nearest) / pooling (bilinear)"}
 
 
 def _cost_kind(op: str) -> str:
-    try:
-        from .targets import cost
-    except Exception:  # noqa: BLE001 - the doc lists what it can
-        return "?"
-    if op in cost.VIEW_OPS:
-        return "view (no kernel)"
-    if op in ("conv2d", "cond_conv2d", "conv1d", "conv_transpose2d"):
-        return "conv / pointwise / depthwise"
-    if op == "interpolate":
-        return "data movement (nearest) / pooling (bilinear)"
-    if op == "vector_norm":
-        return "pooling"
-    if op == "linear":
-        return "dense"
-    if op in cost.MATMUL_OPS:
-        return "dense (GEMM)" + (" + softmax over the scores" if op == "attention" else "")
-    if op in cost.REDUCE_OPS:
-        return "pooling (reduction)"
-    if op in cost.POOL_OPS:
-        return "pooling"
-    if op in cost.DATA_OPS:
-        return "data movement"
-    if op in cost.ELEMENTWISE:
-        return f"elementwise ({cost.OP_WORK[op]} ops/element)"
-    return "—"
+    d = OPS[op]
+    if d.cost == "elementwise":
+        return f"elementwise ({d.work:g} ops/element)"
+    if d.cost == "reduce":
+        return f"pooling (reduction, {d.work:g} ops/input element)"
+    if op == "attention":
+        return "dense (GEMM) + softmax over the scores"
+    return _COST_KINDS.get(d.cost, "—")
 
 
 def _lowering(op: str) -> str:
-    if op in lower.MODULES:
-        return "module"
-    if op in ("conv2d", "linear", "batch_norm"):
-        return "module (weights kept)"
-    if op in lower.BINARY:
-        return "operator"
-    return {"input": "placeholder", "output": "output"}.get(op, "torch call")
+    rule = OPS[op].lower
+    return "—" if rule is None else getattr(rule, "kind", "torch call")
+
+
+def _features(op: str) -> str:
+    d = OPS[op]
+    out = [f"int8 ({d.int8})" if d.int8 else "", f"firmware ({d.firmware})" if d.firmware else "",
+           "dead-unit folding" if d.constant is not None else ""]
+    return ", ".join(x for x in out if x)
 
 
 def markdown() -> str:
     froms = _lifted_from()
     lines = ["# Supported ops", "",
              "Generated by `python -m hwopt.opsdoc` from `hwopt.ir.OPS` and the tables that consume it "
-             "(front end, lowering, channel coupling, cost). Do not edit by hand.", "",
-             "| op | semantics | inputs | attributes | parameters | lifted from | channel coupling | cost kind | lowers to |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(one entry per op; the front end's recognition from hwopt.frontend_rules). Do not edit by hand.", "",
+             "| op | semantics | inputs | attributes | parameters | lifted from | channel coupling | cost kind | lowers to | also in |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for op, d in OPS.items():
         lo, hi = d.arity
         arity = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
@@ -167,7 +137,7 @@ def markdown() -> str:
             if d.params else ""
         lines.append(f"| `{op}` | {OP_DOCS[op]} | {arity} | {', '.join(d.attrs)} | {params} | "
                      f"{', '.join(f'`{f}`' for f in sorted(set(froms.get(op, []))))} | {_coupling(op)} | "
-                     f"{_cost_kind(op)} | {_lowering(op)} |")
+                     f"{_cost_kind(op)} | {_lowering(op)} | {_features(op)} |")
     lines += ["", f"{len(OPS)} ops. A model using anything else fails to lift with `UnsupportedOpError`, which "
               "names every unsupported op found and its module path (`err.found` lists them)."]
     lines += ["", "Refused on purpose (the error says why):", ""]

@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import IRError
-from .ir import NODE_CHECKS, Graph, Node, _pair
+from .ir import NODE_CHECKS, Graph, Node, OpsWhere, _pair
 
 QMIN, QMAX = -128, 127
 # unary activations computed by a 256-entry int8 lookup table (TFLite Micro's LUT kernels): the table is
 # f(dequantize(q)) requantized to the output's parameters, exact for every one of the 256 inputs
-LUT_OPS = {"sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "gelu"}
-INT8_OPS = {"conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "relu", "relu6",
-            "flatten", "reshape", "identity", "dropout", "add", "concat"} | LUT_OPS
-VIEWS = {"flatten", "reshape", "identity", "dropout"}
+LUT_OPS = OpsWhere(lambda d: d.int8 == "lut")
+# ops with an int8 kernel below, read live from the op table's `int8` flag (hwopt.ir.OPS)
+INT8_OPS = OpsWhere(lambda d: bool(d.int8))
+VIEWS = OpsWhere(lambda d: d.int8 == "view")
 ADD_LEFT_SHIFT = 20  # TFLite / CMSIS-NN int8 add: operands scaled up by 2^20 before requantization
 
 

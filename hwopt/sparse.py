@@ -102,8 +102,12 @@ def flash_bytes(graph, value_bits: int = 32, index_bits: int | Iterable[int] | N
 # ---------------------------------------------------------------------------------------------------
 # Masks: the helpers unstructured passes share (magnitude-prune, obd). Graphs are never mutated.
 
-_CHAIN_OPS = {"relu", "relu6", "tanh", "sigmoid", "silu", "hardswish", "hardsigmoid", "gelu", "identity", "dropout",
-              "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten"}
+def _chain_op(op: str) -> bool:
+    """Dead units fold through `op`: the op table gives the constant a unit holds after it
+    (hwopt.ir.OPS[op].constant: the channel-preserving unary ops, activations, pooling, flatten)."""
+    from .ir import OPS
+    d = OPS.get(op)
+    return d is not None and d.constant is not None
 
 
 def prunable_layers(graph, layers: Iterable[str] = (), protect: Iterable[str] = ()) -> list[str]:
@@ -170,16 +174,8 @@ def with_masks(graph, masks: dict[str, torch.Tensor]):
 
 def _const_through(op: str, attrs: dict, v: torch.Tensor) -> torch.Tensor:
     """The constant a channel holds after `op` when its input is the per-unit constant `v` (NaN: unknown)."""
-    import torch.nn.functional as F
-    fns = {"relu": F.relu, "relu6": F.relu6, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu,
-           "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}
-    if op in fns:
-        return fns[op](v)
-    if op == "gelu":
-        return F.gelu(v, approximate=attrs.get("approximate", "none"))
-    if op == "avg_pool2d" and attrs["count_include_pad"] and any(p > 0 for p in attrs["padding"]):
-        return torch.where(v == 0, v, torch.full_like(v, float("nan")))  # padded borders dilute a non-zero
-    return v  # identity, dropout (eval), max/adaptive pooling, flatten keep a constant constant
+    from .ir import OPS
+    return OPS[op].constant(attrs, v)
 
 
 def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
@@ -206,7 +202,7 @@ def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
         if any(graph[m].spec.axis != 1 for m in gr.members):
             continue  # channels-last / token tensors: the bias folding below assumes NCHW or [N, features]
         members = set(gr.members)
-        if any(graph[m].op not in _CHAIN_OPS for m in members if m != prod.name):
+        if any(not _chain_op(graph[m].op) for m in members if m != prod.name):
             continue
         if any(u not in members and u not in gr.consumers for m in members for u in graph.users(m)):
             continue
@@ -290,7 +286,7 @@ def adjust_dropout(before, after):
             if u.op in ("conv2d", "linear"):
                 layer = u.name
                 break
-            if u.op not in _CHAIN_OPS:
+            if not _chain_op(u.op):
                 break
             cur = u.name
         if layer is None or layer not in before:

@@ -56,7 +56,8 @@ shrink_to
     The shrink stops by the budget: after shrink-training, units are removed in one global order of
     increasing |γ| (the penalty pushes an expensive unit's γ down by λ·c_g per step, the loss holds up
     the useful ones) until the resource is at most floor + ``shrink_to`` × (budget − floor) (default
-    0.5; the floor is the cost with every group at its narrowest, e.g. latency's fixed overheads);
+    0.5; the floor is the cost with every group at its narrowest, e.g. latency's fixed overheads, where
+    the narrowest is what expand can end at: one ``round_to`` step, so no group is cut below it);
     expand then grows the kept proportions back to the budget. Short training never has to drive a γ
     to 0.
 threshold
@@ -97,10 +98,11 @@ from hwopt.lower import submodules
 from hwopt.passkit import channel_multiple, group_label, min_units, resource_value, train_graph
 from hwopt.passmanager import Pass, PassContext, option, register_pass
 
-from .morphnet_widths import WidthModel, expand, expand_sizes, group_widths, unit_costs
+from .morphnet_widths import WidthModel, expand, expand_sizes, floor_units, group_widths, unit_costs
 
-__all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "WidthModel", "unit_costs", "Regularizer",
-           "unit_gammas", "dead_units", "units_to_budget", "loss_scale", "shrink", "expand", "expand_sizes", "group_widths", "fresh_init"]
+__all__ = ["MorphNet", "RESOURCES", "DEFAULT_STRENGTH", "WidthModel", "unit_costs", "Regularizer", "unit_gammas",
+           "dead_units", "units_to_budget", "loss_scale", "shrink", "expand", "expand_sizes", "floor_units",
+           "group_widths", "fresh_init"]
 
 RESOURCES = ("macs", "params", "flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
 DEFAULT_STRENGTH = 1.0  # λ × initial penalty / loss scale: the penalty starts level with the loss
@@ -231,11 +233,17 @@ def dead_units(graph: Graph, threshold: float) -> dict[int, np.ndarray]:
 
 
 def units_to_budget(graph: Graph, goal: float, resource: str, target=None,
-                    removal: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                    removal: dict[int, np.ndarray] | None = None, round_to: int = 1) -> dict[int, np.ndarray]:
     """`removal` (default: nothing) extended by the units of smallest |γ| over all groups with a BN, in
     one global order, until the resource of what is left is ≤ `goal` (or every group is at its
     narrowest). The shrink's stop, set by the budget: after a short shrink-training no |γ| may reach a
-    threshold, but their order already says which units the penalty and the loss value least."""
+    threshold, but their order already says which units the penalty and the loss value least.
+
+    A group's narrowest is the width expand can end at (`floor_units`: one step of `round_to`): a unit
+    removed below it would come back in expand, so counting its cost as saved would stop the shrink before
+    it removed anything from the groups that can actually trade width (cortex-a72's 4-channel step put a
+    28x28 first conv's units, each ~10x a later layer's latency, below it: expand restored them and
+    returned the input's widths)."""
     wm = WidthModel(graph, resource, target)
     groups = {gr.id: gr for gr in wm.groups}
     removal = {g: np.asarray(u) for g, u in (removal or {}).items()}
@@ -247,7 +255,7 @@ def units_to_budget(graph: Graph, goal: float, resource: str, target=None,
         gam = unit_gammas(graph, gr).numpy()
         gone = set(removal.get(gid, np.zeros(0, int)).tolist())
         ranked = [u for u in np.argsort(gam, kind="stable") if u not in gone]
-        spare = gr.size - len(gone) - min_units(graph, gr)
+        spare = gr.size - len(gone) - floor_units(graph, gr, round_to)
         order += [(float(gam[u]), gid, int(u)) for u in ranked[:max(0, spare)]]
     order.sort()
 
@@ -299,9 +307,10 @@ def loss_scale(graph: Graph, data=None, batches: int = 4) -> tuple[float, str]:
 
 def shrink(graph: Graph, *, resource: str, target=None, train=None, epochs: float = 0.0,
            strength: float | None = None, threshold: float | None = None, refresh_steps: int = 0,
-           goal: float | None = None, data=None) -> tuple[Graph, dict]:
+           goal: float | None = None, data=None, round_to: int = 1) -> tuple[Graph, dict]:
     """Train `graph` with the MorphNet penalty (when `train` and epochs > 0), then remove units: those with
-    |γ| < `threshold` (if set), then by smallest |γ| until the resource is ≤ `goal` (if set).
+    |γ| < `threshold` (if set), then by smallest |γ| until the resource is ≤ `goal` (if set), no group below
+    the width expand can end at (`round_to`, see `units_to_budget`).
 
     `strength` (λ) default: the loss scale (`loss_scale`) over the penalty's value at the start, so the
     penalty starts level with the loss, whatever the resource and its unit."""
@@ -319,7 +328,7 @@ def shrink(graph: Graph, *, resource: str, target=None, train=None, epochs: floa
                     refreshes=len(reg.history) - 1)
     removal = dead_units(graph, threshold) if threshold is not None else {}
     if goal is not None:
-        removal = units_to_budget(graph, goal, resource, target, removal)
+        removal = units_to_budget(graph, goal, resource, target, removal, round_to)
         info["goal"] = goal
     info["removed_units"] = {group_label(channel_groups(graph)[g]): int(len(u)) for g, u in removal.items()}
     return (remove_channels(graph, removal) if removal else graph), info
@@ -354,15 +363,15 @@ class MorphNet(Pass):
         return (("target",) if self.resource in ("flash_bytes", "peak_sram_bytes", "latency_ms", "energy_mj")
                 or self.round_to == "target" else ()) + (("train",) if self.epochs > 0 else ())
 
-    def shrink_goal(self, graph: Graph, budget: float, target) -> Optional[float]:
-        """Where the shrink stops: `shrink_to` of the way from the floor (every group at its narrowest)
-        to the budget. A resource with a fixed part (latency's per-layer overheads) would otherwise ask
+    def shrink_goal(self, graph: Graph, budget: float, target, round_to: int = 1) -> Optional[float]:
+        """Where the shrink stops: `shrink_to` of the way from the floor (every group at the narrowest
+        width expand can end at, `floor_units`) to the budget. A resource with a fixed part (latency's per-layer overheads) would otherwise ask
         for a goal under the floor, and the shrink would cut every group to one unit: no signal left."""
         if self.shrink_to is None:
             return None
         wm = WidthModel(graph, self.resource, target)
         groups = {gr.id: gr for gr in wm.groups}
-        floor = wm.cost({g: min_units(graph, groups[g]) for g in wm.prunable})
+        floor = wm.cost({g: floor_units(graph, groups[g], round_to) for g in wm.prunable})
         return floor + self.shrink_to * max(0.0, budget - floor)
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
@@ -380,7 +389,7 @@ class MorphNet(Pass):
         for it in range(self.iterations):
             shrunk, sinfo = shrink(g, resource=self.resource, target=target, train=ctx.train, epochs=self.epochs,
                                    strength=self.strength, threshold=self.threshold, refresh_steps=self.refresh_steps,
-                                   data=ctx.data, goal=self.shrink_goal(g, budget, target))
+                                   data=ctx.data, goal=self.shrink_goal(g, budget, target, multiple), round_to=multiple)
             expanded, einfo = expand(shrunk, budget, self.resource, target, multiple, generator=gen)
             if self.retrain_epochs > 0 and ctx.train is not None:  # from scratch, as the paper does
                 expanded = train_graph(fresh_init(expanded, gen), ctx, self.retrain_epochs, who=self.name)

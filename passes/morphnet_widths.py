@@ -17,7 +17,7 @@ from hwopt.errors import BudgetError
 from hwopt.ir import Graph
 from hwopt.passkit import group_label, min_units, resource_value, unit_channels, unit_step
 
-__all__ = ["WidthModel", "unit_costs", "expand_sizes", "expand", "group_widths", "SWAP_BELOW"]
+__all__ = ["WidthModel", "unit_costs", "floor_units", "expand_sizes", "expand", "group_widths", "SWAP_BELOW"]
 
 SWAP_BELOW = 0.985  # expand trades widths between groups only while the fill leaves it under this fraction of the budget
 
@@ -120,6 +120,13 @@ def unit_costs(graph: Graph, resource: str, target=None, sizes: dict[int, int] |
 # Expand
 
 
+def floor_units(graph: Graph, gr, round_to: int = 1) -> int:
+    """The narrowest width (in units) `gr` can end at after expand: one step of `round_to` channels, and at
+    least ``min_units`` (2 where a depthwise conv reads the group)."""
+    step = unit_step(max(1, int(round_to)), unit_channels(gr))
+    return step * max(1, -(-min_units(graph, gr) // step))
+
+
 def expand_sizes(graph: Graph, budget: float, resource: str, target=None, round_to: int = 1,
                  width_model: WidthModel | None = None) -> tuple[dict[int, int], dict]:
     """Unit counts of every prunable group so that the resource is ≤ budget and as close to it as the
@@ -134,8 +141,7 @@ def expand_sizes(graph: Graph, budget: float, resource: str, target=None, round_
     step = {g: unit_step(max(1, int(round_to)), unit_channels(groups[g])) for g in gids}
     base = {g: wm.base[g] for g in gids}
 
-    # the smallest allowed width: one step, at least 2 units where a depthwise conv reads the group
-    low = {g: step[g] * max(1, -(-min_units(graph, groups[g]) // step[g])) for g in gids}
+    low = {g: floor_units(graph, groups[g], round_to) for g in gids}
 
     def at(w: float) -> dict[int, int]:
         return {g: max(low[g], int(math.floor(w * base[g] / step[g] + 0.5)) * step[g]) for g in gids}

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwopt.sparse import sparse_weight_bytes
-from hwopt.ir import OPS, Graph, Node, _pair
+from hwopt.ir import OPS, Graph, Node, OpsWhere, OpWork, _pair
 
 from .schema import KINDS, TERMS
 
@@ -55,23 +55,19 @@ DTYPE_BYTES = {"float32": 4, "int8": 1}
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 VIEW = -1  # reshape/flatten/identity/dropout/input/output: no kernel, no buffer of their own
 
-# Elementwise work per output element, in "operations" (first principles: a compare or add is 1, a
-# piecewise-linear activation a few, an exp-based activation ~16 with a vectorized polynomial exp).
-OP_WORK = {
-    "relu": 1, "relu6": 1, "add": 1, "sub": 1, "mul": 1, "div": 4,
-    "hardswish": 4, "hardsigmoid": 3, "batch_norm": 2,
-    "sigmoid": 16, "silu": 16, "tanh": 16, "gelu": 20, "softmax": 20, "log_softmax": 24,
-    "leaky_relu": 2, "group_norm": 6, "layer_norm": 6,  # norms: mean and variance passes, then scale and shift
-    "quantize": 3, "dequantize": 2,  # int8 <-> float32: multiply, round, clamp
-}
-ELEMENTWISE = set(OP_WORK)
-VIEW_OPS = {"input", "output", "reshape", "flatten", "identity", "dropout", "const", "fold_batch", "unfold_batch"}
-POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "mean"}
-DATA_OPS = {"concat", "slice", "channel_shuffle", "pad", "permute", "expand"}
+# Cost kinds are the op table's (hwopt.ir.OPS[op].cost, .work), read live. Elementwise work per output
+# element is in "operations" (first principles: a compare or add is 1, a piecewise-linear activation a
+# few, an exp-based activation ~16 with a vectorized polynomial exp; norms: mean and variance passes,
+# then scale and shift ~6; int8 <-> float32: multiply, round, clamp).
+OP_WORK = OpWork("elementwise")
+ELEMENTWISE = OpsWhere(lambda d: d.cost == "elementwise")
+VIEW_OPS = OpsWhere(lambda d: d.cost == "view")
+POOL_OPS = OpsWhere(lambda d: d.cost == "pool")
+DATA_OPS = OpsWhere(lambda d: d.cost == "data")
 # Batched matrix products are GEMMs: the dense kernel's compute and memory efficiency per MAC. Attention
 # is two GEMMs (q kᵀ, weights · v) plus a softmax over the scores, counted at OP_WORK["softmax"] per score.
-MATMUL_OPS = {"matmul", "attention"}
-REDUCE_OPS = {"sum": 1, "normalize": 4}  # per input element: add; square, add, then one divide per element
+MATMUL_OPS = OpsWhere(lambda d: d.cost == "matmul")
+REDUCE_OPS = OpWork("reduce")  # per input element: add (sum); |x|^p, add (vector norm); square, add, divide (normalize)
 # Ops a following elementwise op fuses into (TVM FuseOps: conv/dense are out-elementwise-fusable).
 FUSABLE_PRODUCERS = {"conv2d", "linear"}
 # conv1d and the transposed conv are costed like conv2d: the same kinds (pointwise / conv / depthwise, a

@@ -14,7 +14,7 @@ from hwopt import models
 from hwopt.channels import channel_groups, remove_channels, resize_groups
 from hwopt.passmanager import PassManager, make_pass, parse_pass
 from hwopt.passes.morphnet import (DEFAULT_SHRINK_TO, MorphNet, Regularizer, WidthModel, dead_units, expand,
-                                   expand_sizes, group_widths, loss_scale, shrink, unit_costs, unit_gammas,
+                                   expand_sizes, floor_units, group_widths, loss_scale, shrink, unit_costs, unit_gammas,
                                    units_to_budget)
 from hwopt.passkit import resource_value
 from hwopt.targets import load_target
@@ -295,7 +295,9 @@ def test_default_pass_shrinks_without_any_gamma_reaching_a_threshold():
     rep = ctx.records[-1]["info"]
     it = rep["iterations"][0]
     assert sum(it["shrink"]["removed_units"].values()) > 0
-    floor = WidthModel(g, "latency_ms", T).cost({gr.id: 1 for gr in channel_groups(g) if gr.prunable})
+    # the floor: every group at the narrowest width expand can end at (one step of the target's multiple)
+    floor = WidthModel(g, "latency_ms", T).cost({gr.id: floor_units(g, gr, T.channel_multiple)
+                                                 for gr in channel_groups(g) if gr.prunable})
     assert it["shrunk_cost"] <= floor + DEFAULT_SHRINK_TO * (budget - floor)
     assert it["shrunk_cost"] > floor  # never cut to the floor: the |γ| order still says something
     assert 0.98 * budget <= resource_value(out, "latency_ms", T) <= budget
@@ -385,3 +387,18 @@ def test_shrink_on_mnist_removes_channels_and_keeps_accuracy():
                        refresh_steps=20)
     assert resource_value(out, "latency_ms", T) < resource_value(g, "latency_ms", T)
     assert tr.evaluate(hwopt.lower(out)) > 0.8
+
+
+def test_shrink_never_cuts_a_group_below_the_width_expand_can_end_at():
+    # cortex-a72 rounds to 4 channels: units removed under 4 would come back in expand, so they are not
+    # removed (the shrink then reaches its goal on the groups that can trade width)
+    T = _target("cortex-a72")
+    g = _randomise_gammas(_lifted("mnist_cnn")[0], seed=3, low=0.2)
+    cost = resource_value(g, "latency_ms", T)
+    for frac in (0.8, 0.5, 0.3, 0.1):
+        free = remove_channels(g, units_to_budget(g, frac * cost, "latency_ms", T))
+        stepped = remove_channels(g, units_to_budget(g, frac * cost, "latency_ms", T, round_to=4))
+        widths = group_widths(stepped).values()
+        assert min(widths) >= 4
+        assert resource_value(stepped, "latency_ms", T) <= frac * cost or all(w == 4 for w in widths)
+    assert min(group_widths(free).values()) < 4  # at 0.1 the unstepped order cuts some group under 4

@@ -19,22 +19,25 @@ def test_every_op_is_documented_and_listed():
 
 def test_the_worked_example_adds_an_op(monkeypatch):
     """docs/ARCHITECTURE.md "How to add an op", done at run time: hardtanh registered in exactly the places
-    the doc names lifts (module and functional forms), lowers exactly, prunes exactly, is costed on every
-    target and gets its row in the generated op list. If adding an op ever needs one more place, this fails."""
+    the doc names (its OPS entry, and the front end's recognition) lifts (module and functional forms),
+    lowers exactly, prunes exactly, folds dead units, is costed on every target and gets its row in the
+    generated op list. If adding an op ever needs one more place, this fails."""
     import numpy as np
     import torch
     from torch import nn
     from torch.nn import functional as F
 
     import hwopt
-    from hwopt import frontend, frontend_rules, ir
+    from hwopt import frontend, frontend_rules, ir, op_lowering
     from hwopt.targets import available, cost, load_target
-    from hwopt.testing import strategies
-    lower_module = __import__("hwopt.lower", fromlist=["MODULES"])
 
     assert "hardtanh" not in OPS  # the example must stay an example
-    monkeypatch.setitem(ir.OPS, "hardtanh", ir.OpDef((1, 1), ("min_val", "max_val"), channel_preserving=True))
-    monkeypatch.setitem(ir.OP_DOCS, "hardtanh", "clamp(x, min_val, max_val)")
+    # 1. the op: one entry (semantics, coupling, lowering, cost, dead-unit folding)
+    monkeypatch.setitem(ir.OPS, "hardtanh", ir.OpDef(
+        (1, 1), ("min_val", "max_val"), channel_preserving=True, doc="clamp(x, min_val, max_val)",
+        lower=op_lowering.module(lambda n: nn.Hardtanh(n.attrs["min_val"], n.attrs["max_val"])),
+        cost="elementwise", work=2, constant=lambda a, v: v.clamp(a["min_val"], a["max_val"])))
+    # 2. how the front end recognises it (the front end's own tables: hwopt/frontend_rules.py, frontend.py)
     monkeypatch.setitem(frontend_rules.MODULE_RULES, nn.Hardtanh,
                         lambda m: ("hardtanh", {"min_val": m.min_val, "max_val": m.max_val}, {}))
     monkeypatch.setitem(frontend_rules.FUNCTIONS, F.hardtanh, "hardtanh")
@@ -42,10 +45,6 @@ def test_the_worked_example_adds_an_op(monkeypatch):
                         (("input", frontend_rules._REQ), ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)))
     monkeypatch.setattr(frontend._Lifter, "f_hardtanh", lambda self, n, a, v: self.emit(
         n, "hardtanh", [v["input"]], {"min_val": float(v["min_val"]), "max_val": float(v["max_val"])}), raising=False)
-    monkeypatch.setitem(lower_module.MODULES, "hardtanh", lambda n: nn.Hardtanh(n.attrs["min_val"], n.attrs["max_val"]))
-    monkeypatch.setitem(cost.OP_WORK, "hardtanh", 2)
-    monkeypatch.setattr(cost, "ELEMENTWISE", cost.ELEMENTWISE | {"hardtanh"})
-    monkeypatch.setitem(strategies.ACTIVATIONS, "hardtanh", nn.Hardtanh)
 
     class Net(nn.Module):
         def __init__(self):
@@ -83,3 +82,57 @@ def test_the_worked_example_adds_an_op(monkeypatch):
     assert f.kind[f.names.index("act")] == cost.KIND_INDEX["fused"] and f.work[f.names.index("act")] == 2 * g["act"].spec.numel
     row = next(line for line in markdown().splitlines() if line.startswith("| `hardtanh` |"))
     assert "`F.hardtanh`, `nn.Hardtanh`" in row and "channel i ↔ channel i" in row and "elementwise (2 ops/element)" in row
+    assert "dead-unit folding" in row
+    assert "hardtanh" in cost.ELEMENTWISE and cost.OP_WORK["hardtanh"] == 2  # the cost model reads the entry
+
+
+def test_an_op_with_parameters_is_one_entry(monkeypatch):
+    """An op with a parameter, a removal rule and a module of its own (a per-channel scale, y = x · s[c]),
+    added as one OPS entry and built by hand: it lowers exactly, its channels couple through it (to the
+    conv before and after), and removing channels resizes its parameter exactly."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import hwopt
+    from hwopt import ir, op_channels, op_lowering
+
+    class Scale(nn.Module):
+        def __init__(self, s):
+            super().__init__()
+            self.s = nn.Parameter(s.clone())
+
+        def forward(self, x):
+            return x * self.s.reshape(1, -1, 1, 1)
+
+    def resize(m, n, keep_in, keep_out, removed_in, graph):
+        if keep_out is not None:
+            m.params = {"s": ir.selected(n.params["s"], 0, keep_out)}
+            m.attrs = {**n.attrs, "channels": len(keep_out)}
+
+    assert "toy_scale" not in OPS
+    monkeypatch.setitem(ir.OPS, "toy_scale", ir.OpDef(
+        (1, 1), ("channels",), params=lambda a: {"s": (a["channels"],)}, required_params=("s",), channel_preserving=True,
+        nchw=True, doc="x · s[c]", couple=op_channels.nchw(op_channels.same), resize=resize,
+        lower=op_lowering.module(lambda n: Scale(n.params["s"])), cost="elementwise", work=1))
+
+    torch.manual_seed(0)
+    g = ir.Graph()
+    g.add("x", "input", spec=ir.TensorSpec((2, 3, 8, 8)))
+    conv = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    g.add("c1", "conv2d", ["x"], dict(in_channels=3, out_channels=6, **conv),
+          {"weight": torch.randn(6, 3, 3, 3), "bias": torch.randn(6)})
+    scale = torch.tensor([1.0, 0.0, 2.0, 0.0, -1.0, 0.5])  # channels 1 and 3 scaled to zero: dead
+    g.add("s", "toy_scale", ["c1"], {"channels": 6}, {"s": scale})
+    g.add("c2", "conv2d", ["s"], dict(in_channels=6, out_channels=4, **conv), {"weight": torch.randn(4, 6, 3, 3)})
+    g.add("out", "output", ["c2"])
+    g.verify()
+    x = torch.randn(2, 3, 8, 8)
+    c1 = nn.functional.conv2d(x, g["c1"].params["weight"], g["c1"].params["bias"], padding=1)
+    want = nn.functional.conv2d(c1 * scale.reshape(1, -1, 1, 1), g["c2"].params["weight"], padding=1)
+    torch.testing.assert_close(hwopt.lower(g)(x), want)
+    gr = next(gr for gr in hwopt.channel_groups(g) if "s" in gr.members)
+    assert gr.prunable and set(gr.members) == {"c1", "s"} and gr.size == 6
+    pruned = hwopt.remove_channels(g, {gr.id: np.array([1, 3])})
+    assert pruned["s"].attrs["channels"] == 4 and pruned["c2"].params["weight"].shape[1] == 4
+    torch.testing.assert_close(hwopt.lower(pruned)(x), want, rtol=1e-5, atol=1e-5)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir import Graph
+from ..ir import Graph, OpsWhere
 
 ARENA_ALIGN = 16
-VIEW_OPS = {"reshape", "flatten", "identity", "dropout"}
-FUSABLE_PRODUCERS = {"conv2d", "linear"}
-FUSABLE = {"relu", "relu6", "add", "sub", "mul", "div", "hardswish", "hardsigmoid", "batch_norm",
-           "sigmoid", "silu", "tanh", "gelu"}
+# what the firmware does with each op: the op table's `firmware` flag (hwopt.ir.OPS), read live
+VIEW_OPS = OpsWhere(lambda d: d.firmware == "view")
+FUSABLE_PRODUCERS = OpsWhere(lambda d: d.firmware == "anchor")
+FUSABLE = OpsWhere(lambda d: d.firmware == "fused")
 
 
 @dataclass
