@@ -29,7 +29,7 @@ from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, 
                              _out_size, _pool_attrs, _REFUSED, module_lifter)
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
-from .frontend_trace import ERROR, ConcreteTracer
+from .frontend_trace import ERROR, MODULE, ConcreteTracer
 from .frontend_trace import Const as _Const
 from .gcpause import collector_paused
 from .ir import Graph, TensorSpec, _known_finite, _pair, _remember_finite, snapshot
@@ -121,8 +121,7 @@ class _Lifter(ConvOps):
     def where(self, n: fx.Node) -> str:
         if n.op == "call_module":
             return str(n.target)
-        stack = n.meta.get("nn_module_stack") or {}
-        return list(stack.values())[-1][0] if stack else ""
+        return n.meta.get(MODULE, "")
 
     def spec(self, v) -> TensorSpec:
         return self.g[v].spec

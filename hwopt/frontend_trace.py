@@ -22,6 +22,7 @@ from torch.fx.proxy import TraceError
 
 VALUE = "hwopt_value"
 ERROR = "hwopt_error"
+MODULE = "hwopt_module"  # node.meta key: the path of the innermost module that made the node
 # Tensor metadata answered concretely (the graph is specialised to the example shapes).
 _META_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_quantized", "is_sparse",
                          "requires_grad", "is_meta"})
@@ -168,7 +169,11 @@ class ConcreteTracer(fx.Tracer):
         return proxy
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
-        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        # fx's TracerBase.create_node also keeps a name -> scope table, a copy of the whole module stack per
+        # node and optional stack traces; the lifter needs only the innermost module's path
+        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        if self.module_stack:
+            node.meta[MODULE] = next(reversed(self.module_stack.values()))[0]
         self.recorded.append(node)
         return node
 
