@@ -141,7 +141,9 @@ def main(argv=None) -> int:
             if a.tune_only:
                 continue
         built: dict = {}  # TVM: build each architecture once, time it every pass
-        for _ in range(max(1, a.passes)):
+        passes = max(1, a.passes)
+        halves = [[np.inf] * n, [np.inf] * n]  # minima of the first and the second half of the passes
+        for pas in range(passes):
             for i, (m, x, desc) in enumerate(archs):
                 if meas[i] is None:
                     continue
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
                     else:
                         ms = runner.measure(m, x)
                     meas[i] = min(meas[i], ms)
+                    h = halves[int(pas >= (passes + 1) // 2)]
+                    h[i] = min(h[i], ms)
                 except Exception as e:  # report, do not hide: a failed compile is a finding
                     print(f"  [{name}] FAILED {desc}: {type(e).__name__}: {str(e)[:160]}")
                     meas[i] = None
@@ -167,6 +171,14 @@ def main(argv=None) -> int:
         print(f"{name:<12} n={f['n']:<3} within ±10%: {f['within10']:5.1%}  within ±20%: {f['within20']:5.1%}  "
               f"median |err| {f['median_err']:5.1%}  Spearman {f['spearman']:.3f}  ({time.time() - t0:.0f} s; "
               f"{a.passes} pass(es); {sched})")
+        if passes >= 2 and ok:
+            # the timing's own reproducibility: the same architectures timed by the first and by the second
+            # half of the passes. A model that knew each latency exactly would score about this against one
+            # timing, so it is the ceiling of the figures above on this machine at this load.
+            nf = figures(np.array([halves[0][i] for i in ok]), np.array([halves[1][i] for i in ok]))
+            print(f"{'':12} timing noise floor: passes 1..{(passes + 1) // 2} vs {(passes + 1) // 2 + 1}..{passes} "
+                  f"(each half's minimum) agree within ±10%: {nf['within10']:5.1%}  within ±20%: {nf['within20']:5.1%}  "
+                  f"median |diff| {nf['median_err']:5.1%}  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"total runtime {time.time() - t_start:.0f} s")
     return 0
 

@@ -191,6 +191,8 @@ def cmd_targets(args) -> int:
                     if c.get("test_samples") else "-")
             rt = c["runtime"] + (" *" if c["runtime"] == r["runtime"] else "")
             print(f"{r['name']:12s} {rt:22s} {c['provenance']:16s} {c['samples']:7d} {err:>14s} {rho:>8s}  {test}")
+            if c.get("foreign_cpu"):
+                print(f"{'':12s}   ! {c['foreign_cpu']}")
     if any(c["runtime"] == "qemu-icount" for r in rows for c in r["calibrations"]):
         print("qemu-icount: instructions executed by hwopt's firmware in QEMU, read as cycles; not cycles on a board")
     return 0

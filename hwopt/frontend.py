@@ -29,21 +29,14 @@ from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, 
                              _out_size, _pool_attrs, _REFUSED, module_lifter)
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
-from .frontend_trace import ERROR, ConcreteTracer
+from .frontend_trace import ERROR, MODULE, ConcreteTracer
+from .frontend_trace import Const as _Const
 from .gcpause import collector_paused
-from .ir import Graph, TensorSpec, _pair, snapshot
+from .ir import Graph, TensorSpec, _known_finite, _pair, _remember_finite, snapshot
 
 
 class _Tensor(str):
     """A lifted tensor: the name of its graph node."""
-
-
-class _Const:
-    """A tensor that does not depend on the inputs: a parameter or buffer read in `forward`, or a value
-    computed from those alone (folded at lift time)."""
-
-    def __init__(self, t: torch.Tensor):
-        self.t = t
 
 
 class _GroupedChannels:
@@ -107,11 +100,11 @@ class _Shape(tuple):
 
 
 class _Lifter(ConvOps):
-    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]):
+    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], modules: dict[str, nn.Module]):
         self.model, self.examples = model, example_inputs
         self.g = Graph()
         self.env: dict[fx.Node, Any] = {}
-        self.modules = dict(model.named_modules())
+        self.modules = modules  # model.named_modules()
         self.snapshots: dict[int, torch.Tensor] = {}  # id(model tensor) -> its one copy in the graph
         self.errors: list[UnsupportedOpError] = []
         self.shaped: dict[tuple, tuple] = {}  # (id(constant), rank) -> (its broadcastable view, the constant)
@@ -128,8 +121,7 @@ class _Lifter(ConvOps):
     def where(self, n: fx.Node) -> str:
         if n.op == "call_module":
             return str(n.target)
-        stack = n.meta.get("nn_module_stack") or {}
-        return list(stack.values())[-1][0] if stack else ""
+        return n.meta.get(MODULE, "")
 
     def spec(self, v) -> TensorSpec:
         return self.g[v].spec
@@ -219,7 +211,7 @@ class _Lifter(ConvOps):
         return a
 
     def run(self) -> Graph:
-        tracer = self.tracer = ConcreteTracer(self.examples, shape_of=self.lifted_shape,
+        tracer = self.tracer = ConcreteTracer(self.examples, shape_of=self.lifted_shape, modules=self.modules,
                                               leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
         self.lifted, self.speculating, self.placeholders = 0, True, None
         try:
@@ -356,7 +348,7 @@ class _Lifter(ConvOps):
                 raise self.unsupported(n, "expected exactly one tensor argument")
             op, attrs, params = rule(m)
             return self.emit(n, op, [self.env[n.args[0]]], attrs, params, name=str(n.target))
-        if n.op == "get_attr":  # parameters and buffers passed to ops (or fx tensor constants)
+        if n.op == "get_attr":  # a module passed to an op (tensors are `_Const` arguments)
             obj = self.model
             for part in str(n.target).split("."):
                 obj = getattr(obj, part)
@@ -1091,8 +1083,8 @@ def _has(args, kwargs, cls) -> bool:
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
-def _check_dtypes(model: nn.Module, examples: tuple) -> None:
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+def _check_dtypes(modules, examples: tuple) -> None:
+    dtypes = {p.dtype for m in modules for p in m._parameters.values() if p is not None and p.is_floating_point()}
     if len(dtypes) != 1:
         return
     want = next(iter(dtypes))
@@ -1111,24 +1103,41 @@ def lift(model: nn.Module, example_inputs) -> Graph:
     if not isinstance(model, nn.Module):
         raise TypeError(f"lift expects a torch.nn.Module, got {type(model).__name__}")
     examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    _check_dtypes(model, examples)
-    if model.training and any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
+    modules = dict(model.named_modules())  # walked once: a timm model has ~300 modules
+    _check_dtypes(modules.values(), examples)
+    if model.training and any(m.training and isinstance(m, _MODE_DEPENDENT) for m in modules.values()):
         warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
                       f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
                       f"to silence this", stacklevel=2)
-    with _state_kept(model), collector_paused():
-        g = _Lifter(model, examples).run()
+    with _state_kept(modules.values()), collector_paused():
+        g = _Lifter(model, examples, modules).run()
+        _check_finite_at_once(g)
     return g.verify()
 
 
+def _check_finite_at_once(g: Graph) -> None:
+    """Check the lifted parameters for NaN/inf in a few ops instead of verify()'s several per tensor (a mobile
+    net has ~250 mostly tiny tensors; per-op overhead dominates). Tensors found finite are remembered as such;
+    if the check fails (or a huge finite sum overflows), verify() checks them one by one and names the node."""
+    small, large = [], []
+    for n in g.nodes.values():
+        for t in n.params.values():
+            if t.is_floating_point() and not _known_finite(t):
+                (small if t.numel() <= 1 << 16 else large).append(t)
+    finite = [t for t in large if bool(torch.isfinite(t.sum()))]
+    if small and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in small]).sum())):
+        finite += small
+    for t in finite:
+        _remember_finite(t)
+
+
 @contextlib.contextmanager
-def _state_kept(model: nn.Module):
+def _state_kept(modules):
     """Leave the model as it was: tracing runs its forward, which may fill caches in plain attributes (LeViT
-    caches its attention biases in a dict per device, which would keep an fx proxy), and fx stores tensor
-    constants on the root module. Attributes added during lifting are removed and public containers
-    (dict, list, set) get their contents back, in place."""
+    caches its attention biases in a dict per device, which would keep an fx proxy). Attributes added during
+    lifting are removed and public containers (dict, list, set) get their contents back, in place."""
     saved = []
-    for m in model.modules():
+    for m in modules:
         d = m.__dict__
         saved.append((m, set(d), {k: (v, copy.copy(v)) for k, v in d.items()
                                   if not k.startswith("_") and isinstance(v, (dict, list, set))}))

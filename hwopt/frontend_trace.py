@@ -22,6 +22,7 @@ from torch.fx.proxy import TraceError
 
 VALUE = "hwopt_value"
 ERROR = "hwopt_error"
+MODULE = "hwopt_module"  # node.meta key: the path of the innermost module that made the node
 # Tensor metadata answered concretely (the graph is specialised to the example shapes).
 _META_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_quantized", "is_sparse",
                          "requires_grad", "is_meta"})
@@ -29,10 +30,20 @@ _META_METHODS = frozenset({"size", "dim", "numel", "nelement", "is_floating_poin
                            "element_size", "is_contiguous", "ndimension"})
 
 
+class Const:
+    """A tensor that does not depend on the inputs, as an fx node argument: a parameter or buffer read in
+    `forward`, or a value computed from those alone (eagerly while tracing, or folded at lift time)."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+
 def value_of(a):
     """The example value behind a proxy, recursively through containers."""
     if isinstance(a, fx.Proxy):
         return a.tracer.value(a.node)
+    if isinstance(a, Const):
+        return a.t
     if isinstance(a, (list, tuple)):
         return type(a)(value_of(x) for x in a) if not hasattr(a, "_fields") else type(a)(*(value_of(x) for x in a))
     if isinstance(a, dict):
@@ -123,16 +134,15 @@ class ConcreteProxy(fx.Proxy):
 class ConcreteTracer(fx.Tracer):
     """An fx tracer whose proxies carry example values; `leaf` decides which modules stay calls."""
 
-    def __init__(self, examples: tuple[torch.Tensor, ...], leaf, shape_of=None):
+    def __init__(self, examples: tuple[torch.Tensor, ...], leaf, shape_of=None, modules: dict | None = None):
         super().__init__()
+        self.modules = modules  # the root's named_modules(), if the caller has them
         # shape_of(node) -> its shape or None: answers shape questions without computing example values
         # (the front end lifts the ops recorded so far and reads the IR's shape rules)
         self.shape_of = shape_of
         self.recorded: list[fx.Node] = []  # every node, in graph order
         # copies: an in-place op in forward must not write into the caller's tensors
         self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
-        self._tensor_names: dict[int, str] | None = None  # id(parameter or buffer) -> its name in the model
-        self._attr_nodes: dict[str, fx.Node] = {}  # one get_attr node per parameter or buffer read
         self.leaf = leaf
         self._placeholders = 0
         self._pending: list = []
@@ -159,7 +169,11 @@ class ConcreteTracer(fx.Tracer):
         return proxy
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
-        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        # fx's TracerBase.create_node also keeps a name -> scope table, a copy of the whole module stack per
+        # node and optional stack traces; the lifter needs only the innermost module's path
+        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        if self.module_stack:
+            node.meta[MODULE] = next(reversed(self.module_stack.values()))[0]
         self.recorded.append(node)
         return node
 
@@ -209,20 +223,11 @@ class ConcreteTracer(fx.Tracer):
             return a.node
         if a is None or type(a) in _PLAIN:
             return a
-        # Parameters and buffers passed as arguments (`F.batch_norm(x, self.running_mean, ..., self.weight)`)
-        # become get_attr nodes, found by identity: fx's own lookup scans every tensor of the model per
-        # argument (quadratic on timm models).
+        # A tensor argument that is not a proxy (a parameter or buffer, `F.batch_norm(x, self.running_mean,
+        # ..., self.weight)`, or a constant computed from them) is kept as the value itself: fx would make a
+        # get_attr node of it, found by scanning every tensor of the model per argument.
         if isinstance(a, torch.Tensor):
-            if self._tensor_names is None:
-                self._tensor_names = {}
-                for name, t in (*self.root.named_parameters(), *self.root.named_buffers()):
-                    self._tensor_names.setdefault(id(t), name)
-            name = self._tensor_names.get(id(a))
-            if name is not None:
-                node = self._attr_nodes.get(name)
-                if node is None:
-                    node = self._attr_nodes[name] = self.create_proxy("get_attr", name, (), {}).node
-                return node
+            return Const(a)
         return super().create_arg(a)
 
     def trace(self, root: torch.nn.Module, concrete_args=None) -> fx.Graph:
@@ -230,8 +235,8 @@ class ConcreteTracer(fx.Tracer):
         nn.Module.__call__ and __getattr__: assigning to nn.Module's attributes re-derives the type slots of
         every nn.Module subclass loaded (~1,400 with timm imported), ~3 ms per write, four writes per trace.
         Without the __getattr__ patch, parameters read in `forward` are the real tensors: an op on them alone
-        runs eagerly (a constant, as the lifter would fold it) and one reaching a traced op becomes a
-        get_attr node (`create_arg`)."""
+        runs eagerly (a constant, as the lifter would fold it) and one reaching a traced op is a `Const`
+        argument (`create_arg`)."""
         st = fx._symbolic_trace
         flag, st._is_fx_tracing_flag = st._is_fx_tracing_flag, True
         hooked: list[tuple[torch.nn.Module, Any]] = []
@@ -239,12 +244,10 @@ class ConcreteTracer(fx.Tracer):
             self.root = root
             fn = type(root).forward
             self.root_module_name = root._get_name()
-            modules = list(root.named_modules())
-            self.submodule_paths = {m: name for name, m in modules}
+            modules = self.modules if self.modules is not None else dict(root.named_modules())
+            self.submodule_paths = {m: name for name, m in modules.items()}
             self.graph = fx.Graph(tracer_cls=type(self))
-            # plain tensor attributes of modules (not parameters or buffers), as fx's trace collects them
-            self.tensor_attrs = {v: f"{name}.{k}" if name else k for name, m in modules
-                                 for k, v in m.__dict__.items() if isinstance(v, torch.Tensor)}
+            self.tensor_attrs = {}  # fx's map of tensor attributes: unused, tensors are `Const` arguments
             fn_globals = fn.__globals__
             fn, args = self.create_args_for_root(fn, True, concrete_args)
             with st._new_patcher() as patcher:
@@ -252,7 +255,7 @@ class ConcreteTracer(fx.Tracer):
                 st._autowrap_check(patcher, fn_globals, self._autowrap_function_ids)
                 for module in self._autowrap_search:
                     st._autowrap_check(patcher, module.__dict__, self._autowrap_function_ids)
-                for _, m in modules:
+                for m in modules.values():
                     hooked.append((m, m.__dict__.get("_compiled_call_impl", _ABSENT)))
                     m.__dict__["_compiled_call_impl"] = self._module_call(m, patcher)
                 self.create_node("output", "output", (self.create_arg(fn(*args)),), {})

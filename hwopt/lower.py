@@ -16,7 +16,7 @@ from torch import nn
 from . import quant
 from .errors import IRError
 from .gcpause import pauses_collector
-from .ir import OPS, Graph, snapshot
+from .ir import OPS, Graph, shared_nodes, snapshot
 
 
 class _Emit:
@@ -65,7 +65,8 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     modules: dict[str, nn.Module] = {}
     taken = _Paths()
     paths: dict[str, str] = {}
-    shared: dict[tuple, str] = {}  # nodes holding the same tensors -> the one module they share
+    # nodes holding the same tensors (and attributes) -> the first of them, whose module they share
+    shared = {other: names[0] for names in shared_nodes(graph) for other in names[1:]}
     env: dict[str, fx.Node] = {}
     e = _Emit(out, graph, bake_masks)
     for node in graph:
@@ -75,21 +76,22 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
         e.ins = [env[i] for i in node.inputs]
         lowered = rule(node, e)
         if isinstance(lowered, nn.Module):
-            key = (node.op, tuple(sorted((k, id(t)) for k, t in node.params.items())),
-                   repr(sorted(node.attrs.items()))) if node.params else None  # same tensors, same attributes: ir.shared_nodes
-            if key is not None and key in shared:  # one module of the user's, called again
-                path = paths[node.name] = shared[key]
+            if node.name in shared:  # one module of the user's, called again
+                path = paths[node.name] = paths[shared[node.name]]
             else:
                 path = paths[node.name] = taken.take(node.name)
                 modules[path] = lowered
-                if key is not None:
-                    shared[key] = path
             env[node.name] = out.call_module(path, tuple(e.ins))
         elif lowered is not None:
             env[node.name] = lowered
     gm = fx.GraphModule(modules, out, class_name="HwoptModule")
     gm.hwopt_module_paths = paths  # node name -> submodule path (names can need sanitising)
-    return gm.eval()
+    for m in gm.modules():  # eval mode, without nn.Module.train's recursive __setattr__ walk (~1.5 ms)
+        if type(m).train is nn.Module.train:
+            m.__dict__["training"] = False
+        else:
+            m.train(False)
+    return gm
 
 
 

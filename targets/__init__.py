@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from . import probe
 from .cost import DTYPE_BYTES, Coefficients, Cost
 from .schema import DTYPES, KINDS, validate
 
-__all__ = ["Target", "Cost", "load_target", "available", "TARGET_DIR", "KINDS"]
+__all__ = ["Target", "Cost", "load_target", "available", "TARGET_DIR", "KINDS", "CalibrationCPUWarning"]
 
 TARGET_DIR = Path(__file__).resolve().parent
 _TOKENS = itertools.count()
@@ -131,6 +132,21 @@ class Target:
         """Provenance of the coefficients in use (source, date, method, schedules, fit errors)."""
         return {k: v for k, v in self.calibration[self.runtime].items() if k != "kinds"}
 
+    def foreign_cpu(self, runtime: str | None = None) -> str | None:
+        """None when calibration table `runtime` (default: the one in use) was measured on this CPU or
+        records no CPU (published / transferred tables describe another device by design); else a
+        message naming both CPUs and the command that re-calibrates the table here."""
+        rt = runtime or self.runtime
+        tb = self.calibration.get(rt, {})
+        here = probe.cpu_id()
+        if "cpu" not in tb or tb["cpu"] == here:
+            return None
+        src = str(tb.get("source", ""))
+        cmd = src.split(":", 1)[0] if src.startswith("hwopt calibrate") else f"hwopt calibrate --target {self.name}"
+        return (f"{Path(self.path).name if self.path else self.name} [calibration.{rt}] was measured on "
+                f"CPU {tb['cpu']!r}, this machine is {here!r}: its latencies are another CPU's (tens of % off); "
+                f"re-calibrate here with: {cmd}")
+
     def provenance(self) -> list[dict]:
         """Per calibration table: runtime, provenance (measured / published / transferred /
         first-principles; "unstated" when the file does not say), samples, held-out error, rank
@@ -141,7 +157,8 @@ class Target:
             out.append({"runtime": rt, "provenance": tb.get("provenance", "unstated"), "samples": int(tb["samples"]),
                         "heldout_error": tb.get("loo_error"), "rank_correlation": tb.get("rank_correlation"),
                         "test_samples": tb.get("test_samples"), "test_error": tb.get("test_error"),
-                        "test_rank_correlation": tb.get("test_rank_correlation"), "source": tb["source"]})
+                        "test_rank_correlation": tb.get("test_rank_correlation"), "source": tb["source"],
+                        "cpu": tb.get("cpu"), "foreign_cpu": self.foreign_cpu(rt)})
         return out
 
     @functools.cached_property
@@ -331,4 +348,15 @@ def load_target(name_or_path: str | os.PathLike | Target, runtime: str | None = 
     t = parse_target(text, str(p), runtime)
     if runtime is not None and runtime not in t.calibration:
         raise TargetError(f"no calibration for runtime {runtime!r} (have: {t.runtimes})", f"calibration.{runtime}", str(p))
+    msg = t.foreign_cpu()
+    if msg and (str(p), t.runtime) not in _WARNED_CPU:  # once per file and table: costs are still given
+        _WARNED_CPU.add((str(p), t.runtime))
+        warnings.warn(msg, CalibrationCPUWarning, stacklevel=2)
     return t
+
+
+class CalibrationCPUWarning(UserWarning):
+    """A calibration table in use was measured on another CPU than this machine's (Target.foreign_cpu)."""
+
+
+_WARNED_CPU: set = set()

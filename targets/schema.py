@@ -116,6 +116,9 @@ CAL_META = {
                     doc="where the numbers come from: measured on the device, fit to published measurements, "
                         "transferred from another device's fit, or first principles"),
     "prior": F((str,), required=False, doc="TARGET:RUNTIME whose fit this one started from (few samples)"),
+    "cpu": F((str,), required=False,
+             doc="the CPU the timings were measured on (targets/probe.py cpu_id); loading the table on another "
+                 "CPU warns, naming the command that re-calibrates"),
     "samples": F((int,), nonneg=True, hi=1 << 40, doc="number of timings fit"),
     "fit_error": F(NUM, nonneg=True, required=False, hi=1e6, doc="median |relative error| on the fit data"),
     "loo_error": F(NUM, nonneg=True, required=False, hi=1e6,

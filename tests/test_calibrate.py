@@ -108,7 +108,9 @@ def test_torch_runner_threads():
     import torch
     before = torch.get_num_threads()
     r = C.TorchRunner(1)
-    assert r.ident().endswith("threads1-cputime") and "1 thread" in r.schedules
+    from hwopt.targets.probe import cpu_id
+    # the cache key names the CPU: a timing from another CPU is never taken for this machine's
+    assert r.ident().endswith(f"threads1-cputime-cpu[{cpu_id()}]") and "1 thread" in r.schedules
     m, x = C.micro_grid("tiny")[0].build()
     assert r.measure(m, x) > 0
     assert torch.get_num_threads() == before  # restored

@@ -104,3 +104,13 @@ def test_unsupported_ops_are_all_reported_as_without_speculation():
 def test_inputs_that_do_not_fit_are_a_shape_error_naming_the_module():
     with pytest.raises(hwopt.ShapeError, match="conv"):
         hwopt.lift(Asking().eval(), torch.randn(1, 4, 9, 9))
+
+
+@pytest.mark.parametrize("where", ["bn.weight", "conv2.weight"])
+def test_parameters_holding_nan_or_inf_are_refused_naming_the_node(where):
+    model = Asking().eval()
+    model.conv2 = nn.Conv2d(8, 1000, 3, stride=2, padding=1)  # 72,000 weights: checked alone, not batched
+    with torch.no_grad():
+        model.get_parameter(where).view(-1)[-1] = float("nan") if where.startswith("bn") else float("inf")
+    with pytest.raises(hwopt.IRError, match=f"{where.split('.')[0]}.*holds NaN or inf"):
+        hwopt.lift(model, torch.randn(1, 3, 9, 9))

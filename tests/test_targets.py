@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,6 +327,37 @@ def test_invalid_toml():
 
 # --------------------------------------------------------------------------------------------------
 # Runtimes and write-back
+
+
+def test_host_cpu_is_probed_in_one_place():
+    from hwopt.targets import probe
+    cid = probe.cpu_id()
+    assert cid and "MHz" not in cid  # which CPU, not its clock
+    if Path("/proc/cpuinfo").exists() and "vendor_id" in Path("/proc/cpuinfo").read_text():
+        assert "family" in cid and "model" in cid
+    tvm = pytest.importorskip("tvm")  # noqa: F841
+    from hwopt.tvm import target as tt
+    assert tt.host_cpu() == probe.llvm_cpu() and tt._physical_cores() == probe.physical_cores()
+
+
+def test_table_from_another_cpu_warns_with_the_fix(tmp_path):
+    from hwopt.targets import probe
+    doc = tomllib.loads((T.TARGET_DIR / "host.toml").read_text())
+    rt = "torch-eager"
+    doc["calibration"]["default"] = rt
+    doc["calibration"][rt]["cpu"] = "GenuineIntel family 6 model 85: some other CPU"
+    doc["calibration"][rt]["source"] = "hwopt calibrate --target host --runtime torch: 3 timings"
+    p = tmp_path / "other.toml"
+    p.write_text(_dumps(doc))
+    with pytest.warns(T.CalibrationCPUWarning, match="some other CPU.*hwopt calibrate --target host --runtime torch"):
+        t = T.load_target(p)
+    assert "re-calibrate" in t.foreign_cpu() and t.provenance()[[c["runtime"] for c in t.provenance()].index(rt)]["foreign_cpu"]
+    doc["calibration"][rt]["cpu"] = probe.cpu_id()  # measured here: no warning
+    p.write_text(_dumps(doc))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", T.CalibrationCPUWarning)
+        assert T.load_target(p).foreign_cpu() is None
 
 
 def test_host_runtimes():

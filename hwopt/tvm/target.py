@@ -1,5 +1,5 @@
-"""TVM targets: target specs in TVM 0.27's JSON-dict form, host CPU probing (the one place hwopt asks LLVM
-which CPU it runs on), what a target can do here (run, cross-compile, bare metal), and its cross compiler."""
+"""TVM targets: target specs in TVM 0.27's JSON-dict form (the host's resolved from hwopt.targets.probe, the one
+place hwopt probes the host CPU), what a target can do here (run, cross-compile, bare metal), and its cross compiler."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +12,7 @@ from typing import Any
 import tvm
 
 from ..errors import HwoptError
+from ..targets import probe
 
 class CompileError(HwoptError, RuntimeError):
     """A TVM compilation step failed.
@@ -48,8 +49,8 @@ def _short_target(target: Any) -> str:
 
 
 def host_cpu() -> str:
-    """LLVM name of the host CPU (e.g. ``znver4``, ``skylake-avx512``)."""
-    return str(tvm.target.codegen.llvm_get_system_cpu())
+    """LLVM name of the host CPU (e.g. ``znver4``, ``skylake-avx512``): hwopt.targets.probe.llvm_cpu."""
+    return probe.llvm_cpu()
 
 
 def _host_arch() -> str:
@@ -58,15 +59,7 @@ def _host_arch() -> str:
 
 
 def _physical_cores() -> int:
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-        if n:
-            return int(n)
-    except Exception:  # pragma: no cover - psutil missing/broken
-        pass
-    return os.cpu_count() or 1
+    return probe.physical_cores()
 
 
 def _host_spec() -> dict:

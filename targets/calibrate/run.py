@@ -123,6 +123,9 @@ def calibrate(target, runtime: str = "tvm", rpc: tuple | None = None, tracker: t
         "samples": len(meas),
         "fit_error": round(float(np.median(fit_err)), 4),
     }
+    if not (rpc or tracker):  # timed here: record which CPU, so loading the table on another one warns
+        from ..probe import cpu_id
+        meta["cpu"] = cpu_id()
     if isinstance(runner, TorchRunner):
         meta["threads"] = runner._threads()
     elif runner.threads:

@@ -34,9 +34,13 @@ class TorchRunner:
         return int(self.threads or torch.get_num_threads())
 
     def ident(self) -> str:
+        """The measurement cache's key prefix: torch version, threads, clock and the CPU (a timing from
+        another CPU is not this machine's; probe.cpu_id)."""
         import torch
+
+        from ..probe import cpu_id
         n = self._threads()
-        return f"torch-{torch.__version__}-threads{n}" + ("-cputime" if n == 1 else "")
+        return f"torch-{torch.__version__}-threads{n}" + ("-cputime" if n == 1 else "") + f"-cpu[{cpu_id()}]"
 
     def measure(self, module, example) -> float:
         import torch
