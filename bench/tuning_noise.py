@@ -23,6 +23,23 @@ quiet machine, 103 s): the three architectures ran at 1.25-1.31, 0.53-0.81 and 0
 44 % (18 comparisons); the mean of the other two runs predicting a run: median 8.2 %, within ±10 % 56 %
 (9). Small samples, but the message is plain: at 8 trials the tuned latency of a net is not a stable
 quantity, and ±10 % against it is out of reach for any model.
+
+A budget with a run-to-run spread below ±5 % (issue 17, Done-when 2) could not be measured on the
+2026-12-01 host (Zen 3, znver3, 2 vCPUs shared by six helpers' jobs, load average 12-16), for two
+measured reasons:
+1. Tuning time. `nice -n 15 python bench/tuning_noise.py --archs 2 --repeats 3 --tune 8 --work-dir W
+   --tune-only` took 28 min to reach MetaSchedule (TVM import, export, task extraction) and then ~4 min
+   per task at 8 trials (5 of the first architecture's 10 tasks in 21 min): ~40 min per tuning run of
+   one small net, so the 6 runs of this smallest study need ~4 h, and at 32-64 trials/task (the least
+   that could plausibly settle a schedule search; it scales linearly in trials) 15-30 h. Stopped. On
+   the quiet Zen 4 of 2026-11-24 a run took 65-90 s at 8 trials, so the study at 64 trials (~10 min
+   per run) needs a machine of its own for ~1.5 h, and cost_fidelity's 40 architectures ~7 h more.
+2. The timing itself is not reproducible to ±5 % at this load: the same torch-eager architectures
+   timed by two halves of `bench/cost_fidelity.py --n 40 --small --no-tvm --passes 8` agree within
+   ±10 % in 35 % of cases (median |diff| 16 %), and a compiled module is timed by the same kind of
+   minimum over windows; a tuning spread below ±5 % would be invisible under that noise.
+The tuning database stays per target (hwopt.tvm.TuningStore: one directory per target slug, e.g.
+`llvm-znver3-...`; the Zen 4 records do not apply to this CPU and are not used for it).
 """
 from __future__ import annotations
 
