@@ -156,6 +156,11 @@ def main() -> int:
                     help="comma-separated --results files of other runs (e.g. parallel chunks) whose rows are reused")
     ap.add_argument("--tp-timeout", type=float, default=60.0,
                     help="CPU seconds Torch-Pruning gets per model before it is stopped (default 60)")
+    ap.add_argument("--tp-wall", type=float, default=None,
+                    help="wall seconds after which Torch-Pruning is stopped even below --tp-timeout of CPU time "
+                         "(a starved machine; default 4x --tp-timeout; its rows say both times)")
+    ap.add_argument("--retry-tp", default="",
+                    help="comma-separated Torch-Pruning outcomes (e.g. timeout) whose saved rows are measured again")
     ap.add_argument("--tp-memory", type=float, default=4096.0,
                     help="MB of resident memory Torch-Pruning gets per model before it is stopped (default 4096)")
     args = ap.parse_args()
@@ -174,7 +179,8 @@ def main() -> int:
     rows, measured, t_start = [], 0, time.perf_counter()
     print(f"{'model':42s} {'lift':>5s} {'rel.err':>8s} {'lift s':>6s} {'prune':>5s} {'params':>19s} "
           f"{'a72 ms':>15s} {'torch-pruning':>16s} {'tp s':>6s}  error")
-    with zoo_tp.TorchPruningColumn(timeout=args.tp_timeout, memory_mb=args.tp_memory) as column:
+    retry = {r for r in args.retry_tp.split(",") if r}
+    with zoo_tp.TorchPruningColumn(timeout=args.tp_timeout, memory_mb=args.tp_memory, wall=args.tp_wall) as column:
         for name in names:
             saved, tpo = results.get(name), None
             if saved is None:
@@ -183,6 +189,7 @@ def main() -> int:
                 seconds = time.perf_counter() - t0
             else:
                 o, seconds, tpo = saved
+                tpo = None if tpo is not None and tpo.result in retry else tpo
             if tp_version and tpo is None:
                 tpo = column.outcome(name, args.ratio, args.size)
             if saved is None or saved[2] is not tpo:

@@ -10,13 +10,21 @@ otherwise the first thing that went wrong, as its user sees it: the exception's 
 that it did not finish within the timeout / the memory cap (where it was when stopped is not knowable
 from outside, so the row says only that).
 
-Why a worker and not the sweep's own process: measured here, Torch-Pruning's dependency grouping
-(`DependencyGraph.get_all_groups` -> `get_pruning_group` -> `_FlattenIndexMapping`, pure Python) expands
-every channel index through each flatten/reshape into one index object per flattened element, again at
-each reshape on the path, for every group. On CNNs that is well under a second; on models that reshape
-feature maps into tokens (MobileNetV4-hybrid, ViT-style blocks) it ran for minutes and past 3 GB on one
-model, and a sweep in one process grew to 9.5 GB. The worker is restarted after a stop and whenever its
-memory after a model exceeds `restart_mb`, so the sweep's memory stays bounded.
+Why ~40 s per model and 9.5 GB before (profiled here with py-spy, Torch-Pruning alone in a loop): on the first
+18 timm CNNs its own time (pruner + step) was 0.4-3 s at 96x96 (in the sweep below, under load, mostly
+1-10 s wall; densenet121 77-100 s, alexnet 38 s), and the in-process bench's repeated work (a second build and a deepcopy per model) and
+per-model leak (RSS 415 -> 618 MB over 18 CNNs) were small. The time and memory went to a few models where
+Torch-Pruning's dependency grouping (`DependencyGraph.get_all_groups` -> `get_pruning_group` ->
+`_FlattenIndexMapping`, pure Python) expands every channel index through a flatten/reshape into one Python index
+object per flattened element (stride = the flattened extent), for every group: timm's
+mobilenetv4_hybrid_medium (feature maps reshaped to attention tokens) ran > 140 s of CPU and grew past
+3.6 GB with no end in sight before it was stopped, and with no limit one such model holds the sweep for as
+long as it runs. The rest is load: at nice 15 on 2 cores shared by 6 sessions, wall time is 3-6x CPU time.
+The input size is the same for both tools (zoo.build: 96, 224 where a model's attention grid demands it).
+
+So: a worker, restarted after a stop and whenever its memory after a model exceeds `restart_mb`, so the
+sweep's time per model and memory are bounded; the timeout counts CPU time, so a starved worker is not
+charged for waiting, with a wall-time backstop whose rows say both times.
 """
 from __future__ import annotations
 
@@ -159,12 +167,13 @@ def _rss_mb(pid: int) -> float:
 
 class TorchPruningColumn:
     """Runs Torch-Pruning on one model at a time in a worker process; a model that uses more than `timeout`
-    seconds of CPU time (or, on a starved machine, 4x that in wall time) or `memory_mb` of resident memory is
-    stopped (the worker is killed and restarted) and recorded as such."""
+    seconds of CPU time (or, on a starved machine, `wall` seconds of wall time: 4x `timeout` by default) or
+    `memory_mb` of resident memory is stopped (the worker is killed and restarted) and recorded as such."""
 
-    def __init__(self, *, timeout: float = 120.0, memory_mb: float = 4096.0, restart_mb: float = 1500.0,
-                 threads: int = 2, poll: float = 0.25):
+    def __init__(self, *, timeout: float = 60.0, memory_mb: float = 4096.0, restart_mb: float = 1500.0,
+                 wall: float | None = None, threads: int = 2, poll: float = 0.25):
         self.timeout, self.memory_mb, self.restart_mb = timeout, memory_mb, restart_mb
+        self.wall = 4 * timeout if wall is None else wall
         self.threads, self.poll = threads, poll
         self._ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no state from hwopt's run
         self._proc = None
@@ -230,7 +239,7 @@ class TorchPruningColumn:
                 self._kill()
                 return TPOutcome("crashed", f"the worker died (exit code {code})", elapsed)
             cpu = _cpu_seconds(self._proc.pid) - cpu0
-            if cpu > self.timeout or elapsed > 4 * self.timeout:
+            if cpu > self.timeout or elapsed > self.wall:
                 self._kill()
                 return TPOutcome("timeout", f"not finished after {cpu:.0f} s of CPU time, {elapsed:.0f} s wall "
                                  f"({peak:.0f} MB)", elapsed)

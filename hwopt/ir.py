@@ -8,7 +8,8 @@ rules (hwopt.op_channels), its torch lowering (hwopt.op_lowering), its cost kind
 (int8, firmware, dead-unit folding) can do with it. Tensors held by a graph are never
 modified in place: passes copy the graph (`Graph.copy()` is shallow in tensors) and replace tensors.
 This module imports nothing else of hwopt but its errors and the rule modules the table references
-(hwopt.op_channels, hwopt.op_lowering, hwopt.tensors), which import nothing else of hwopt but hwopt.nn.
+(hwopt.op_shapes, hwopt.op_channels, hwopt.op_lowering, hwopt.tensors), which import nothing else of hwopt
+but the errors and hwopt.nn.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from torch import nn
 from . import op_channels as channel
 from . import op_lowering as lowering
 from .errors import IRError
+from . import op_shapes as shapes
+from .op_shapes import INTERPOLATE_MODES, conv_weight_oi  # noqa: F401 - re-exported
+from .op_shapes import pair as _pair  # noqa: F401 - re-exported (the front end, quant and cost use it)
 from .op_channels import reshape_axis, split_dims  # noqa: F401 - re-exported (hwopt.ir.reshape_axis)
 from .tensors import finite, selected, snapshot  # noqa: F401 - re-exported (hwopt.ir.snapshot, .selected)
 
@@ -67,381 +71,13 @@ class Node:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The op set, as data.
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
-
-
-def _window_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= size + p:  # torch: the last window must start inside the input or left padding
-        out -= 1
-    return out
-
-
-def _spatial(node: Node, x: TensorSpec, dilation=True, ceil=False) -> Shape:
-    if len(x.shape) != 4:
-        raise IRError(f"{node.op} needs a 4-D NCHW input, got shape {x.shape}", node.name)
-    a = node.attrs
-    k, s, p = _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a["padding"])
-    d = _pair(a.get("dilation", 1)) if dilation else (1, 1)
-    hw = tuple(_window_out(x.shape[2 + i], k[i], s[i], p[i], d[i], ceil) for i in range(2))
-    if min(hw) < 1:
-        raise IRError(f"{node.op} with kernel {k}, stride {s}, padding {p} leaves no output for input {x.shape}", node.name)
-    return hw
-
-
-def _conv_shape(node: Node, x: TensorSpec) -> Shape:
-    a = node.attrs
-    if len(x.shape) != 4 or x.shape[1] != a["in_channels"]:
-        raise IRError(f"conv2d expects input [N, {a['in_channels']}, H, W], got {list(x.shape)}", node.name)
-    return (x.shape[0], a["out_channels"], *_spatial(node, x))
-
-
-def _linear_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) < 2 or x.shape[-1] != node.attrs["in_features"]:
-        lead = "N, " if len(x.shape) <= 2 else "N, ..., "
-        raise IRError(f"linear expects input [{lead}{node.attrs['in_features']}], got {list(x.shape)}", node.name)
-    return (*x.shape[:-1], node.attrs["out_features"])
-
-
-def _bn_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) not in (2, 3, 4) or x.shape[1] != node.attrs["num_features"]:
-        raise IRError(f"batch_norm over {node.attrs['num_features']} features got input {list(x.shape)}", node.name)
-    return x.shape
-
-
-def _broadcast(node: Node, *xs: TensorSpec) -> Shape:
-    # numpy's rule in plain Python (torch.broadcast_shapes costs ~1.5 ms a call in its checks)
-    rank = max(len(x.shape) for x in xs)
-    out = [1] * rank
-    for x in xs:
-        for i, s in enumerate(x.shape, rank - len(x.shape)):
-            if s != out[i] and s != 1:
-                if out[i] != 1:
-                    raise IRError(f"{node.op} operands {[list(x.shape) for x in xs]} do not broadcast", node.name)
-                out[i] = s
-    return tuple(out)
-
-
-def _concat_shape(node: Node, *xs: TensorSpec) -> Shape:
-    # a batch dim of 1 broadcasts (a class token: a parameter concatenated to every sample's tokens)
-    d = node.attrs["dim"]
-    first = (max(x.shape[0] for x in xs), *xs[0].shape[1:])
-    for x in xs:
-        if (len(x.shape) != len(first) or x.shape[0] not in (1, first[0])
-                or any(a != b for i, (a, b) in enumerate(zip(x.shape, first)) if i not in (0, d))):
-            raise IRError(f"concat along dim {d} of mismatched shapes {[list(x.shape) for x in xs]}", node.name)
-    return tuple(sum(x.shape[d] for x in xs) if i == d else s for i, s in enumerate(first))
-
-
-def _slice_shape(node: Node, x: TensorSpec) -> Shape:
-    d, start, end = node.attrs["dim"], node.attrs["start"], node.attrs["end"]
-    step = node.attrs.get("step", 1)
-    if not (0 < d < len(x.shape)) or not (0 <= start < end <= x.shape[d]) or step < 1:
-        raise IRError(f"slice [{start}:{end}:{step}] along dim {d} out of range for input {list(x.shape)}", node.name)
-    return tuple(len(range(start, end, step)) if i == d else s for i, s in enumerate(x.shape))
-
-
-def _shuffle_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) != 4 or x.shape[1] % node.attrs["groups"]:
-        raise IRError(f"channel_shuffle with {node.attrs['groups']} groups needs channels divisible by it, got {list(x.shape)}", node.name)
-    return x.shape
-
-
-def _adaptive_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) != 4:
-        raise IRError(f"{node.op} needs a 4-D input, got {list(x.shape)}", node.name)
-    return (x.shape[0], x.shape[1], *_pair(node.attrs["output_size"]))
-
-
-def _flatten_shape(node: Node, x: TensorSpec) -> Shape:
-    s, e = node.attrs["start_dim"], node.attrs["end_dim"] % len(x.shape)
-    if not (1 <= s <= e):
-        raise IRError(f"flatten dims {s}..{node.attrs['end_dim']} invalid for input {list(x.shape)} (the batch dim is kept)", node.name)
-    return (*x.shape[:s], math.prod(x.shape[s:e + 1]), *x.shape[e + 1:])
-
-
-def _reshape_shape(node: Node, x: TensorSpec) -> Shape:
-    target = tuple(node.attrs["shape"])
-    if math.prod(target) != math.prod(x.shape[1:]):
-        raise IRError(f"reshape of {list(x.shape)} to [N, {', '.join(map(str, target))}] changes the element count", node.name)
-    return (x.shape[0], *target)
-
-
-def _mean_shape(node: Node, x: TensorSpec) -> Shape:
-    dims = sorted(d % len(x.shape) for d in node.attrs["dims"])
-    if 0 in dims:
-        raise IRError(f"{node.op} over the batch dimension is not supported", node.name)
-    if node.attrs["keepdim"]:
-        return tuple(1 if i in dims else s for i, s in enumerate(x.shape))
-    return tuple(s for i, s in enumerate(x.shape) if i not in dims)
-
-
-def _permute_shape(node: Node, x: TensorSpec) -> Shape:
-    dims = tuple(node.attrs["dims"])
-    if sorted(dims) != list(range(len(x.shape))) or dims[0] != 0:
-        raise IRError(f"permute {list(dims)} must reorder all dims of input {list(x.shape)} and keep the batch first", node.name)
-    return tuple(x.shape[d] for d in dims)
-
-
-def _matmul_shape(node: Node, a: TensorSpec, b: TensorSpec) -> Shape:
-    if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
-        raise IRError(f"matmul of {list(a.shape)} and {list(b.shape)}: needs [..., M, K] @ [..., K, N]", node.name)
-    try:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except RuntimeError:
-        raise IRError(f"matmul batch dims of {list(a.shape)} and {list(b.shape)} do not broadcast", node.name) from None
-    return (*batch, a.shape[-2], b.shape[-1])
-
-
-def _matmul_axis(node: Node, a: TensorSpec, b: TensorSpec) -> int:
-    # the channel axis carried to the output: a leading dim of a (heads), a's rows, a leading dim of b,
-    # b's columns; a contracted axis leaves none (the output's last dim then, pinned by hwopt.channels)
-    r, ra, rb = max(len(a.shape), len(b.shape)), len(a.shape), len(b.shape)
-    if a.axis < ra - 1:
-        return a.axis + r - ra
-    if b.axis < rb - 2:
-        return b.axis + r - rb
-    return r - 1
-
-
-def _attention_shape(node: Node, q: TensorSpec, k: TensorSpec, v: TensorSpec, *mask: TensorSpec) -> Shape:
-    lead = None
-    if len(q.shape) >= 3 and len(q.shape) == len(k.shape) == len(v.shape):
-        try:  # k and v may broadcast over q's heads (multi-query attention)
-            lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-        except RuntimeError:
-            pass
-    if lead != q.shape[:-2] or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise IRError(f"attention needs q [..., L, E], k [..., S, E], v [..., S, Ev] whose leading dims broadcast to "
-                      f"q's, got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}", node.name)
-    out = (*q.shape[:-1], v.shape[-1])
-    if mask:
-        try:
-            if torch.broadcast_shapes(mask[0].shape, (*q.shape[:-1], k.shape[-2])) != (*q.shape[:-1], k.shape[-2]):
-                raise RuntimeError
-        except RuntimeError:
-            raise IRError(f"attention mask {list(mask[0].shape)} does not broadcast to the scores "
-                          f"{[*q.shape[:-1], k.shape[-2]]}", node.name) from None
-    return out
-
-
-def _attention_macs(node: Node, ins: list[TensorSpec]) -> int:
-    q, k, v = ins[:3]
-    scores = math.prod(q.shape[:-1]) * k.shape[-2]
-    return scores * (q.shape[-1] + v.shape[-1])  # q kᵀ, then the weights times v
-
-
-def _cond_conv_shape(node: Node, x: TensorSpec, routing: TensorSpec) -> Shape:
-    if routing.shape != (x.shape[0], node.attrs["experts"]):
-        raise IRError(f"cond_conv2d over {node.attrs['experts']} experts needs routing weights [N, "
-                      f"{node.attrs['experts']}], got {list(routing.shape)}", node.name)
-    return _conv_shape(node, x)
-
-
-def _cond_conv_params(a: dict) -> dict[str, Shape]:
-    w = _conv_params(a)["weight"]
-    return {"weight": (a["experts"], *w), "bias": (a["experts"], a["out_channels"])}
-
-
-def _cond_conv_macs(node: Node, ins: list[TensorSpec]) -> int:
-    # the conv, plus mixing the experts' kernels for every sample (routing @ weights)
-    kernel = math.prod(_cond_conv_params(node.attrs)["weight"])
-    return _conv_macs(node, ins) + ins[0].shape[0] * (kernel + node.attrs["experts"] * node.attrs["out_channels"])
-
-
-def _fold_batch_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) < 3:
-        raise IRError(f"fold_batch merges dim 1 into the batch and needs rank >= 3, got {list(x.shape)}", node.name)
-    return (x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _unfold_batch_shape(node: Node, x: TensorSpec) -> Shape:
-    k = node.attrs["factor"]
-    if k < 1 or x.shape[0] % k:
-        raise IRError(f"unfold_batch by {k} of a batch dim of {x.shape[0]}", node.name)
-    return (x.shape[0] // k, k, *x.shape[1:])
-
-
-def _expand_shape(node: Node, x: TensorSpec) -> Shape:
-    target = (x.shape[0], *node.attrs["shape"])
-    if len(target) != len(x.shape) or any(s != t and s != 1 for s, t in zip(x.shape[1:], target[1:])):
-        raise IRError(f"expand of {list(x.shape)} to [N, {', '.join(map(str, node.attrs['shape']))}]: only "
-                      f"singleton dims grow", node.name)
-    return target
-
-
-def _layer_norm_shape(node: Node, x: TensorSpec) -> Shape:
-    if len(x.shape) < 2 or x.shape[-1] != node.attrs["normalized_size"]:
-        raise IRError(f"layer_norm over the last dim of size {node.attrs['normalized_size']} got input {list(x.shape)}", node.name)
-    return x.shape
-
-
-# Where the channel axis goes (rules as data, beside the shape rules): (node, *input specs) -> output axis.
-def _last_axis(node: Node, x: TensorSpec, *rest) -> int:
-    return len(x.shape) - 1
-
-
-def _permute_axis(node: Node, x: TensorSpec) -> int:
-    return list(node.attrs["dims"]).index(x.axis)
-
-
-def _flatten_axis(node: Node, x: TensorSpec) -> int:
-    s, e = node.attrs["start_dim"], node.attrs["end_dim"] % len(x.shape)
-    return x.axis if x.axis < s else s if x.axis <= e else x.axis - (e - s)
-
-
-def _reshape_axis(node: Node, x: TensorSpec) -> int:
-    return reshape_axis(x.shape, (x.shape[0], *node.attrs["shape"]), x.axis)[0]
-
-
-def _mean_axis(node: Node, x: TensorSpec) -> int:
-    dims = {d % len(x.shape) for d in node.attrs["dims"]}
-    if node.attrs["keepdim"] or x.axis in dims:
-        return min(x.axis, len(x.shape) - 1 - (0 if node.attrs["keepdim"] else len(dims)))
-    return x.axis - sum(d < x.axis for d in dims)
-
-
-def _binary_axis(node: Node, *xs: TensorSpec) -> int:
-    out_rank = max(len(x.shape) for x in xs)
-    full = [x for x in xs if len(x.shape) == out_rank and x.shape[x.axis] != 1] or [x for x in xs if len(x.shape) == out_rank]
-    return full[0].axis
-
-
-def _pad_shape(node: Node, x: TensorSpec) -> Shape:
-    pads = node.attrs["pads"]  # torch order: last dim (left, right), then the one before, ...
-    if len(pads) % 2 or len(pads) > 2 * (len(x.shape) - 2):
-        raise IRError(f"pad {list(pads)} must pad spatial dims of input {list(x.shape)}", node.name)
-    shape = list(x.shape)
-    for i in range(len(pads) // 2):
-        shape[-1 - i] += pads[2 * i] + pads[2 * i + 1]
-        if shape[-1 - i] < 1:
-            raise IRError(f"pad {list(pads)} leaves no output for input {list(x.shape)}", node.name)
-    return tuple(shape)
-
-
-def _group_norm_shape(node: Node, x: TensorSpec) -> Shape:
-    a = node.attrs
-    if len(x.shape) < 2 or x.shape[1] != a["num_channels"] or a["num_channels"] % a["num_groups"]:
-        raise IRError(f"group_norm of {a['num_channels']} channels in {a['num_groups']} groups got input {list(x.shape)}",
-                      node.name)
-    return x.shape
-
-
-def _const_shape(node: Node) -> Shape:
-    return tuple(node.attrs["shape"])
-
-
-def _conv_params(a: dict) -> dict[str, Shape]:
-    w = (a["out_channels"], a["in_channels"] // a["groups"], *_pair(a["kernel_size"]))
-    return {"weight": w, "bias": (a["out_channels"],), "weight_mask": w}
-
-
-def _linear_params(a: dict) -> dict[str, Shape]:
-    w = (a["out_features"], a["in_features"])
-    return {"weight": w, "bias": (a["out_features"],), "weight_mask": w}
-
-
-def _bn_params(a: dict) -> dict[str, Shape]:
-    return {k: (a["num_features"],) for k in ("weight", "bias", "running_mean", "running_var")}
-
-
-def _conv_macs(node: Node, ins: list[TensorSpec]) -> int:
-    a = node.attrs
-    kh, kw = _pair(a["kernel_size"])
-    return node.spec.numel * (a["in_channels"] // a["groups"]) * kh * kw
-
-
-# Conv1d, transposed conv, upsampling, vector norm (keyword spotting on MFCC, U-Net decoders, ConvNeXt-V2's GRN).
-def _window_out_1d(node: Node, size: int) -> int:
-    a = node.attrs
-    out = (size + 2 * a["padding"] - a["dilation"] * (a["kernel_size"] - 1) - 1) // a["stride"] + 1
-    if out < 1:
-        raise IRError(f"conv1d with kernel {a['kernel_size']}, stride {a['stride']}, padding {a['padding']} leaves no "
-                      f"output for length {size}", node.name)
-    return out
-
-
-def _conv1d_shape(node: Node, x: TensorSpec) -> Shape:
-    a = node.attrs
-    if len(x.shape) != 3 or x.shape[1] != a["in_channels"]:
-        raise IRError(f"conv1d expects input [N, {a['in_channels']}, L], got {list(x.shape)}", node.name)
-    return (x.shape[0], a["out_channels"], _window_out_1d(node, x.shape[2]))
-
-
-def _conv1d_params(a: dict) -> dict[str, Shape]:
-    return {"weight": (a["out_channels"], a["in_channels"] // a["groups"], a["kernel_size"]), "bias": (a["out_channels"],)}
-
-
-def _conv_transpose_shape(node: Node, x: TensorSpec) -> Shape:
-    a = node.attrs
-    if len(x.shape) != 4 or x.shape[1] != a["in_channels"]:
-        raise IRError(f"conv_transpose2d expects input [N, {a['in_channels']}, H, W], got {list(x.shape)}", node.name)
-    k, s, p, op, d = (_pair(a[key]) for key in ("kernel_size", "stride", "padding", "output_padding", "dilation"))
-    hw = tuple((x.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1 for i in range(2))
-    if min(hw) < 1 or any(op[i] >= max(s[i], d[i]) for i in range(2)):
-        raise IRError(f"conv_transpose2d with kernel {k}, stride {s}, padding {p}, output_padding {op} is invalid for "
-                      f"input {list(x.shape)}", node.name)
-    return (x.shape[0], a["out_channels"], *hw)
-
-
-def _conv_transpose_params(a: dict) -> dict[str, Shape]:
-    # torch's layout: [in, out / groups, kh, kw]
-    return {"weight": (a["in_channels"], a["out_channels"] // a["groups"], *_pair(a["kernel_size"])),
-            "bias": (a["out_channels"],)}
-
-
-def _conv_transpose_macs(node: Node, ins: list[TensorSpec]) -> int:
-    # every input element is scattered into (out / groups) · kh · kw outputs
-    a = node.attrs
-    kh, kw = _pair(a["kernel_size"])
-    return ins[0].numel * (a["out_channels"] // a["groups"]) * kh * kw
-
-
-def conv_weight_oi(node: Node, weight: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """The weight of a conv1d / conv2d / conv_transpose2d node (or `weight`, a tensor of its shape such as a
-    saliency) in the conv layout [out, in / groups, *k] (a transposed conv stores [in, out / groups, *k]):
-    per-channel magnitudes read the same for all three."""
-    w = node.params["weight"] if weight is None else weight
-    if node.op != "conv_transpose2d":
-        return w
-    g = node.attrs["groups"]
-    ig, og = w.shape[0] // g, w.shape[1]
-    return w.reshape(g, ig, og, *w.shape[2:]).transpose(1, 2).reshape(g * og, ig, *w.shape[2:])
-
-
-INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear")
-
-
-def _interpolate_shape(node: Node, x: TensorSpec) -> Shape:
-    a = node.attrs
-    if len(x.shape) != 4:
-        raise IRError(f"interpolate needs a 4-D NCHW input, got {list(x.shape)}", node.name)
-    if a["mode"] not in INTERPOLATE_MODES:
-        raise IRError(f"interpolate mode {a['mode']!r} is not one of {list(INTERPOLATE_MODES)}", node.name)
-    size = _pair(a["size"])
-    if a.get("scale_factor") is not None:  # torch: floor(in · scale), and the scale maps the sample positions
-        want = tuple(math.floor(x.shape[2 + i] * float(a["scale_factor"][i])) for i in range(2))
-        if want != size:
-            raise IRError(f"interpolate size {list(size)} disagrees with scale_factor {a['scale_factor']} on input "
-                          f"{list(x.shape)}", node.name)
-    if min(size) < 1:
-        raise IRError(f"interpolate to size {list(size)} leaves no output", node.name)
-    return (*x.shape[:2], *size)
-
-
-def _interpolate_macs(node: Node, ins: list[TensorSpec]) -> int:
-    return 0  # no multiply-accumulate with weights; its work (taps per output) is in targets/cost.py
+# The op set, as data: shape, axis, parameter and MAC rules are in hwopt.op_shapes.
 
 
 @dataclass(frozen=True)
 class OpDef:
     """Everything hwopt knows about one op. Rules are functions referenced here and defined beside their
-    kind: shape / MAC / axis rules in this file, channel rules in hwopt.op_channels, lowerings in
+    kind: shape / MAC / axis rules in hwopt.op_shapes, channel rules in hwopt.op_channels, lowerings in
     hwopt.op_lowering; features read the flags (see "How to add an op" in docs/ARCHITECTURE.md)."""
     arity: tuple[int, int | None]  # min, max number of tensor inputs (None: unbounded)
     attrs: tuple[str, ...] = ()
@@ -491,7 +127,7 @@ def _activation(doc: str, module: type[nn.Module], work: float, fn: Callable, *,
 
 
 def _binary(doc: str, fn: Callable, work: float, **flags) -> OpDef:
-    return OpDef((1, 2), ("scalar", "reverse"), shape=_broadcast, channel_preserving=True, axis=_binary_axis, doc=doc,
+    return OpDef((1, 2), ("scalar", "reverse"), shape=shapes.broadcast, channel_preserving=True, axis=shapes.binary_axis, doc=doc,
                  couple=channel.elementwise, lower=lowering.binary(fn), cost="elementwise", work=work, **flags)
 
 
@@ -504,34 +140,34 @@ OPS: dict[str, OpDef] = {
                    lower=lowering.input_, cost="view"),
     "output": OpDef((1, None), doc="the graph's result(s)", nchw=True, couple=channel.pin_all, lower=lowering.output,
                     cost="view"),
-    "conv2d": OpDef((1, 1), _CONV_ATTRS, _conv_shape, _conv_params, ("weight",), _conv_macs,
+    "conv2d": OpDef((1, 1), _CONV_ATTRS, shapes.conv_shape, shapes.conv_params, ("weight",), shapes.conv_macs,
                     doc="2-D convolution (grouped, depthwise, dilated); optional weight_mask", nchw=True,
                     couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv2d,
                     cost="conv", int8="kernel", firmware="anchor"),
-    "conv1d": OpDef((1, 1), _CONV_ATTRS, _conv1d_shape, _conv1d_params, ("weight",),
+    "conv1d": OpDef((1, 1), _CONV_ATTRS, shapes.conv1d_shape, shapes.conv1d_params, ("weight",),
                     lambda n, ins: n.spec.numel * (n.attrs["in_channels"] // n.attrs["groups"]) * n.attrs["kernel_size"],
                     doc="1-D convolution over [N, C, L] (grouped, depthwise, dilated)", nchw=True,
                     couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv1d,
                     cost="conv"),
-    "conv_transpose2d": OpDef((1, 1), _CONV_ATTRS[:5] + ("output_padding",) + _CONV_ATTRS[5:], _conv_transpose_shape,
-                              _conv_transpose_params, ("weight",), _conv_transpose_macs,
+    "conv_transpose2d": OpDef((1, 1), _CONV_ATTRS[:5] + ("output_padding",) + _CONV_ATTRS[5:], shapes.conv_transpose_shape,
+                              shapes.conv_transpose_params, ("weight",), shapes.conv_transpose_macs,
                               doc="2-D transposed convolution (weight [in, out/groups, kh, kw]; output_padding, groups)",
                               nchw=True, couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv_transpose,
                               lower=lowering.conv_transpose2d, cost="conv"),
     # upsampling to `size`; `scale_factor` (None or per-dim) is kept because torch maps sample positions with it
-    "interpolate": OpDef((1, 1), ("size", "scale_factor", "mode", "align_corners"), _interpolate_shape,
+    "interpolate": OpDef((1, 1), ("size", "scale_factor", "mode", "align_corners"), shapes.interpolate_shape,
                          channel_preserving=True, nchw=True, couple=_NCHW_SAME, lower=lowering.interpolate,
                          doc="upsample / resize NCHW to `size`: nearest, nearest-exact, bilinear (align_corners)",
                          cost="resample"),
     # p-norm over `dims` (torch.linalg.vector_norm; ConvNeXt-V2's GRN takes it over the spatial dims)
-    "vector_norm": OpDef((1, 1), ("ord", "dims", "keepdim"), _mean_shape, axis=_mean_axis,
+    "vector_norm": OpDef((1, 1), ("ord", "dims", "keepdim"), shapes.mean_shape, axis=shapes.mean_axis,
                          doc="p-norm over `dims` (Tensor.norm, torch.linalg.vector_norm)", couple=channel.over_dims,
                          lower=lowering.vector_norm, cost="reduce", work=2),
-    "linear": OpDef((1, 1), ("in_features", "out_features"), _linear_shape, _linear_params, ("weight",),
-                    lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=_last_axis,
+    "linear": OpDef((1, 1), ("in_features", "out_features"), shapes.linear_shape, shapes.linear_params, ("weight",),
+                    lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=shapes.last_axis,
                     doc="x @ Wᵀ + b over the last dim (any rank)", couple=channel.linear, resize=channel.resize_linear,
                     lower=lowering.linear, cost="dense", int8="kernel", firmware="anchor"),
-    "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), _bn_shape, _bn_params,
+    "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), shapes.bn_shape, shapes.bn_params,
                         ("running_mean", "running_var"), channel_preserving=True, nchw=True,
                         doc="inference batch norm with running statistics", couple=_NCHW_SAME,
                         resize=channel.resize_batch_norm, lower=lowering.batch_norm, cost="elementwise", work=2,
@@ -562,94 +198,94 @@ OPS: dict[str, OpDef] = {
     "sub": _binary("x - y (scalar, reversed)", operator.sub, 1, firmware="fused"),
     "mul": _binary("x · y, or x · scalar", operator.mul, 1, firmware="fused"),
     "div": _binary("x / y (scalar, reversed)", operator.truediv, 4, firmware="fused"),
-    "concat": OpDef((1, None), ("dim",), _concat_shape, doc="concatenate along `dim`", couple=channel.concat,
+    "concat": OpDef((1, None), ("dim",), shapes.concat_shape, doc="concatenate along `dim`", couple=channel.concat,
                     lower=lowering.concat, cost="data", int8="kernel", firmware="kernel"),
-    "slice": OpDef((1, 1), ("dim", "start", "end"), _slice_shape, doc="x[start:end] along `dim`", couple=channel.slice_,
+    "slice": OpDef((1, 1), ("dim", "start", "end"), shapes.slice_shape, doc="x[start:end] along `dim`", couple=channel.slice_,
                    resize=channel.resize_slice, lower=lowering.slice_, cost="data", firmware="kernel"),
-    "channel_shuffle": OpDef((1, 1), ("groups",), _shuffle_shape, doc="ShuffleNet channel shuffle", nchw=True,
+    "channel_shuffle": OpDef((1, 1), ("groups",), shapes.shuffle_shape, doc="ShuffleNet channel shuffle", nchw=True,
                              couple=channel.channel_shuffle,
                              lower=lowering.module(lambda n: nn.ChannelShuffle(n.attrs["groups"])), cost="data"),
     "max_pool2d": OpDef((1, 1), _POOL_ATTRS + ("dilation",),
-                        lambda n, x: (*x.shape[:2], *_spatial(n, x, True, n.attrs["ceil_mode"])), channel_preserving=True,
+                        shapes.max_pool_shape, channel_preserving=True,
                         doc="2-D max pooling", nchw=True, couple=_NCHW_SAME,
                         lower=lowering.module(lambda n: nn.MaxPool2d(n.attrs["kernel_size"], n.attrs["stride"],
                                                                      n.attrs["padding"], n.attrs["dilation"],
                                                                      ceil_mode=n.attrs["ceil_mode"])),
                         cost="pool", int8="kernel", firmware="kernel", constant=_same_constant),
     "avg_pool2d": OpDef((1, 1), _POOL_ATTRS + ("count_include_pad",),
-                        lambda n, x: (*x.shape[:2], *_spatial(n, x, False, n.attrs["ceil_mode"])), channel_preserving=True,
+                        shapes.avg_pool_shape, channel_preserving=True,
                         doc="2-D average pooling", nchw=True, couple=_NCHW_SAME,
                         lower=lowering.module(lambda n: nn.AvgPool2d(n.attrs["kernel_size"], n.attrs["stride"],
                                                                      n.attrs["padding"], n.attrs["ceil_mode"],
                                                                      n.attrs["count_include_pad"])),
                         cost="pool", int8="kernel", firmware="kernel", constant=_avg_pool_constant),
-    "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True,
+    "adaptive_avg_pool2d": OpDef((1, 1), ("output_size",), shapes.adaptive_shape, channel_preserving=True,
                                  doc="adaptive average pooling", nchw=True, couple=_NCHW_SAME,
                                  lower=lowering.module(lambda n: nn.AdaptiveAvgPool2d(n.attrs["output_size"])),
                                  cost="pool", int8="kernel", firmware="kernel", constant=_same_constant),
-    "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), _adaptive_shape, channel_preserving=True,
+    "adaptive_max_pool2d": OpDef((1, 1), ("output_size",), shapes.adaptive_shape, channel_preserving=True,
                                  doc="adaptive max pooling", nchw=True, couple=_NCHW_SAME,
                                  lower=lowering.module(lambda n: nn.AdaptiveMaxPool2d(n.attrs["output_size"])),
                                  cost="pool", constant=_same_constant),
-    "pad": OpDef((1, 1), ("pads", "value"), _pad_shape, channel_preserving=True,
+    "pad": OpDef((1, 1), ("pads", "value"), shapes.pad_shape, channel_preserving=True,
                  doc="constant padding of spatial dims (TF 'same')", lower=lowering.pad, cost="data"),
     "leaky_relu": OpDef((1, 1), ("negative_slope",), channel_preserving=True, doc="max(x, 0) + slope · min(x, 0)",
                         lower=lowering.module(lambda n: nn.LeakyReLU(n.attrs["negative_slope"])), cost="elementwise",
                         work=2),
-    "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), _group_norm_shape,
+    "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), shapes.group_norm_shape,
                         lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)},
                         doc="group norm with per-channel scale and shift", couple=channel.group_norm,
                         resize=channel.resize_group_norm, lower=lowering.group_norm, cost="elementwise", work=6),
     # a tensor that does not depend on the input (a layer-scale vector): learnable, batch dim 1
-    "const": OpDef((0, 0), ("shape",), _const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",),
+    "const": OpDef((0, 0), ("shape",), shapes.const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",),
                    axis=lambda n: n.attrs.get("axis", 1),
                    doc="a learnable tensor that does not depend on the input (layer scale)", couple=channel.untied,
                    resize=channel.resize_const, lower=lowering.const, cost="view"),
-    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), _flatten_shape, axis=_flatten_axis, doc="merge dims start..end",
+    "flatten": OpDef((1, 1), ("start_dim", "end_dim"), shapes.flatten_shape, axis=shapes.flatten_axis, doc="merge dims start..end",
                      couple=channel.reshape,
                      lower=lowering.module(lambda n: nn.Flatten(n.attrs["start_dim"], n.attrs["end_dim"])),
                      cost="view", int8="view", firmware="view", constant=_same_constant),
-    "reshape": OpDef((1, 1), ("shape",), _reshape_shape, axis=_reshape_axis, doc="reshape keeping the batch dim",
+    "reshape": OpDef((1, 1), ("shape",), shapes.reshape_shape, axis=shapes.reshape_node_axis, doc="reshape keeping the batch dim",
                      couple=channel.reshape, resize=channel.resize_shape_attr, lower=lowering.reshape, cost="view",
                      int8="view", firmware="view"),
-    "mean": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis, doc="mean over `dims` (not the batch)",
+    "mean": OpDef((1, 1), ("dims", "keepdim"), shapes.mean_shape, axis=shapes.mean_axis, doc="mean over `dims` (not the batch)",
                   couple=channel.over_dims, lower=lowering.mean, cost="pool", int8="kernel", firmware="kernel"),
-    "permute": OpDef((1, 1), ("dims",), _permute_shape, axis=_permute_axis,
+    "permute": OpDef((1, 1), ("dims",), shapes.permute_shape, axis=shapes.permute_axis,
                      doc="reorder dims, batch first (channels-last blocks)", couple=channel.same,
                      lower=lowering.permute, cost="data"),
     # LayerNorm over the last dim (channels-last blocks, tokens); over the channels it couples them like
     # batch norm (weight and bias per channel)
-    "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), _layer_norm_shape,
+    "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), shapes.layer_norm_shape,
                         lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)},
                         doc="layer norm over the last dim", couple=channel.last_dim_norm,
                         resize=channel.resize_layer_norm, lower=lowering.layer_norm, cost="elementwise", work=6),
     # tokens and attention: batched matrix products, scaled dot-product attention (its scale is stored,
     # so pruning head dims does not change it), sums, L2 normalisation, broadcasting singleton dims
-    "matmul": OpDef((2, 2), (), _matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=_matmul_axis,
+    "matmul": OpDef((2, 2), (), shapes.matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=shapes.matmul_axis,
                     doc="batched matrix product [..., M, K] @ [..., K, N] (leading dims broadcast)",
                     couple=channel.heads, lower=lowering.matmul, cost="matmul"),
-    "attention": OpDef((3, 4), ("scale", "causal"), _attention_shape, macs=_attention_macs,
+    "attention": OpDef((3, 4), ("scale", "causal"), shapes.attention_shape, macs=shapes.attention_macs,
                        axis=lambda n, q, *rest: q.axis if q.axis < len(q.shape) - 1 else len(q.shape) - 1,
                        doc="softmax(q kᵀ · scale [+ mask]) v over the last two dims (scaled_dot_product_attention, heads)",
                        couple=channel.heads, lower=lowering.attention, cost="matmul"),
-    "sum": OpDef((1, 1), ("dims", "keepdim"), _mean_shape, axis=_mean_axis, doc="sum over `dims` (not the batch)",
+    "sum": OpDef((1, 1), ("dims", "keepdim"), shapes.mean_shape, axis=shapes.mean_axis, doc="sum over `dims` (not the batch)",
                  couple=channel.over_dims, lower=lowering.sum_, cost="reduce", work=1),
     "normalize": OpDef((1, 1), ("dim", "eps"), doc="x / max(‖x‖₂, eps) along `dim` (F.normalize)",
                        couple=channel.along_dim, lower=lowering.normalize, cost="reduce", work=4),
-    "expand": OpDef((1, 1), ("shape",), _expand_shape, doc="broadcast singleton dims to `shape` (the batch dim kept)",
+    "expand": OpDef((1, 1), ("shape",), shapes.expand_shape, doc="broadcast singleton dims to `shape` (the batch dim kept)",
                     couple=channel.expand, resize=channel.resize_shape_attr, lower=lowering.expand, cost="data"),
     # a dim folded into the batch and back (MobileViT runs its transformer on [B * patch_area, patches, C]):
     # every op treats dim 0 as the batch, so a folded tensor's ops act per (sample, folded index)
-    "fold_batch": OpDef((1, 1), (), _fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1),
+    "fold_batch": OpDef((1, 1), (), shapes.fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1),
                         doc="merge dim 1 into the batch dim: [N, K, ...] -> [N·K, ...]", couple=channel.fold_batch,
                         lower=lowering.fold_batch, cost="view"),
-    "unfold_batch": OpDef((1, 1), ("factor",), _unfold_batch_shape, axis=lambda n, x: x.axis + 1,
+    "unfold_batch": OpDef((1, 1), ("factor",), shapes.unfold_batch_shape, axis=lambda n, x: x.axis + 1,
                           doc="split `factor` out of the batch dim: [N·factor, ...] -> [N, factor, ...]",
                           couple=channel.same, lower=lowering.unfold_batch, cost="view"),
     # CondConv (Yang et al. 2019): a conv whose kernel is each sample's mix of expert kernels, weighted by
     # its routing input [N, experts]; not pruned (exactness first)
-    "cond_conv2d": OpDef((2, 2), _CONV_ATTRS + ("experts",), _cond_conv_shape, _cond_conv_params, ("weight",),
-                         _cond_conv_macs, nchw=True, couple=channel.pin_all, lower=lowering.cond_conv2d, cost="conv",
+    "cond_conv2d": OpDef((2, 2), _CONV_ATTRS + ("experts",), shapes.cond_conv_shape, shapes.cond_conv_params, ("weight",),
+                         shapes.cond_conv_macs, nchw=True, couple=channel.pin_all, lower=lowering.cond_conv2d, cost="conv",
                          doc="conv with per-sample kernels Σₑ routing[n, e] · weight[e] (CondConv; input 2: routing "
                              "[N, experts])"),
     # int8 quantization (hwopt.quant): float32 -> int8 with attrs["quant"] = {scale, zero_point}, and back

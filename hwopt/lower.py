@@ -54,6 +54,21 @@ class _Paths:
                 or any(".".join(parts[:i]) in self.leaves for i in range(1, len(parts))))
 
 
+def _install(root: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Put each module at its dotted path under `root`, creating plain containers on the way: what
+    fx.GraphModule(modules, graph) does, without nn.Module's __getattr__ / __setattr__ at every step (~4 ms
+    on MobileNetV2). The paths come from _Paths, so none is both a leaf and a prefix."""
+    for path, module in modules.items():
+        *prefix, leaf = path.split(".")
+        parent = root
+        for part in prefix:
+            child = parent._modules.get(part)
+            if child is None:
+                child = parent._modules[part] = nn.Module()
+            parent = child
+        parent._modules[leaf] = module
+
+
 @pauses_collector
 def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
     """A torch module computing `graph`, in eval mode. The graph is only read. A quantized graph lowers to a
@@ -84,7 +99,9 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
             env[node.name] = out.call_module(path, tuple(e.ins))
         elif lowered is not None:
             env[node.name] = lowered
-    gm = fx.GraphModule(modules, out, class_name="HwoptModule")
+    gm = fx.GraphModule({}, fx.Graph(), class_name="HwoptModule")
+    _install(gm, modules)
+    gm.graph = out  # generates and compiles forward()
     gm.hwopt_module_paths = paths  # node name -> submodule path (names can need sanitising)
     for m in gm.modules():  # eval mode, without nn.Module.train's recursive __setattr__ walk (~1.5 ms)
         if type(m).train is nn.Module.train:

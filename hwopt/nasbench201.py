@@ -9,16 +9,24 @@ node j = 1, 2, 3, the op on each edge `op~i`. Ops: `none` (no edge), `skip_conne
 `nor_conv_1x1` / `nor_conv_3x3` (ReLU -> Conv, no bias -> BN), `avg_pool_3x3` (stride 1, pad 1,
 count_include_pad=False).
 
-Which edges a runtime executes is read off the measurements (bench/device_fidelity.py): an edge
-whose result never reaches node 3 through non-`none` edges is dropped (dead-code elimination: such
-an edge costs ~0 ms on a Raspberry Pi 4, against ~16 ms for a live 3x3 conv edge), but an op that
-reads a node whose every input is `none` is still executed (NAS-Bench-201's `none` is `x * 0`, which
-the converter does not fold: adding a 3x3 conv that reads such a zero node costs the same ~16 ms as
-one that reads real data). So `live_edges` drops only dead-end edges; a zero node is built as
-`x * 0`. A cell with no path of non-`none` edges from node 0 to node 3 makes the network's output a
-constant (measured 0.01..22 ms, unlike any network): `nasbench201` refuses it. `canonical(arch)` is
-the set of live edges: cells with the same canonical form run the same network, which
-`bench/device_fidelity.py` uses for the measurement noise floor.
+Which ops the runtime executes is not what the cell string says, and was read off the measurements
+(HW-NAS-Bench's TFLite models of the Pi 4 and Pixel 3 columns agree cell for cell; bench/device_fidelity.py).
+NAS-Bench-201's `none` is `x * 0` and a node sums its inputs; the converter's rewrites explain the
+timings (`program`):
+- `x * 0` becomes a constant zero tensor, and adding a zero tensor is dropped: an edge whose result
+  only reaches node 3 through `none` edges is dead code (~0 ms, against ~16 ms for a live 3x3 conv on
+  the Pi 4), except
+- `conv(x) * 0` where that conv's output has no other use: the multiply folds into the conv (its
+  weights times 0), and the conv keeps running, computing zeros. A dead conv that is the only term of
+  its node therefore still costs its full time (cells `|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|
+  none~1|none~2|`: 20 ms, against 2.8 ms for the same cell with `skip_connect~0` into node 1).
+- an op reading a node whose terms are all zero reads a constant zero tensor and still runs (a 3x3
+  conv on it costs the same ~16 ms as on real data); here that tensor is built as `x * 0`.
+With these rules a count of the executed ops ranks the Pi 4 rows 0.98 (validation rows, never the
+bench's test rows) where "live edges only" gave 0.968. A cell with no path of non-`none` edges from
+node 0 to node 3 makes the network's output a constant (measured 0.01..22 ms): `nasbench201` refuses
+it. `canonical(arch)` is the executed program: cells with the same one run the same network
+(`bench/device_fidelity.py` groups them for the measurement-noise ceiling).
 
 The skeleton: stem Conv3x3(3 -> 16) + BN; three stages of 5 cells at 16, 32, 64 channels (32x32,
 16x16, 8x8 maps); between stages a residual reduction block (ReLU-Conv3x3 stride 2-BN ->
@@ -33,7 +41,7 @@ from torch import nn
 
 from hwopt.ir import Graph, TensorSpec, _remember_finite
 
-__all__ = ["nasbench201", "nasbench201_graph", "parse", "live_edges", "canonical", "computes_constant", "OPS", "NasBench201Error"]
+__all__ = ["nasbench201", "nasbench201_graph", "parse", "program", "live_edges", "canonical", "computes_constant", "OPS", "NasBench201Error"]
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 _EDGE = re.compile(r"^([a-z_0-9]+)~(\d+)$")
@@ -88,16 +96,73 @@ def computes_constant(arch: str) -> bool:
 
 
 def live_edges(arch: str) -> list[tuple[str, int, int]]:
-    """The edges a runtime executes: not `none`, and their target reaches node 3 through non-`none`
-    edges ([] when the cell computes a constant)."""
+    """The edges that are not `none` and whose target reaches node 3 through non-`none` edges ([] when
+    the cell computes a constant): what the cell computes. What the runtime executes is `program`."""
     if computes_constant(arch):
         return []
     return _prune([e for e in parse(arch) if e[0] != "none"], forward=False)
 
 
+Step = tuple[str, str, tuple[str, ...]]  # (name, op, inputs): op a NAS-Bench-201 op, "zero", "mul0" or "add"
+_CONVS = ("nor_conv_1x1", "nor_conv_3x3")
+
+
+def program(arch: str) -> tuple[list[Step], str]:
+    """(steps, output): the ops one cell executes as deployed (see the module docstring), in evaluation
+    order, and the name of the value the cell returns. Inputs name earlier steps or "x" (the cell's
+    input). Ops: the NAS-Bench-201 ops (conv / pool edges; skips are not steps, they pass their
+    input's value on), "zero" (a zero tensor of x's shape), "mul0" (a conv's output times 0: the conv
+    keeps running), "add" (a node's sum of its non-zero terms). Step names are edge positions, so two
+    cells with the same steps run the same network. ([], "") for a cell that computes a constant."""
+    edges = parse(arch)
+    if computes_constant(arch):
+        return [], ""
+    users = {i: sum(1 for op, a, _ in edges if a == i and op != "none") for i in range(4)}
+    val: dict[int, tuple[str, str]] = {0: ("other", "x")}  # node -> (zero | conv | other, value name)
+    steps: list[Step] = []
+    for j in (1, 2, 3):
+        terms = []
+        for op, i, jj in edges:
+            if jj != j:
+                continue
+            kind, ref = val[i]
+            if op == "none":
+                if kind == "conv" and users[i] == 0:  # the multiply by 0 folds into the conv, which runs
+                    steps.append((f"mul0~{i}>{j}", "mul0", (ref,)))
+                    terms.append(("conv", steps[-1][0]))
+                continue
+            if op == "skip_connect":
+                terms.append((kind, ref))
+                continue
+            if kind == "zero" and not any(name == "zero" for name, _, _ in steps):
+                steps.append(("zero", "zero", ("x",)))
+            steps.append((f"{op}~{i}>{j}", op, (ref,)))
+            terms.append(("conv" if op in _CONVS else "other", steps[-1][0]))
+        terms = [t for t in terms if t[0] != "zero"]
+        if not terms:
+            val[j] = ("zero", "zero")
+        elif len(terms) == 1:
+            val[j] = terms[0]
+        else:
+            steps.append((f"add>{j}", "add", tuple(ref for _, ref in terms)))
+            val[j] = ("other", steps[-1][0])
+    out = val[3][1]
+    needed, stack = set(), [out]
+    by_name = {name: ins for name, _, ins in steps}
+    while stack:  # dead-code elimination: keep what the output reads
+        n = stack.pop()
+        if n not in needed and n in by_name:
+            needed.add(n)
+            stack += list(by_name[n])
+    return [st for st in steps if st[0] in needed], out
+
+
 def canonical(arch: str) -> str:
-    """A key equal for cells that compute the same network ('' when the cell computes nothing)."""
-    return "|".join(f"{op}~{i}>{j}" for op, i, j in live_edges(arch))
+    """A key equal for cells that run the same network ('' when the cell computes a constant)."""
+    steps, out = program(arch)
+    if not out:
+        return ""
+    return ";".join(f"{name}({','.join(ins)})" for name, _, ins in steps) + f"->{out}"
 
 
 class _ReLUConvBN(nn.Sequential):
@@ -118,23 +183,29 @@ def _op(name: str, c: int) -> nn.Module:
 
 
 class Cell(nn.Module):
-    def __init__(self, edges: list[tuple[str, int, int]], c: int):
+    """One cell as deployed: runs `program(arch)`."""
+
+    def __init__(self, arch: str, c: int):
         super().__init__()
-        self.edges = [(i, j) for _, i, j in edges]
-        self.ops = nn.ModuleList(_op(op, c) for op, _, _ in edges)
+        self.steps, self.out = program(arch)
+        self.ops = nn.ModuleList(_op(op, c) for _, op, _ in self.steps if op in OPS)
 
     def forward(self, x):
-        nodes = {0: x}
-        for j in (1, 2, 3):
-            ins = [op(nodes[i]) for op, (i, jj) in zip(self.ops, self.edges) if jj == j]
-            if ins:
-                s = ins[0]
+        vals = {"x": x}
+        mods = iter(self.ops)
+        for name, op, ins in self.steps:
+            if op == "zero":
+                vals[name] = x * 0.0  # a node whose every term is zero: the ops reading it still run
+            elif op == "mul0":
+                vals[name] = vals[ins[0]] * 0.0
+            elif op == "add":
+                s = vals[ins[0]]
                 for t in ins[1:]:
-                    s = s + t
-                nodes[j] = s
-            elif any(i == j for i, _ in self.edges):
-                nodes[j] = x * 0.0  # every input is `none`: NAS-Bench-201's Zero op, executed
-        return nodes[3]
+                    s = s + vals[t]
+                vals[name] = s
+            else:
+                vals[name] = next(mods)(vals[ins[0]])
+        return vals[self.out]
 
 
 class ReductionBlock(nn.Module):
@@ -154,8 +225,7 @@ class NasBench201(nn.Module):
     def __init__(self, arch: str, num_classes: int = 10, channels: tuple[int, int, int] = (16, 32, 64),
                  cells_per_stage: int = 5):
         super().__init__()
-        edges = live_edges(arch)
-        if not edges:
+        if computes_constant(arch):
             raise NasBench201Error(f"cell {arch!r} has no path from its input to its output: the network "
                                    "computes a constant (no latency to model)")
         self.arch = arch
@@ -166,7 +236,7 @@ class NasBench201(nn.Module):
         for s, c in enumerate(channels):
             if s:
                 layers.append(ReductionBlock(cprev, c))
-            layers += [Cell(edges, c) for _ in range(cells_per_stage)]
+            layers += [Cell(arch, c) for _ in range(cells_per_stage)]
             cprev = c
         self.cells = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.BatchNorm2d(cprev), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -225,28 +295,23 @@ class _GraphBuilder:
                                                      "padding": (pad, pad), "ceil_mode": False,
                                                      "count_include_pad": include_pad})
 
-    def cell(self, name: str, edges: list[tuple[str, int, int]], x: str, c: int) -> str:
-        nodes = {0: x}
-        for j in (1, 2, 3):
-            ins = []
-            for k, (op, i, jj) in enumerate(edges):
-                if jj != j:
-                    continue
-                where = f"{name}.ops.{k}"
-                if op == "skip_connect":
-                    ins.append(self.module(where, "identity", [nodes[i]]))
-                elif op in ("nor_conv_1x1", "nor_conv_3x3"):
-                    ins.append(self.relu_conv_bn(where, nodes[i], c, c, 1 if op == "nor_conv_1x1" else 3))
-                else:  # avg_pool_3x3
-                    ins.append(self.avg_pool(where, nodes[i], 3, 1, 1, False))
-            if ins:
-                s = ins[0]
+    def cell(self, name: str, steps: list[Step], out: str, x: str, c: int) -> str:
+        vals, k = {"x": x}, 0
+        for step, op, ins in steps:
+            if op in ("zero", "mul0"):
+                vals[step] = self.functional("mul", [x if op == "zero" else vals[ins[0]]], {"scalar": 0.0, "reverse": False}, name)
+            elif op == "add":
+                s = vals[ins[0]]
                 for t in ins[1:]:
-                    s = self.functional("add", [s, t], {}, name)
-                nodes[j] = s
-            elif any(i == j for _, i, _ in edges):
-                nodes[j] = self.functional("mul", [x], {"scalar": 0.0, "reverse": False}, name)
-        return nodes[3]
+                    s = self.functional("add", [s, vals[t]], {}, name)
+                vals[step] = s
+            else:
+                where, k = f"{name}.ops.{k}", k + 1
+                if op in _CONVS:
+                    vals[step] = self.relu_conv_bn(where, vals[ins[0]], c, c, 1 if op == "nor_conv_1x1" else 3)
+                else:  # avg_pool_3x3 (skips are not steps)
+                    vals[step] = self.avg_pool(where, vals[ins[0]], 3, 1, 1, False)
+        return vals[out]
 
     def reduction(self, name: str, x: str, cin: int, cout: int) -> str:
         s = self.avg_pool(f"{name}.shortcut.0", x, 2, 2, 0, True)
@@ -263,8 +328,8 @@ def nasbench201_graph(arch: str, num_classes: int = 10, channels: tuple[int, int
     `hwopt.lift(nasbench201(arch), torch.randn(input_shape))`, ~20x faster (no module to construct,
     no forward to trace). Parameters are zeros (batch norms: identity statistics): the graph is for
     costing (`target.cost`, calibration features); lift the module for its initialized weights."""
-    edges = live_edges(arch)
-    if not edges:
+    steps, out = program(arch)
+    if not out:
         raise NasBench201Error(f"cell {arch!r} has no path from its input to its output: the network "
                                "computes a constant (no latency to model)")
     b = _GraphBuilder(input_shape)
@@ -276,7 +341,7 @@ def nasbench201_graph(arch: str, num_classes: int = 10, channels: tuple[int, int
             x = b.reduction(f"cells.{layer}", x, cprev, c)
             layer += 1
         for _ in range(cells_per_stage):
-            x = b.cell(f"cells.{layer}", edges, x, c)
+            x = b.cell(f"cells.{layer}", steps, out, x, c)
             layer += 1
         cprev = c
     x = b.module("head.1", "relu", [b.bn("head.0", x, cprev)])

@@ -107,3 +107,21 @@ def test_graph_of_a_constant_cell_is_refused():
     from hwopt.nasbench201 import nasbench201_graph
     with pytest.raises(NasBench201Error, match="constant"):
         nasbench201_graph("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
+
+
+def test_program_runs_dead_convs_whose_zero_multiply_folds_into_them():
+    """The deployed program (module docstring): `conv(x) * 0` folds into a conv with no other use, which
+    keeps running; `x * 0` of anything else is a constant zero and what only reaches it is dead."""
+    from hwopt.nasbench201 import program
+    # node 1 = conv(x) is used only by `none` edges: node 2 = conv * 0 is a conv too, and node 3 keeps both
+    steps, out = program("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
+    assert [op for _, op, _ in steps] == ["nor_conv_3x3", "mul0", "mul0", "mul0", "add"]
+    # the same cell with a skip into node 1: nothing but the skip is left
+    assert program("|skip_connect~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|") == ([], "x")
+    # node 2 = conv(x) + conv(x) is a sum, not a conv: times 0 it is a zero constant, all dead
+    assert program("|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|none~1|none~2|") == ([], "x")
+    # an op reading a node whose every term is zero reads a zero tensor and runs
+    steps, out = program("|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    assert [op for _, op, _ in steps] == ["zero", "nor_conv_3x3", "add"]
+    assert canonical("|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|") != \
+        canonical("|none~0|+|skip_connect~0|none~1|+|none~0|skip_connect~1|skip_connect~2|")
