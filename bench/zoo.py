@@ -64,7 +64,18 @@ class Results:
             if saved.get("settings") != settings:
                 raise SystemExit(f"bench/zoo.py: {source} holds rows measured with {saved.get('settings')}, "
                                  f"not {settings}: name another file")
-            self.rows.update(saved["rows"])
+            for name, row in saved["rows"].items():  # a later file's row wins, unless it says less
+                if not self._says_less(row, self.rows.get(name)):
+                    self.rows[name] = row
+
+    def _says_less(self, row: dict, than: dict | None) -> bool:
+        """A Torch-Pruning stop by the wall-time backstop says less than a conclusive outcome (e.g. parallel
+        retry chunks each carry the other's models as they were before the retry)."""
+        if than is None or not than.get("tp") or not row.get("tp"):
+            return than is not None and bool(than.get("tp")) and not row.get("tp")
+        timeout = self.settings["tp_timeout"]
+        return (zoo_tp.TPOutcome.from_dict(row["tp"]).stopped_by_wall(timeout)
+                and not zoo_tp.TPOutcome.from_dict(than["tp"]).stopped_by_wall(timeout))
 
     def get(self, name: str):
         """(hwopt's outcome, its seconds, Torch-Pruning's outcome or None) saved for `name`, or None."""
@@ -115,10 +126,11 @@ def _summary(rows, tp_version: str | None, wall: float, measured: int) -> None:
     tps = [(name, o, t) for name, o, _, t in rows if t is not None]
     if tps:
         tp_ok = sum(t.pruned for _, _, t in tps)
-        tp_s = sum(t.seconds for _, _, t in tps if not math.isnan(t.seconds))
+        finished = [t for _, _, t in tps if t.result not in ("timeout", "memory", "crashed")]
+        tp_s = sum(t.seconds for t in finished if not math.isnan(t.seconds))
         both = sum(t.pruned and o.pruned for _, o, t in tps)
         print(f"Torch-Pruning {tp_version or ''} prunes {tp_ok}/{len(tps)} ({100 * tp_ok / len(tps):.0f} %) in "
-              f"{tp_s:.0f} s of its own time; both prune {both}, only hwopt "
+              f"{tp_s:.0f} s of its own time on the {len(finished)} it finished; both prune {both}, only hwopt "
               f"{sum(o.pruned and not t.pruned for _, o, t in tps)}, only Torch-Pruning "
               f"{sum(t.pruned and not o.pruned for _, o, t in tps)}")
     causes = collections.Counter(f"{o.error_type}: {o.error[:110]}" for _, o, _, _ in rows if o.error)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import re
 import time
 import traceback
 import warnings
@@ -50,6 +51,12 @@ class TPOutcome:
     @property
     def pruned(self) -> bool:
         return self.result == PRUNED
+
+    def stopped_by_wall(self, timeout: float) -> bool:
+        """Stopped by the wall-time backstop before it had `timeout` s of CPU time: the machine was starved,
+        so the row says less than one measured again with more wall time."""
+        found = re.search(r"after (\d+) s of CPU time", self.detail) if self.result == "timeout" else None
+        return bool(found) and int(found.group(1)) < timeout
 
     def to_dict(self) -> dict:
         return asdict(self)

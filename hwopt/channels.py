@@ -22,6 +22,7 @@ from scipy.sparse.csgraph import connected_components
 from .errors import IRError
 from .gcpause import pauses_collector
 from .ir import OPS, Graph, Node, shared_nodes
+from .op_channels import Growth
 
 @dataclass
 class ChannelGroup:
@@ -284,22 +285,6 @@ def _insertion_plan(graph: Graph, grow: dict[int, int], groups: list[ChannelGrou
     return plan
 
 
-def _grow_dim(t: torch.Tensor, src: np.ndarray | None, dim: int, fill: torch.Tensor) -> torch.Tensor:
-    """`t` with new slices along `dim` at the positions `src` marks new, taken from `fill`."""
-    if src is None:
-        return t
-    old = torch.from_numpy(np.flatnonzero(src >= 0))
-    new = torch.from_numpy(np.flatnonzero(src < 0))
-    shape = list(t.shape)
-    shape[dim] = len(src)
-    out = torch.empty(shape, dtype=t.dtype)
-    out.index_copy_(dim, old, t.index_select(dim, torch.from_numpy(src[src >= 0])))
-    fshape = list(shape)
-    fshape[dim] = len(new)
-    out.index_copy_(dim, new, fill.reshape(fshape) if fill.numel() == int(np.prod(fshape)) else fill.expand(fshape).clone())
-    return out
-
-
 def _signature(group: ChannelGroup) -> tuple:
     return tuple(sorted((name, idx.shape[1]) for name, idx in group.members.items()))
 
@@ -328,7 +313,7 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
     grow = {by_sig[sig]: n - groups[by_sig[sig]].size for sig, n in grow_by_sig.items()}
     if not grow:
         return graph
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    ctx = Growth(generator if generator is not None else torch.Generator().manual_seed(0), sorted(grow))
     plan = _insertion_plan(graph, grow, groups)
     new = graph.copy()
     for name in graph.order():
@@ -337,65 +322,12 @@ def resize_groups(graph: Graph, sizes: dict[int, int], *, generator: torch.Gener
         src_in = plan.get(n.inputs[0]) if n.inputs else None
         if src_out is None and src_in is None:
             continue
+        rule = OPS[n.op].grow
+        if rule is None:
+            continue
         m = new[name]
         a, p = dict(n.attrs), dict(n.params)
-        if n.op == "conv_transpose2d":
-            raise IRError("growing the channels of a transposed conv is not supported (removing them is)", name)
-        if n.op in ("conv2d", "linear", "conv1d"):
-            w = p["weight"]
-            grouped = n.op in ("conv2d", "conv1d") and a["groups"] > 1
-            if grouped and src_out is not None:
-                og = a["out_channels"] // a["groups"]
-                a["groups"] = len(src_out) // og
-            fan_in = w[0].numel() if grouped else (len(src_in) if src_in is not None else w.shape[1]) * w[0, 0].numel()
-            std = (2.0 / fan_in) ** 0.5
-            fresh = lambda *shape: torch.randn(shape, generator=gen, dtype=w.dtype) * std
-            grown = w
-            if not grouped and src_in is not None:
-                grown = _grow_dim(grown, src_in, 1, fresh(grown.shape[0], int((src_in < 0).sum()), *w.shape[2:]))
-            if src_out is not None:
-                grown = _grow_dim(grown, src_out, 0, fresh(int((src_out < 0).sum()), *grown.shape[1:]))
-            p["weight"] = grown
-            if "weight_mask" in p:
-                mask = _grow_dim(p["weight_mask"], src_out, 0, torch.ones(1))
-                p["weight_mask"] = mask if grouped or src_in is None else _grow_dim(mask, src_in, 1, torch.ones(1))
-            if "bias" in p:
-                p["bias"] = _grow_dim(p["bias"], src_out, 0, torch.zeros(1))
-            key_out, key_in = ("out_channels", "in_channels") if n.op != "linear" else ("out_features", "in_features")
-            a[key_out] = grown.shape[0]
-            a[key_in] = grown.shape[1] * (a["groups"] if n.op != "linear" else 1)
-        elif n.op == "batch_norm":
-            init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
-            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()}
-            a["num_features"] = len(src_out)
-        elif n.op == "layer_norm" and src_out is not None:
-            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
-            a["normalized_size"] = len(src_out)
-        elif n.op in ("reshape", "expand") and src_out is not None:
-            shape = list(n.spec.shape)
-            shape[n.spec.axis] = len(src_out)
-            a["shape"] = tuple(shape[1:])
-        elif n.op == "group_norm":
-            p = {k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()}
-            cpg = a["num_channels"] // a["num_groups"]
-            a["num_channels"], a["num_groups"] = len(src_out), len(src_out) // cpg
-        elif n.op == "const" and src_out is not None:  # new channels of a layer scale start at its mean
-            v = p["value"]
-            p["value"] = _grow_dim(v, src_out, n.spec.axis, v.mean(dim=n.spec.axis, keepdim=True))
-            a["shape"] = tuple(p["value"].shape)
-        elif n.op == "slice" and a["dim"] == n.spec.axis and src_in is not None:
-            key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
-            inside = (key >= a["start"]) & (key < a["end"])
-            positions = np.flatnonzero(inside)
-            wanted = len(src_out) if src_out is not None else a["end"] - a["start"]
-            if len(positions) != wanted or positions[-1] - positions[0] + 1 != wanted:
-                # e.g. a depthwise conv with channel multiplier 2 whose output a chunk cuts inside one unit: the
-                # unit's new channels sit together beside its last channel, on one side of the cut only
-                raise IRError(f"groups {sorted(grow)} cannot grow: node '{name}' slices channels "
-                              f"{a['start']}:{a['end']} of its input and should take {wanted} channels once grown, but "
-                              f"{len(positions)} of the grown input's channels fall in its range (a unit is cut by the "
-                              f"slice)")
-            a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1
+        rule(n, a, p, src_in, src_out, ctx)
         m.attrs, m.params = a, p
         new.replace(m)
     _reshare(graph, new)

@@ -93,6 +93,7 @@ class OpDef:
     # hwopt.op_channels; None: channel i <-> channel i if channel_preserving, and nothing to resize
     couple: Callable[..., None] | None = None
     resize: Callable[..., None] | None = None
+    grow: Callable[..., None] | None = None  # growth rule (n, attrs, params, src_in, src_out, ctx); None: unchanged
     lower: Callable[..., Any] | None = None  # (node, emitter) -> nn.Module or fx node, see hwopt.op_lowering
     # cost kind (hwopt.targets.cost): view (no kernel), elementwise, pool, reduce, data (movement), dense,
     # matmul, conv, resample; `work`: operations per output element (elementwise) or input element (reduce)
@@ -142,17 +143,17 @@ OPS: dict[str, OpDef] = {
                     cost="view"),
     "conv2d": OpDef((1, 1), _CONV_ATTRS, shapes.conv_shape, shapes.conv_params, ("weight",), shapes.conv_macs,
                     doc="2-D convolution (grouped, depthwise, dilated); optional weight_mask", nchw=True,
-                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv2d,
+                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, grow=channel.grow_weighted, lower=lowering.conv2d,
                     cost="conv", int8="kernel", firmware="anchor"),
     "conv1d": OpDef((1, 1), _CONV_ATTRS, shapes.conv1d_shape, shapes.conv1d_params, ("weight",),
                     lambda n, ins: n.spec.numel * (n.attrs["in_channels"] // n.attrs["groups"]) * n.attrs["kernel_size"],
                     doc="1-D convolution over [N, C, L] (grouped, depthwise, dilated)", nchw=True,
-                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, lower=lowering.conv1d,
+                    couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv, grow=channel.grow_weighted, lower=lowering.conv1d,
                     cost="conv"),
     "conv_transpose2d": OpDef((1, 1), _CONV_ATTRS[:5] + ("output_padding",) + _CONV_ATTRS[5:], shapes.conv_transpose_shape,
                               shapes.conv_transpose_params, ("weight",), shapes.conv_transpose_macs,
                               doc="2-D transposed convolution (weight [in, out/groups, kh, kw]; output_padding, groups)",
-                              nchw=True, couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv_transpose,
+                              nchw=True, couple=channel.nchw(channel.conv_groups), resize=channel.resize_conv_transpose, grow=channel.grow_refused,
                               lower=lowering.conv_transpose2d, cost="conv"),
     # upsampling to `size`; `scale_factor` (None or per-dim) is kept because torch maps sample positions with it
     "interpolate": OpDef((1, 1), ("size", "scale_factor", "mode", "align_corners"), shapes.interpolate_shape,
@@ -165,12 +166,12 @@ OPS: dict[str, OpDef] = {
                          lower=lowering.vector_norm, cost="reduce", work=2),
     "linear": OpDef((1, 1), ("in_features", "out_features"), shapes.linear_shape, shapes.linear_params, ("weight",),
                     lambda n, ins: n.spec.numel * n.attrs["in_features"], axis=shapes.last_axis,
-                    doc="x @ Wᵀ + b over the last dim (any rank)", couple=channel.linear, resize=channel.resize_linear,
+                    doc="x @ Wᵀ + b over the last dim (any rank)", couple=channel.linear, resize=channel.resize_linear, grow=channel.grow_weighted,
                     lower=lowering.linear, cost="dense", int8="kernel", firmware="anchor"),
     "batch_norm": OpDef((1, 1), ("num_features", "eps", "momentum"), shapes.bn_shape, shapes.bn_params,
                         ("running_mean", "running_var"), channel_preserving=True, nchw=True,
                         doc="inference batch norm with running statistics", couple=_NCHW_SAME,
-                        resize=channel.resize_batch_norm, lower=lowering.batch_norm, cost="elementwise", work=2,
+                        resize=channel.resize_batch_norm, grow=channel.grow_batch_norm, lower=lowering.batch_norm, cost="elementwise", work=2,
                         firmware="fused"),
     "relu": _activation("max(x, 0)", nn.ReLU, 1, F.relu, int8="kernel"),
     "relu6": _activation("min(max(x, 0), 6)", nn.ReLU6, 1, F.relu6, int8="kernel"),
@@ -201,7 +202,7 @@ OPS: dict[str, OpDef] = {
     "concat": OpDef((1, None), ("dim",), shapes.concat_shape, doc="concatenate along `dim`", couple=channel.concat,
                     lower=lowering.concat, cost="data", int8="kernel", firmware="kernel"),
     "slice": OpDef((1, 1), ("dim", "start", "end"), shapes.slice_shape, doc="x[start:end] along `dim`", couple=channel.slice_,
-                   resize=channel.resize_slice, lower=lowering.slice_, cost="data", firmware="kernel"),
+                   resize=channel.resize_slice, grow=channel.grow_slice, lower=lowering.slice_, cost="data", firmware="kernel"),
     "channel_shuffle": OpDef((1, 1), ("groups",), shapes.shuffle_shape, doc="ShuffleNet channel shuffle", nchw=True,
                              couple=channel.channel_shuffle,
                              lower=lowering.module(lambda n: nn.ChannelShuffle(n.attrs["groups"])), cost="data"),
@@ -235,18 +236,18 @@ OPS: dict[str, OpDef] = {
     "group_norm": OpDef((1, 1), ("num_groups", "num_channels", "eps"), shapes.group_norm_shape,
                         lambda a: {"weight": (a["num_channels"],), "bias": (a["num_channels"],)},
                         doc="group norm with per-channel scale and shift", couple=channel.group_norm,
-                        resize=channel.resize_group_norm, lower=lowering.group_norm, cost="elementwise", work=6),
+                        resize=channel.resize_group_norm, grow=channel.grow_group_norm, lower=lowering.group_norm, cost="elementwise", work=6),
     # a tensor that does not depend on the input (a layer-scale vector): learnable, batch dim 1
     "const": OpDef((0, 0), ("shape",), shapes.const_shape, lambda a: {"value": tuple(a["shape"])}, ("value",),
                    axis=lambda n: n.attrs.get("axis", 1),
                    doc="a learnable tensor that does not depend on the input (layer scale)", couple=channel.untied,
-                   resize=channel.resize_const, lower=lowering.const, cost="view"),
+                   resize=channel.resize_const, grow=channel.grow_const, lower=lowering.const, cost="view"),
     "flatten": OpDef((1, 1), ("start_dim", "end_dim"), shapes.flatten_shape, axis=shapes.flatten_axis, doc="merge dims start..end",
                      couple=channel.reshape,
                      lower=lowering.module(lambda n: nn.Flatten(n.attrs["start_dim"], n.attrs["end_dim"])),
                      cost="view", int8="view", firmware="view", constant=_same_constant),
     "reshape": OpDef((1, 1), ("shape",), shapes.reshape_shape, axis=shapes.reshape_node_axis, doc="reshape keeping the batch dim",
-                     couple=channel.reshape, resize=channel.resize_shape_attr, lower=lowering.reshape, cost="view",
+                     couple=channel.reshape, resize=channel.resize_shape_attr, grow=channel.grow_shape_attr, lower=lowering.reshape, cost="view",
                      int8="view", firmware="view"),
     "mean": OpDef((1, 1), ("dims", "keepdim"), shapes.mean_shape, axis=shapes.mean_axis, doc="mean over `dims` (not the batch)",
                   couple=channel.over_dims, lower=lowering.mean, cost="pool", int8="kernel", firmware="kernel"),
@@ -258,7 +259,7 @@ OPS: dict[str, OpDef] = {
     "layer_norm": OpDef((1, 1), ("normalized_size", "eps"), shapes.layer_norm_shape,
                         lambda a: {"weight": (a["normalized_size"],), "bias": (a["normalized_size"],)},
                         doc="layer norm over the last dim", couple=channel.last_dim_norm,
-                        resize=channel.resize_layer_norm, lower=lowering.layer_norm, cost="elementwise", work=6),
+                        resize=channel.resize_layer_norm, grow=channel.grow_layer_norm, lower=lowering.layer_norm, cost="elementwise", work=6),
     # tokens and attention: batched matrix products, scaled dot-product attention (its scale is stored,
     # so pruning head dims does not change it), sums, L2 normalisation, broadcasting singleton dims
     "matmul": OpDef((2, 2), (), shapes.matmul_shape, macs=lambda n, ins: n.spec.numel * ins[0].shape[-1], axis=shapes.matmul_axis,
@@ -273,7 +274,7 @@ OPS: dict[str, OpDef] = {
     "normalize": OpDef((1, 1), ("dim", "eps"), doc="x / max(‖x‖₂, eps) along `dim` (F.normalize)",
                        couple=channel.along_dim, lower=lowering.normalize, cost="reduce", work=4),
     "expand": OpDef((1, 1), ("shape",), shapes.expand_shape, doc="broadcast singleton dims to `shape` (the batch dim kept)",
-                    couple=channel.expand, resize=channel.resize_shape_attr, lower=lowering.expand, cost="data"),
+                    couple=channel.expand, resize=channel.resize_shape_attr, grow=channel.grow_shape_attr, lower=lowering.expand, cost="data"),
     # a dim folded into the batch and back (MobileViT runs its transformer on [B * patch_area, patches, C]):
     # every op treats dim 0 as the batch, so a folded tensor's ops act per (sample, folded index)
     "fold_batch": OpDef((1, 1), (), shapes.fold_batch_shape, axis=lambda n, x: max(1, x.axis - 1),

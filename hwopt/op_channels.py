@@ -6,7 +6,8 @@ channel, through the coupler `c` of hwopt.channels: `c.same(x, y)` ties channel 
 `c.g` is the graph. A removal rule `resize(m, n, keep_in, keep_out, removed_in, graph)` writes into `m`
 (a copy of node `n`) the attributes and parameters `n` has once the channels outside `keep_in` (its
 input 0's) and `keep_out` (its output's) are gone; None means unchanged. An op without a rule of its own
-gets the defaults: channel i ↔ channel i when `channel_preserving`, and no resize.
+gets the defaults: channel i ↔ channel i when `channel_preserving`, and no resize. A growth rule (at the
+end) inserts channels, the inverse of removal.
 Imports nothing of hwopt but its errors and tensors, so hwopt.ir can reference these rules.
 """
 from __future__ import annotations
@@ -383,3 +384,115 @@ def resize_conv_transpose(m, n, keep_in, keep_out, removed_in, graph) -> None:
     m.attrs, m.params = a, p
 
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# Growth rules (resize_groups: width multipliers, MorphNet's expand step): `grow(n, a, p, src_in, src_out,
+# ctx)` writes into `a` and `p` (copies of the node's attributes and parameters) the node with new channels
+# inserted where `src_in` / `src_out` (new position -> old index, negative for a new channel; None:
+# unchanged) say. New weights are drawn like a fresh layer's from ctx.generator.
+
+
+class Growth:
+    """What a growth rule needs besides the node: the generator for fresh weights, and the groups being
+    grown (for messages)."""
+
+    def __init__(self, generator: torch.Generator, groups: list[int]):
+        self.generator, self.groups = generator, groups
+
+
+def _grow_dim(t: torch.Tensor, src: np.ndarray | None, dim: int, fill: torch.Tensor) -> torch.Tensor:
+    """`t` with new slices along `dim` at the positions `src` marks new, taken from `fill`."""
+    if src is None:
+        return t
+    old = torch.from_numpy(np.flatnonzero(src >= 0))
+    new = torch.from_numpy(np.flatnonzero(src < 0))
+    shape = list(t.shape)
+    shape[dim] = len(src)
+    out = torch.empty(shape, dtype=t.dtype)
+    out.index_copy_(dim, old, t.index_select(dim, torch.from_numpy(src[src >= 0])))
+    fshape = list(shape)
+    fshape[dim] = len(new)
+    out.index_copy_(dim, new, fill.reshape(fshape) if fill.numel() == int(np.prod(fshape)) else fill.expand(fshape).clone())
+    return out
+
+
+def grow_weighted(n, a, p, src_in, src_out, ctx) -> None:
+    """conv2d / conv1d / linear: fresh rows and columns N(0, 2/fan_in); mask entries 1, biases 0."""
+    w = p["weight"]
+    grouped = n.op in ("conv2d", "conv1d") and a["groups"] > 1
+    if grouped and src_out is not None:
+        og = a["out_channels"] // a["groups"]
+        a["groups"] = len(src_out) // og
+    fan_in = w[0].numel() if grouped else (len(src_in) if src_in is not None else w.shape[1]) * w[0, 0].numel()
+    std = (2.0 / fan_in) ** 0.5
+    fresh = lambda *shape: torch.randn(shape, generator=ctx.generator, dtype=w.dtype) * std  # noqa: E731
+    grown = w
+    if not grouped and src_in is not None:
+        grown = _grow_dim(grown, src_in, 1, fresh(grown.shape[0], int((src_in < 0).sum()), *w.shape[2:]))
+    if src_out is not None:
+        grown = _grow_dim(grown, src_out, 0, fresh(int((src_out < 0).sum()), *grown.shape[1:]))
+    p["weight"] = grown
+    if "weight_mask" in p:
+        mask = _grow_dim(p["weight_mask"], src_out, 0, torch.ones(1))
+        p["weight_mask"] = mask if grouped or src_in is None else _grow_dim(mask, src_in, 1, torch.ones(1))
+    if "bias" in p:
+        p["bias"] = _grow_dim(p["bias"], src_out, 0, torch.zeros(1))
+    key_out, key_in = ("out_channels", "in_channels") if n.op != "linear" else ("out_features", "in_features")
+    a[key_out] = grown.shape[0]
+    a[key_in] = grown.shape[1] * (a["groups"] if n.op != "linear" else 1)
+
+
+def grow_refused(n, a, p, src_in, src_out, ctx) -> None:
+    raise IRError(f"growing the channels of a {n.op} is not supported (removing them is)", n.name)
+
+
+def grow_batch_norm(n, a, p, src_in, src_out, ctx) -> None:
+    """New channels start at γ=1, β=0, mean 0, var 1."""
+    init = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+    p.update({k: _grow_dim(v, src_out, 0, torch.full((1,), init[k])) for k, v in p.items()})
+    a["num_features"] = len(src_out)
+
+
+def grow_layer_norm(n, a, p, src_in, src_out, ctx) -> None:
+    if src_out is not None:
+        p.update({k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()})
+        a["normalized_size"] = len(src_out)
+
+
+def grow_group_norm(n, a, p, src_in, src_out, ctx) -> None:
+    p.update({k: _grow_dim(v, src_out, 0, torch.full((1,), 1.0 if k == "weight" else 0.0)) for k, v in p.items()})
+    cpg = a["num_channels"] // a["num_groups"]
+    a["num_channels"], a["num_groups"] = len(src_out), len(src_out) // cpg
+
+
+def grow_shape_attr(n, a, p, src_in, src_out, ctx) -> None:
+    if src_out is not None:
+        shape = list(n.spec.shape)
+        shape[n.spec.axis] = len(src_out)
+        a["shape"] = tuple(shape[1:])
+
+
+def grow_const(n, a, p, src_in, src_out, ctx) -> None:
+    """New channels of a layer scale start at its mean."""
+    if src_out is not None:
+        v = p["value"]
+        p["value"] = _grow_dim(v, src_out, n.spec.axis, v.mean(dim=n.spec.axis, keepdim=True))
+        a["shape"] = tuple(p["value"].shape)
+
+
+def grow_slice(n, a, p, src_in, src_out, ctx) -> None:
+    if a["dim"] != n.spec.axis or src_in is None:
+        return
+    key = np.where(src_in >= 0, src_in, -(src_in + 1))  # a new channel sits where its anchor is
+    inside = (key >= a["start"]) & (key < a["end"])
+    positions = np.flatnonzero(inside)
+    wanted = len(src_out) if src_out is not None else a["end"] - a["start"]
+    if len(positions) != wanted or positions[-1] - positions[0] + 1 != wanted:
+        # e.g. a depthwise conv with channel multiplier 2 whose output a chunk cuts inside one unit: the
+        # unit's new channels sit together beside its last channel, on one side of the cut only
+        raise IRError(f"groups {ctx.groups} cannot grow: node '{n.name}' slices channels "
+                      f"{a['start']}:{a['end']} of its input and should take {wanted} channels once grown, but "
+                      f"{len(positions)} of the grown input's channels fall in its range (a unit is cut by the "
+                      f"slice)")
+    a["start"], a["end"] = int(positions[0]), int(positions[-1]) + 1

@@ -125,3 +125,23 @@ def test_program_runs_dead_convs_whose_zero_multiply_folds_into_them():
     assert [op for _, op, _ in steps] == ["zero", "nor_conv_3x3", "add"]
     assert canonical("|none~0|+|skip_connect~0|none~1|+|none~0|nor_conv_3x3~1|skip_connect~2|") != \
         canonical("|none~0|+|skip_connect~0|none~1|+|none~0|skip_connect~1|skip_connect~2|")
+
+
+def test_ceiling_is_the_best_one_prediction_can_do():
+    """bench/device_fidelity.py's ±10 % ceiling per group of identical networks: the most rows one
+    prediction puts within ±10 %, checked against trying every candidate prediction on a fine grid."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    path = Path(__file__).resolve().parents[1] / "bench" / "device_fidelity.py"
+    spec = importlib.util.spec_from_file_location("device_fidelity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y = rng.lognormal(1.0, rng.uniform(0.01, 0.4), rng.integers(1, 9))
+        grid = np.concatenate([0.9 * y, 1.1 * y, np.linspace(0.8 * y.min(), 1.2 * y.max(), 2000)])
+        brute = max(int(np.sum(np.abs(p / y - 1) <= 0.1 + 1e-12)) for p in grid)
+        assert mod.best_share_within(y) == brute
+    assert mod.best_share_within(np.array([10.0, 12.2, 30.0])) == 2   # 11 is within 10 % of both 10 and 12.2
