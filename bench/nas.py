@@ -24,6 +24,21 @@ Results log (2026-12-01, shared 2-core machine, so only partial runs; cpu = this
   distinct children dominate it on each), ~3 CPU-min per search. 30 distinct architectures in 30
   proposals: after 7 controller updates REINFORCE still samples nearly uniformly, so at this budget it
   is random search with a slight bias, and domination on a seed is partly luck.
+- The Done-when run (issue 20), started 2026-12-01 16:37 and interrupted at the session's end; it resumes
+  from its checkpoints: `nice -n 15 python bench/nas.py --strategies reinforce,random --out /tmp/tech20/nas`
+  (defaults: 40 children, batch 4, 24 proxy steps). Load average 8-15 (five test suites and other benches),
+  so ~15 % of a core: 25-35 wall-minutes per search. Printed so far:
+    [reinforce seed 0] best reward 0.5970 (acc 0.597, 2.930 ms) vs baseline acc 0.413 at 3.177 ms:
+        dominates=True (13 distinct children dominate it); 40 distinct archs of 40 proposals; cpu 214 s for
+        the 29 children trained after a restart (the first 11 came from the checkpoint)
+    [random    seed 0] best reward 0.5816 (acc 0.593, 3.240 ms): dominates=False (its best-reward child is
+        slower than the baseline; 14 distinct children dominate it); cpu 244 s for 40 children
+    [reinforce seed 1] best reward 0.6000 (acc 0.600, 1.773 ms): dominates=True (15 distinct children
+        dominate it); cpu 211 s for 40 children and the baseline
+  So ~5 CPU-s per child, ~4 CPU-minutes per search (the Done-when allows 30); REINFORCE dominates on 2 of 2
+  seeds, leads random by +0.015 on seed 0; 3 seeds x 2 strategies (~25 CPU-minutes) are still to run, and
+  the mean-and-standard-error comparison needs all 5. (Both seeds' baselines score 0.413: checked, two
+  different trainings with different predictions that happen to get 413 of 1,000 right.)
 - Proxy noise (6 architectures x 3 trainer seeds): within-architecture sd 0.059 vs between 0.134 at
   24 steps, lr 3e-2; 0.068 vs 0.147 at 48 steps (twice the cost, same separation); 0.054 vs 0.038 at
   24 steps, lr 5e-3 (no separation). The baseline ranks 4th of 6 at 24 steps, 2nd at 48: the short
