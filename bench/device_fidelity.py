@@ -95,7 +95,7 @@ def noise_ceiling(rows: list[dict], col: str) -> dict:
 class Designs:
     """Per-row features of the network, computed once per distinct network (canonical cell). The IR is
     built from the cell description (`nasbench201_graph`: node for node what `hwopt.lift` traces from
-    `nasbench201(arch)`, tests/test_nasbench201.py; ~20x faster than lifting, which took most of the
+    `nasbench201(arch)`, tests/test_nasbench201.py; ~8x faster than building and lifting the module, which took most of the
     5,000-row run); `check_lift(n)` re-lifts n networks through torch and compares their costs."""
 
     def __init__(self, target):

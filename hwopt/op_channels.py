@@ -444,7 +444,8 @@ def grow_weighted(n, a, p, src_in, src_out, ctx) -> None:
 
 
 def grow_refused(n, a, p, src_in, src_out, ctx) -> None:
-    raise IRError(f"growing the channels of a {n.op} is not supported (removing them is)", n.name)
+    """conv_transpose2d: its grouped [in, out / groups] weight layout has no growth rule yet."""
+    raise IRError("growing the channels of a transposed conv is not supported (removing them is)", n.name)
 
 
 def grow_batch_norm(n, a, p, src_in, src_out, ctx) -> None:
