@@ -35,9 +35,11 @@ Results log (2026-12-01, shared 2-core machine, so only partial runs; cpu = this
         slower than the baseline; 14 distinct children dominate it); cpu 244 s for 40 children
     [reinforce seed 1] best reward 0.6000 (acc 0.600, 1.773 ms): dominates=True (15 distinct children
         dominate it); cpu 211 s for 40 children and the baseline
+    [random    seed 1] best reward 0.5200 (acc 0.520, 2.672 ms): dominates=True (7 distinct children
+        dominate it); cpu 209 s for 40 children
   So ~5 CPU-s per child, ~4 CPU-minutes per search (the Done-when allows 30); REINFORCE dominates on 2 of 2
-  seeds, leads random by +0.015 on seed 0; 3 seeds x 2 strategies (~25 CPU-minutes) are still to run, and
-  the mean-and-standard-error comparison needs all 5. (Both seeds' baselines score 0.413: checked, two
+  seeds and leads random by +0.015 / +0.080 (mean +0.048, paired s.e. 0.032 over 2 seeds: not yet > 2 s.e.);
+  3 seeds x 2 strategies (~25 CPU-minutes) are still to run, and the comparison needs all 5. (Both seeds' baselines score 0.413: checked, two
   different trainings with different predictions that happen to get 413 of 1,000 right.)
 - Proxy noise (6 architectures x 3 trainer seeds): within-architecture sd 0.059 vs between 0.134 at
   24 steps, lr 3e-2; 0.068 vs 0.147 at 48 steps (twice the cost, same separation); 0.054 vs 0.038 at
