@@ -32,7 +32,8 @@ from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, MODULE, ConcreteTracer
 from .frontend_trace import Const as _Const
 from .gcpause import collector_paused
-from .ir import Graph, TensorSpec, _known_finite, _pair, _remember_finite, snapshot
+from .ir import Graph, TensorSpec, _pair, snapshot
+from .tensors import _known_finite, _remember_finite
 
 
 class _Tensor(str):

@@ -39,7 +39,8 @@ import re
 import torch
 from torch import nn
 
-from hwopt.ir import Graph, TensorSpec, _remember_finite
+from hwopt.ir import Graph, TensorSpec
+from hwopt.tensors import _remember_finite
 
 __all__ = ["nasbench201", "nasbench201_graph", "parse", "program", "live_edges", "canonical", "computes_constant", "OPS", "NasBench201Error"]
 
