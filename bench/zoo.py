@@ -24,7 +24,7 @@ every model, as hwopt gets none.
 Measured 2026-12-01 (2 cores shared by 6 sessions, all under nice -n 15; rows in
 bench/results/zoo/sweep-2026-12-01.json, table in .txt beside it), in two parallel chunks (34.5 and 48.8 min
 wall), then the 8 Torch-Pruning rows the 240 s wall backstop had stopped measured again (2 parallel runs of
-4, ~45 min), then merged:
+4, 52 min), then merged:
     S="vit,deit,levit,efficientformer,edgenext,hybrid,convnext"
     nice -n 15 python bench/zoo.py --only timm/ --exclude $S --results c1.json
     nice -n 15 python bench/zoo.py --only torchvision/,$S --results c2.json
