@@ -18,6 +18,24 @@ else the exception class (first line of its message in the summary), or "timeout
 more than --tp-timeout s of CPU time (60 by default; it takes 0.1-7 s on the CNNs here) or --tp-memory MB (see bench/zoo_tp.py: it runs in a worker process,
 restarted after a stop, so the sweep's time and memory stay bounded). Ends with the counts and the
 failures grouped by cause. Needs the zoo extra (timm, torchvision); without it says so and exits 0.
+Torch-Pruning gets no per-model hints (e.g. the num_heads map its docs ask for on ViTs): the same call on
+every model, as hwopt gets none.
+
+Measured 2026-12-01 (2 cores shared by 6 sessions, all under nice -n 15; rows in
+bench/results/zoo/sweep-2026-12-01.json, table in .txt beside it), in two parallel chunks (34.5 and 48.8 min
+wall), then the 8 Torch-Pruning rows the 240 s wall backstop had stopped measured again (2 parallel runs of
+4, 52 min), then merged:
+    S="vit,deit,levit,efficientformer,edgenext,hybrid,convnext"
+    nice -n 15 python bench/zoo.py --only timm/ --exclude $S --results c1.json
+    nice -n 15 python bench/zoo.py --only torchvision/,$S --results c2.json
+    nice -n 15 python bench/zoo.py --results r1.json --merge c1.json,c2.json --retry-tp timeout --tp-wall 1200 \
+        --only efficientnet_cc_b0_4e,timm/rexnet_100,mobilenetv4_hybrid_medium,efficientformerv2_s0   # r2: the other 4
+    python bench/zoo.py --results sweep.json --merge c1.json,c2.json,r1.json,r2.json
+  117 models: hwopt lifts 117/117 exactly (100 %), prunes 117/117 of those (100 %)
+  Torch-Pruning 1.6.1 prunes 91/117 (78 %); both prune 91, only hwopt 26, only Torch-Pruning 0
+  Torch-Pruning's failures: 9 timeout (8 at 60 s of CPU time, swin_t at the 240 s wall backstop), 8 IndexError,
+  7 RuntimeError (in the pruned model's forward: MixNet's split sizes, ViT/DeiT/MobileViT head reshapes),
+  2 ZeroDivisionError (ShuffleNetV2).
 """
 from __future__ import annotations
 
