@@ -40,9 +40,12 @@ Results log (2026-12-01, shared 2-core machine, so only partial runs; cpu = this
     [reinforce seed 2] best reward 0.6070 (acc 0.607, 1.233 ms) vs baseline acc 0.478 at 3.177 ms:
         dominates=True (11 distinct children dominate it); cpu 208 s for 40 children and the baseline
     [random    seed 2] best reward 0.6150 (acc 0.615, 2.158 ms): dominates=True (8); cpu 199 s
-  So ~5 CPU-s per child, ~3.5 CPU-minutes per search (the Done-when allows 30); REINFORCE dominates on 3 of 3
-  seeds, random on 2 of 3; REINFORCE - random +0.015 / +0.080 / -0.008 (mean +0.029, paired s.e. 0.026 over
-  3 seeds: not > 2 s.e.). Seeds 3 and 4 (~15 CPU-minutes) are still to run. (Both seeds' baselines score 0.413: checked, two
+    [reinforce seed 3] best reward 0.4920 (acc 0.492, 2.971 ms) vs baseline acc 0.352 at 3.177 ms:
+        dominates=True (20 distinct children dominate it); cpu 170 s
+    [random    seed 3] best reward 0.6030 (acc 0.603, 1.248 ms): dominates=True (15); cpu 197 s
+  So ~5 CPU-s per child, ~3.5 CPU-minutes per search (the Done-when allows 30); REINFORCE dominates on 4 of 4
+  seeds, random on 3 of 4; REINFORCE - random +0.015 / +0.080 / -0.008 / -0.111 (mean -0.006: REINFORCE
+  does not lead random search at 40 children). Seed 4 (~7 CPU-minutes) is still to run. (Both seeds' baselines score 0.413: checked, two
   different trainings with different predictions that happen to get 413 of 1,000 right.)
 - Proxy noise (6 architectures x 3 trainer seeds): within-architecture sd 0.059 vs between 0.134 at
   24 steps, lr 3e-2; 0.068 vs 0.147 at 48 steps (twice the cost, same separation); 0.054 vs 0.038 at
