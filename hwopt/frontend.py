@@ -33,7 +33,7 @@ from .frontend_trace import ERROR, MODULE, ConcreteTracer
 from .frontend_trace import Const as _Const
 from .gcpause import collector_paused
 from .ir import Graph, TensorSpec, _pair, snapshot
-from .tensors import _known_finite, _remember_finite
+from .tensors import check_finite_at_once
 
 
 class _Tensor(str):
@@ -1112,24 +1112,8 @@ def lift(model: nn.Module, example_inputs) -> Graph:
                       f"to silence this", stacklevel=2)
     with _state_kept(modules.values()), collector_paused():
         g = _Lifter(model, examples, modules).run()
-        _check_finite_at_once(g)
+        check_finite_at_once(t for n in g.nodes.values() for t in n.params.values())
     return g.verify()
-
-
-def _check_finite_at_once(g: Graph) -> None:
-    """Check the lifted parameters for NaN/inf in a few ops instead of verify()'s several per tensor (a mobile
-    net has ~250 mostly tiny tensors; per-op overhead dominates). Tensors found finite are remembered as such;
-    if the check fails (or a huge finite sum overflows), verify() checks them one by one and names the node."""
-    small, large = [], []
-    for n in g.nodes.values():
-        for t in n.params.values():
-            if t.is_floating_point() and not _known_finite(t):
-                (small if t.numel() <= 1 << 16 else large).append(t)
-    finite = [t for t in large if bool(torch.isfinite(t.sum()))]
-    if small and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in small]).sum())):
-        finite += small
-    for t in finite:
-        _remember_finite(t)
 
 
 @contextlib.contextmanager
