@@ -58,12 +58,8 @@ def _host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
-def _physical_cores() -> int:
-    return probe.physical_cores()
-
-
 def _host_spec() -> dict:
-    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": _physical_cores()}
+    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": probe.physical_cores()}
 
 
 def tvm_target(spec: dict | str | tvm.target.Target) -> tvm.target.Target:

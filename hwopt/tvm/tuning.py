@@ -18,7 +18,8 @@ import tvm
 import tvm_ffi
 
 from ..fileio import atomic_write
-from .target import CompileError, _cross_cc, _is_bare_metal, _is_host_runnable, _physical_cores, _short_target, \
+from ..targets import probe
+from .target import CompileError, _cross_cc, _is_bare_metal, _is_host_runnable, _short_target, \
     _target_slug, tvm_target
 
 logger = logging.getLogger("hwopt.tvm")
@@ -365,7 +366,7 @@ def _tune(
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
         )
         f_export = functools.partial(_ms_export_tar, root=artifacts.name)  # a tar the local runner links
-    builder = _persistent_builder(_physical_cores(), max(timeout_sec, 120.0), _ms_build, f_export)
+    builder = _persistent_builder(probe.physical_cores(), max(timeout_sec, 120.0), _ms_build, f_export)
     scratch = tempfile.TemporaryDirectory(prefix="hwopt_ms_logs_") if not db_dir else None  # removed below
     log_dir = db_dir or scratch.name
     before = sum(_n_records(db, t.dispatched[0]) for group in pending.values() for t, _ in group)
@@ -378,7 +379,7 @@ def _tune(
         for budget, group in sorted(pending.items()):
             with _foreign_log_handlers_detached():
                 contexts, weights = ri.extracted_tasks_to_tune_contexts(
-                    [t for t, _ in group], work_dir=log_dir, num_threads=_physical_cores(),
+                    [t for t, _ in group], work_dir=log_dir, num_threads=probe.physical_cores(),
                     strategy=_search_strategy(budget),
                 )
             if not contexts:
