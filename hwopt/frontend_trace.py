@@ -150,6 +150,7 @@ class ConcreteTracer(fx.Tracer):
         self._placeholders = 0
         self._pending: list = []
         self.evaluating = False
+        self._target_names: dict = {}  # node target -> fx's name for it
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         if type(m) in TRANSPARENT:
@@ -201,10 +202,31 @@ class ConcreteTracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         # fx's TracerBase.create_node also keeps a name -> scope table, a copy of the whole module stack per
         # node and optional stack traces; the lifter needs only the innermost module's path
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        node = self._new_node(kind, target, args, kwargs, name, type_expr)
         if self.module_stack:
             node.meta[MODULE] = next(reversed(self.module_stack.values()))[0]
         self.recorded.append(node)
+        return node
+
+    def _new_node(self, kind, target, args, kwargs, name, type_expr) -> fx.Node:
+        """fx's Graph.create_node, less its walk over every argument looking for SymInts (this tracer makes
+        none: shapes are concrete ints), which was a quarter of tracing; the target's name is worked out once
+        per target."""
+        graph = self.graph
+        if name is None:
+            try:
+                name = self._target_names.get(target)
+                if name is None:
+                    name = self._target_names[target] = graph._target_to_str(target)
+            except TypeError:  # an unhashable target
+                name = graph._target_to_str(target)
+        namespace = graph._graph_namespace
+        name = namespace.create_name(name, None)
+        node = fx.Node(graph, name, kind, target, args, kwargs or _NO_KWARGS, type_expr)
+        namespace.associate_name_with_obj(name, node)
+        graph._insert(node)
+        graph._find_nodes_lookup_table.insert(node)
+        graph._len += 1
         return node
 
     def known_shape(self, node: fx.Node) -> tuple[int, ...] | None:
@@ -311,6 +333,7 @@ class ConcreteTracer(fx.Tracer):
 
 
 _PLAIN = frozenset({int, float, bool, str})
+_NO_KWARGS = fx.immutable_collections.immutable_dict()
 _ABSENT = object()
 
 
