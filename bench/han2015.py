@@ -491,7 +491,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="/tmp/hwopt_han2015", help="where the sensitivity PNGs go")
     ap.add_argument("--cache", metavar="DIR", default="",
                     help="keep the unpruned nets and each stage's pruned graph here, and reuse them when the same "
-                         "run (mode, network, seed, threads, every earlier stage's protocol) comes again")
+                         "run (mode, network, seed, threads, every earlier stage's protocol) comes again; the key "
+                         "is the protocol text, not the code: clear DIR after changing the pass or the trainer")
     ap.add_argument("--save", metavar="JSON", help="write the result rows (all seeds) to this file")
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
                     help="no runs: print the seed-averaged summary of rows saved by --save (e.g. seeds run in "
