@@ -62,7 +62,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2-core mach
 import argparse
 import copy
 import dataclasses
-import itertools
 import json
 import sys
 import time
@@ -111,12 +110,61 @@ def sparsity_for(graph, names, target_nonzero: float) -> float:
 def retrainer(tr, lr, seed, loss=None):
     """ctx.train for the retraining rounds: the trainer at `lr` (cosine to 0 within each round), with a
     fresh minibatch order on every call (a fixed seed would replay one order every round). Options the
-    pass adds for its last round (cycles, keep_best, eval_every) go through to Trainer.train."""
-    calls = itertools.count(1)
-
+    pass adds for its last round (cycles, keep_best, eval_every) go through to Trainer.train.
+    `train.calls` counts the calls so far (a stage read from --cache moves it on as its run did)."""
     def train(m, *, epochs=1.0, penalty=None, **final):
-        tr.train(m, epochs=epochs, penalty=penalty, lr=lr, seed=seed + 1000 * next(calls), loss=loss, **final)
+        train.calls += 1
+        tr.train(m, epochs=epochs, penalty=penalty, lr=lr, seed=seed + 1000 * train.calls, loss=loss, **final)
+    train.calls = 0
     return train
+
+
+class Cache:
+    """--cache DIR: the unpruned net and each pruning stage's graph, keyed by everything that made them
+    (mode, network, seed, training and every earlier stage's protocol), so that a variant of a later stage
+    reuses the earlier ones. Runs are deterministic per seed and thread count: a cached stage is the one
+    the run would compute (the thread count is part of the key)."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def path(self, key: str) -> str:
+        import hashlib
+        return os.path.join(self.root, hashlib.sha1(key.encode()).hexdigest()[:20] + ".pt")
+
+    def load(self, key: str):
+        if not self.root or not os.path.exists(self.path(key)):
+            return None
+        saved = torch.load(self.path(key), weights_only=False)
+        if saved["key"] != key:
+            raise RuntimeError(f"--cache {self.root}: {self.path(key)} holds another run ({saved['key']!r})")
+        return self.materialized(saved["value"])
+
+    def save(self, key: str, value) -> None:
+        if self.root:
+            import io
+            os.makedirs(self.root, exist_ok=True)
+            buf = io.BytesIO()
+            torch.save({"key": key, "value": self.materialized(value)}, buf)
+            atomic_write(self.path(key), buf.getvalue())
+
+    @staticmethod
+    def materialized(value):
+        """`value` with fresh tensor copies, on saving and on loading: lower() shares tensors copy-on-write
+        (hwopt.tensors.snapshot), and SGD's in-place update of one shared with a tensor torch.load made
+        crashed (segmentation fault, torch 2.13)."""
+        if isinstance(value, tuple):
+            return tuple(Cache.materialized(v) for v in value)
+        if isinstance(value, dict):
+            return {k: v.clone() for k, v in value.items()}
+        if isinstance(value, hwopt.ir.Graph):
+            g = value.copy()
+            for name in list(g.nodes):
+                n = g[name].copy()
+                n.params = {k: v.clone() for k, v in n.params.items()}
+                g.replace(n)
+            return g
+        return value
 
 
 def distillation(teacher, temperature=KD_T, alpha=KD_ALPHA):
@@ -167,8 +215,16 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
     selector = data.Trainer(xsel[:1], ysel[:1], xsel, ysel)
     torch.manual_seed(args.seed)
     model = models.get(name)
+    cache = Cache(args.cache)
+    key = f"{name} train={cfg['train']} val={cfg['val']} seed={args.seed} lr={lr:g} epochs={epochs:g} l2={L2:g} " \
+          f"threads={torch.get_num_threads()}"
     t0 = time.perf_counter()
-    tr.train(model, epochs=epochs, penalty=l2_penalty(L2))
+    state = cache.load(key)
+    if state is None:
+        tr.train(model, epochs=epochs, penalty=l2_penalty(L2))
+        cache.save(key, model.state_dict())
+    else:
+        model.load_state_dict(state)
     t_train = time.perf_counter() - t0
     g = hwopt.lift(model, torch.zeros(1, 1, 28, 28))
     teacher = hwopt.lower(g).eval()
@@ -182,20 +238,28 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
     variants = [("Han", None)] + ([("Han+KD", distillation(teacher, alpha=args.kd_alpha))] if args.kd else [])
     plans = {}  # the sensitivity scan of each stage's input is the same for both variants at stage 1
     for label, loss in variants:
-        ctx = hwopt.PassContext(train=retrainer(tr, retrain_lr, args.seed, loss), evaluate=tr.evaluate,
-                                seed=args.seed, data=batches)
+        train = retrainer(tr, retrain_lr, args.seed, loss)
+        ctx = hwopt.PassContext(train=train, evaluate=tr.evaluate, seed=args.seed, data=batches)
         gp, first = g, True
+        chain = f"{key} {label} kd_alpha={args.kd_alpha:g}" if loss is not None else f"{key} {label}"
         # stage 1 reaches the first target from the dense net; later stages continue from the pruned one
         for comp in args.compression if label == "Han" else args.compression[:1]:  # KD: the first target only
             names = sp.prunable_layers(gp)
             target = sparsity_for(gp, names, s0["params"] / comp)
-            p = pruning_pass(args, round(target, 5), iters if first else max(1, iters // 2), retrain, final,
+            p = pruning_pass(args, round(target, 5), iters if first else args.later_iterations or max(1, iters // 2),
+                             retrain, final,
                              plot=os.path.join(args.out, f"sensitivity_{name}.png") if first and not plans else "")
+            chain += f" -> {comp:g}x {protocol(p, args, label)} sparsity={p.sparsity}"
             t0 = time.perf_counter()
             plan = plans[comp] if first and comp in plans else p.plan(gp, ctx)
             if first:
                 plans[comp] = plan
-            gp = p.apply(gp, ctx, plan)
+            cached = cache.load(chain)
+            if cached is None:
+                gp = p.apply(gp, ctx, plan)
+                cache.save(chain, (gp, train.calls))
+            else:
+                gp, train.calls = cached
             t_prune = time.perf_counter() - t0
             pruned = hwopt.lower(gp)
             err1, sel1, scan1 = 1 - tester.evaluate(pruned), 1 - selector.evaluate(pruned), 1 - tr.evaluate(pruned)
@@ -399,6 +463,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--retrain-lr-scale", type=float, default=1.0,
                     help="retraining learning rate as a fraction of the training one")
     ap.add_argument("--iterations", type=int, help="prune -> retrain rounds (default: per mode and model)")
+    ap.add_argument("--later-iterations", type=int,
+                    help="prune -> retrain rounds of the stages after the first (default: half the first's)")
     ap.add_argument("--retrain-epochs", type=float, help="epochs per retraining round (default: per mode and model)")
     ap.add_argument("--retrain-l2", type=float, help=f"L2 of the pruning rounds' retraining (default: {L2:g}, as in training)")
     ap.add_argument("--final-epochs", type=float, help="epochs of the last retraining round (default: per mode and model)")
@@ -423,6 +489,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kd-alpha", type=float, default=KD_ALPHA,
                     help="Han+KD: weight of the soft (teacher) targets in the retraining loss, the rest on the labels")
     ap.add_argument("--out", default="/tmp/hwopt_han2015", help="where the sensitivity PNGs go")
+    ap.add_argument("--cache", metavar="DIR", default="",
+                    help="keep the unpruned nets and each stage's pruned graph here, and reuse them when the same "
+                         "run (mode, network, seed, threads, every earlier stage's protocol) comes again; the key "
+                         "is the protocol text, not the code: clear DIR after changing the pass or the trainer")
     ap.add_argument("--save", metavar="JSON", help="write the result rows (all seeds) to this file")
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
                     help="no runs: print the seed-averaged summary of rows saved by --save (e.g. seeds run in "

@@ -29,7 +29,7 @@ from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, 
                              _out_size, _pool_attrs, _REFUSED, module_lifter)
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
-from .frontend_trace import ERROR, MODULE, ConcreteTracer
+from .frontend_trace import ERROR, MODULE, TRANSPARENT, ConcreteTracer
 from .frontend_trace import Const as _Const
 from .gcpause import collector_paused
 from .ir import Graph, TensorSpec, _pair, snapshot
@@ -109,6 +109,7 @@ class _Lifter(ConvOps):
         self.snapshots: dict[int, torch.Tensor] = {}  # id(model tensor) -> its one copy in the graph
         self.errors: list[UnsupportedOpError] = []
         self.shaped: dict[tuple, tuple] = {}  # (id(constant), rank) -> (its broadcastable view, the constant)
+        self.lifters: dict[int, str | None] = {}  # id(module of the model) -> module_lifter(module)
 
     def snap(self, t: torch.Tensor) -> torch.Tensor:
         # one copy per model tensor: a module called twice lifts to two nodes holding the *same* tensors,
@@ -118,6 +119,14 @@ class _Lifter(ConvOps):
             s = self.snapshots[id(t)] = snapshot(t)
             self._keep_alive = getattr(self, "_keep_alive", []) + [t]
         return s
+
+    def lifter_of(self, m: nn.Module) -> str | None:
+        """module_lifter(m), asked once per module (the tracer, `known` and `lift_node` all ask)."""
+        try:
+            return self.lifters[id(m)]
+        except KeyError:
+            name = self.lifters[id(m)] = module_lifter(m)
+            return name
 
     def where(self, n: fx.Node) -> str:
         if n.op == "call_module":
@@ -142,7 +151,7 @@ class _Lifter(ConvOps):
         """Is `n`'s op in the tables (whether or not its arguments will fit)?"""
         if n.op == "call_module":
             m = self.modules[str(n.target)]
-            return type(m) in MODULE_RULES or module_lifter(m) is not None
+            return type(m) in MODULE_RULES or self.lifter_of(m) is not None
         if n.op == "call_function":
             return _function_name(n.target) is not None
         if n.op == "call_method":
@@ -213,7 +222,7 @@ class _Lifter(ConvOps):
 
     def run(self) -> Graph:
         tracer = self.tracer = ConcreteTracer(self.examples, shape_of=self.lifted_shape, modules=self.modules,
-                                              leaf=lambda m: type(m) in MODULE_RULES or module_lifter(m) is not None)
+                                              leaf=lambda m: type(m) in MODULE_RULES or self.lifter_of(m) is not None)
         self.lifted, self.speculating, self.placeholders = 0, True, None
         try:
             fxg = tracer.trace(self.model)
@@ -334,7 +343,7 @@ class _Lifter(ConvOps):
             args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
             if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
                 return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid
-            lifter = module_lifter(m)
+            lifter = self.lifter_of(m)
             if lifter is not None:
                 self.check_lazy(n, None, (args, kwargs))
                 return getattr(self, "m_" + lifter)(n, m, args, kwargs)
@@ -928,6 +937,26 @@ class _Lifter(ConvOps):
         weights = "the attention weights MultiheadAttention returns (need_weights=True) are not lifted"
         return _Multi((t, weights if v.get("need_weights", True) else None))
 
+
+    def m_batch_norm_act(self, n, m, args, kwargs) -> str:
+        """timm's BatchNormAct2d (a BatchNorm2d whose forward also applies `drop` then `act`): the batch_norm op,
+        then the drop and act modules' ops (an nn.Identity adds none)."""
+        if len(args) != 1 or kwargs or not self._is_tensor(args[0]):
+            raise self.unsupported(n, "expected exactly one tensor argument")
+        rank = len(self.spec(args[0]).shape)
+        if rank != 4:  # the module's own check (timm asserts x.ndim == 4)
+            raise ShapeError(f"example input(s) {[list(t.shape) for t in self.examples]} do not fit the model at "
+                             f"{self.describe(n)}: expected 4D input (got {rank}D input)")
+        op, attrs, params = MODULE_RULES[nn.BatchNorm2d](m)
+        # named `<path>.bn` beside `<path>.act`: lowered, the module's path holds both (a node named `<path>`
+        # could not also be the prefix of its act's path)
+        t = self.emit(n, op, [args[0]], attrs, params, name=f"{n.target}.bn")
+        for part in ("drop", "act"):
+            layer = getattr(m, part)
+            if type(layer) not in TRANSPARENT:
+                op, attrs, params = MODULE_RULES[type(layer)](layer)
+                t = self.emit(n, op, [t], attrs, params, name=f"{n.target}.{part}")
+        return t
 
     def m_cond_conv2d(self, n, m, args, kwargs) -> str:
         """timm's CondConv2d(x, routing_weights): the `cond_conv2d` op, its flat expert kernels reshaped to

@@ -188,12 +188,28 @@ NAMED_FUNCTIONS: dict[tuple[str, str], str] = {
 # Modules lifted by a method of the lifter (`m_<name>`) rather than one op: they take several tensors.
 MODULE_LIFTERS: dict[type, str] = {nn.MultiheadAttention: "multihead_attention"}
 # The same for classes of libraries hwopt does not import, by (module, class name).
-NAMED_MODULE_LIFTERS: dict[tuple[str, str], str] = {("timm.layers.cond_conv2d", "CondConv2d"): "cond_conv2d"}
+NAMED_MODULE_LIFTERS: dict[tuple[str, str], str] = {("timm.layers.cond_conv2d", "CondConv2d"): "cond_conv2d",
+                                                     ("timm.layers.norm_act", "BatchNormAct2d"): "batch_norm_act"}
+
+
+def _plain_norm_act(m: nn.Module) -> bool:
+    """timm's BatchNormAct2d in eval mode whose drop and act layers have module rules: lifted as one call (batch
+    norm, then drop, then act), not traced through its forward's torchscript-style branches op by op. Any other
+    (train mode, no running statistics, timm's own activation classes) is traced through as before."""
+    return (not m.training and m.track_running_stats and m.running_mean is not None and m.running_var is not None
+            and type(m.drop) in MODULE_RULES and type(m.act) in MODULE_RULES)
+
+
+# Lifters that take only some instances of their class (the others are traced through).
+LIFTER_CONDITIONS: dict[str, Callable[[nn.Module], bool]] = {"batch_norm_act": _plain_norm_act}
 
 
 def module_lifter(m: nn.Module) -> str | None:
     """The `_Lifter.m_<name>` method that lifts module `m`, if any."""
-    return MODULE_LIFTERS.get(type(m)) or NAMED_MODULE_LIFTERS.get((type(m).__module__, type(m).__name__))
+    name = MODULE_LIFTERS.get(type(m)) or NAMED_MODULE_LIFTERS.get((type(m).__module__, type(m).__name__))
+    if name is not None and name in LIFTER_CONDITIONS and not LIFTER_CONDITIONS[name](m):
+        return None
+    return name
 FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add!", operator.sub: "sub", torch.sub: "sub",
     operator.isub: "sub!", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul!", operator.truediv: "div",

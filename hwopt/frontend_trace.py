@@ -60,6 +60,9 @@ def _name(target) -> str:
 # torch.nn modules fx would keep as calls but whose forward is lifted op by op (nn.Upsample's F.interpolate
 # needs the input's size, which a module rule does not see).
 TRACED_THROUGH: tuple[type, ...] = (torch.nn.Upsample,)
+# Modules whose forward returns its input: traced through, they add no node (timm puts an nn.Identity in
+# every norm+act layer's drop and in each block's drop-path; as nodes they were a third of a MobileNetV3).
+TRANSPARENT: frozenset[type] = frozenset({torch.nn.Identity})
 
 
 # Shape questions the lifted IR answers without running the model (`ConcreteTracer.shape_of`).
@@ -147,17 +150,45 @@ class ConcreteTracer(fx.Tracer):
         self._placeholders = 0
         self._pending: list = []
         self.evaluating = False
+        self._target_names: dict = {}  # node target -> fx's name for it
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        if type(m) in TRANSPARENT:
+            return False
         if isinstance(m, TRACED_THROUGH):
             return self.leaf(m)
         return self.leaf(m) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        """fx's Tracer.call_module without its per-call scope copy and call counting (the lifter reads only
+        the innermost module's path): a leaf becomes a call_module node, any other module is traced through.
+        On an exception the stack keeps the failing module on top (the front end names it)."""
+        path = self.submodule_paths.get(m)
+        if path is None:
+            raise NameError(f"module {type(m).__name__} is not installed as a submodule of the traced model")
+        self._calls += 1
+        self.module_stack[self._calls] = (path, type(m))
+        if self.is_leaf_module(m, path):
+            out = self.create_proxy("call_module", path, args, kwargs)
+        else:
+            forward_globals = getattr(getattr(m, "forward", m), "__globals__", None)
+            if forward_globals is not None:  # fx's autowrap of math functions the module's code calls
+                fx._symbolic_trace._autowrap_check(self._patcher, forward_globals, self._autowrap_function_ids)
+            out = forward(*args, **kwargs)
+        self.module_stack.popitem()
+        return out
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ConcreteProxy(node, self)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if proxy_factory_fn is None and type(args) is tuple and type(kwargs) is dict:
+            # fx's TracerBase.create_proxy, minus its generic container walk for the usual argument shapes
+            node = self.create_node(kind, target, tuple([self.create_arg(a) for a in args]),
+                                    {k: self.create_arg(v) for k, v in kwargs.items()}, name, type_expr)
+            proxy = ConcreteProxy(node, self)
+        else:
+            proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if kind == "placeholder":
             i = self._placeholders  # past the examples: the parameter's default (fx passes it as the arg)
             proxy.node.meta[VALUE] = self.examples[i] if i < len(self.examples) else (args[0] if args else None)
@@ -171,10 +202,31 @@ class ConcreteTracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         # fx's TracerBase.create_node also keeps a name -> scope table, a copy of the whole module stack per
         # node and optional stack traces; the lifter needs only the innermost module's path
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        node = self._new_node(kind, target, args, kwargs, name, type_expr)
         if self.module_stack:
             node.meta[MODULE] = next(reversed(self.module_stack.values()))[0]
         self.recorded.append(node)
+        return node
+
+    def _new_node(self, kind, target, args, kwargs, name, type_expr) -> fx.Node:
+        """fx's Graph.create_node, less its walk over every argument looking for SymInts (this tracer makes
+        none: shapes are concrete ints), which was a quarter of tracing; the target's name is worked out once
+        per target."""
+        graph = self.graph
+        if name is None:
+            try:
+                name = self._target_names.get(target)
+                if name is None:
+                    name = self._target_names[target] = graph._target_to_str(target)
+            except TypeError:  # an unhashable target
+                name = graph._target_to_str(target)
+        namespace = graph._graph_namespace
+        name = namespace.create_name(name, None)
+        node = fx.Node(graph, name, kind, target, args, kwargs or _NO_KWARGS, type_expr)
+        namespace.associate_name_with_obj(name, node)
+        graph._insert(node)
+        graph._find_nodes_lookup_table.insert(node)
+        graph._len += 1
         return node
 
     def known_shape(self, node: fx.Node) -> tuple[int, ...] | None:
@@ -255,9 +307,10 @@ class ConcreteTracer(fx.Tracer):
                 st._autowrap_check(patcher, fn_globals, self._autowrap_function_ids)
                 for module in self._autowrap_search:
                     st._autowrap_check(patcher, module.__dict__, self._autowrap_function_ids)
+                self._patcher, self._calls = patcher, 0
                 for m in modules.values():
                     hooked.append((m, m.__dict__.get("_compiled_call_impl", _ABSENT)))
-                    m.__dict__["_compiled_call_impl"] = self._module_call(m, patcher)
+                    m.__dict__["_compiled_call_impl"] = self._module_call(m)
                 self.create_node("output", "output", (self.create_arg(fn(*args)),), {})
             self.submodule_paths = None
         finally:
@@ -269,19 +322,18 @@ class ConcreteTracer(fx.Tracer):
             st._is_fx_tracing_flag = flag
         return self.graph
 
-    def _module_call(self, m: torch.nn.Module, patcher):
+    def _module_call(self, m: torch.nn.Module):
         """What calling `m` does while tracing (nn.Module.__call__ defers to an instance's
-        `_compiled_call_impl`): fx's call_module, or the plain call while evaluating an example value."""
+        `_compiled_call_impl`): `call_module`, or the plain call while evaluating an example value."""
         def call(*args, **kwargs):
             if self.evaluating:
                 return m._call_impl(*args, **kwargs)
-            fx._symbolic_trace._autowrap_check(patcher, getattr(getattr(m, "forward", m), "__globals__", {}),
-                                               self._autowrap_function_ids)
             return self.call_module(m, m._call_impl, args, kwargs)
         return call
 
 
 _PLAIN = frozenset({int, float, bool, str})
+_NO_KWARGS = fx.immutable_collections.immutable_dict()
 _ABSENT = object()
 
 
