@@ -70,8 +70,9 @@ from torch import nn  # noqa: E402
 
 import hwopt  # noqa: E402
 from hwopt import data, models  # noqa: E402
+from hwopt.channels import resize_groups  # noqa: E402
 from hwopt.lower import read_back  # noqa: E402
-from hwopt.passes.morphnet import MorphNet, fresh_init, group_widths  # noqa: E402
+from hwopt.passes.morphnet import MorphNet, WidthModel, fresh_init, group_widths  # noqa: E402
 from hwopt.passkit import resource_value  # noqa: E402
 from hwopt.targets import load_target  # noqa: E402
 
@@ -123,6 +124,64 @@ def train_fresh(graph, trainer, seed: int, epochs: float) -> nn.Module:
     return module
 
 
+def frontier_widths(base, T, budget: float, points: int) -> list[list[int]]:
+    """Width allocations on the budget's frontier: every width of the first prunable group (in the target's
+    channel steps, up to the base width), `points` widths of the second spread over those where the budget
+    binds the last group under 16x its base width, the last group as wide as the budget then allows (three
+    prunable conv groups: the bench's nets)."""
+    wm = WidthModel(base, "latency_ms", T)
+    step = T.channel_multiple
+    gids = [g for g in wm.prunable if wm.base[g] > 1][:3]
+    if len(gids) != 3:
+        raise SystemExit(f"--frontier needs a net with three prunable conv groups, found {len(gids)}")
+    a, b, c = gids
+
+    def widest_last(w1, w2):
+        w3 = None
+        for w in range(step, 16 * wm.base[c] + step, step):
+            if wm.cost({a: w1, b: w2, c: w}) > budget:
+                return w3
+            w3 = w
+        return None  # the budget does not bind: a degenerate bottleneck in the second group
+    out = []
+    for w1 in range(step, wm.base[a] + 1, step):
+        fits = [w2 for w2 in range(step, 16 * wm.base[b] + 1, step) if widest_last(w1, w2)]
+        if not fits:
+            continue
+        picks = sorted({fits[round(i * (len(fits) - 1) / max(1, points - 1))] for i in range(points)})
+        out += [[w1, w2, widest_last(w1, w2)] for w2 in picks]
+    return out
+
+
+def run_frontier(name: str, args, T) -> None:
+    """The ceiling of any width allocation at the budget: train frontier allocations with the uniform arm's
+    recipe and read the VALIDATION split only (a protocol question, never a test figure)."""
+    make, shape, width, epochs, _, lr = DATASETS[name]
+    width, epochs = args.width or width, args.epochs or epochs
+    (xt, yt), (xv, yv), _ = splits(name, args)
+    base = hwopt.lift(make(width=width).eval(), torch.zeros(1, *shape))
+    budget = resource_value(base, "latency_ms", T)
+    wm = WidthModel(base, "latency_ms", T)
+    uniform = list(group_widths(base).values())
+    allocs = [uniform] + [w for w in frontier_widths(base, T, budget, args.frontier) if w != uniform]
+    print(f"\n# {name} frontier at {budget * 1e3:.2f} us (width {width:g}), {epochs:g} epochs, validation accuracy, "
+          f"seeds {args.seeds}", flush=True)
+    t0, rows = time.time(), []
+    for widths in allocs:
+        accs = []
+        for seed in range(args.seeds):
+            tr = data.Trainer(xt, yt, xv, yv, lr=lr, seed=seed)
+            g = resize_groups(base, dict(zip([x for x in wm.prunable if wm.base[x] > 1], widths)))
+            accs.append(tr.evaluate(train_fresh(g, tr, seed, epochs)))
+        rows.append((statistics.mean(accs), widths))
+        print(f"{str(widths):16s} {resource_value(g, 'latency_ms', T) * 1e3:7.2f} us  val "
+              f"{' / '.join(f'{100 * v:.2f}' for v in accs)}  mean {100 * rows[-1][0]:.2f} %  [{time.time() - t0:.0f}s]",
+              flush=True)
+    best = max(rows)
+    print(f"# {name}: best allocation at the budget {best[1]} {100 * best[0]:.2f} % vs uniform {rows[0][1]} "
+          f"{100 * rows[0][0]:.2f} %: {100 * (best[0] - rows[0][0]):+.2f} pts (validation)", flush=True)
+
+
 def run_dataset(name: str, args, T) -> dict:
     make, shape, width, epochs, shrink_epochs, lr = DATASETS[name]
     width = args.width or width
@@ -139,7 +198,8 @@ def run_dataset(name: str, args, T) -> dict:
           f"{args.seeds} seeds", flush=True)
     res = {k: {"test": [], "val": [], "lat": []} for k in ("uniform", "morphnet")}
     lams, expanded = [], []
-    tester = data.Trainer(xs[:1], ys[:1], xs, ys)
+    tester = None if args.val_only else data.Trainer(xs[:1], ys[:1], xs, ys)
+    test = (lambda m: float("nan")) if tester is None else tester.evaluate
     t0 = time.time()
     for seed in range(args.seeds):
         tr = data.Trainer(xt, yt, xv, yv, lr=lr, seed=seed)
@@ -152,7 +212,7 @@ def run_dataset(name: str, args, T) -> dict:
         rep = ctx.records[-1]["info"]
         morph = hwopt.lower(out)
         for k, m, lat in (("uniform", uniform, budget), ("morphnet", morph, resource_value(out, "latency_ms", T))):
-            res[k]["test"].append(tester.evaluate(m))
+            res[k]["test"].append(test(m))
             res[k]["val"].append(tr.evaluate(m))
             res[k]["lat"].append(lat)
         lams.append(rep["strength"][-1])
@@ -165,7 +225,7 @@ def run_dataset(name: str, args, T) -> dict:
             ref = hwopt.lift(make(width=args.reference_width).eval(), x)
             m = train_fresh(ref, tr, seed, epochs)
             res.setdefault("reference", {"test": [], "val": [], "lat": []})
-            for k, v in (("test", tester.evaluate(m)), ("val", tr.evaluate(m)),
+            for k, v in (("test", test(m)), ("val", tr.evaluate(m)),
                          ("lat", resource_value(ref, "latency_ms", T))):
                 res["reference"][k].append(v)
             print(f"seed {seed}: uniform width {args.reference_width:g} (reference) test {res['reference']['test'][-1]:.4f} "
@@ -184,6 +244,11 @@ def run_dataset(name: str, args, T) -> dict:
               f"{ms(res['reference']['val']):>16s} {res['reference']['lat'][0] * 1e3:11.2f}  (uniform reference)")
     gap = statistics.mean(gaps)
     spread = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+    val_gaps = [m - u for m, u in zip(res["morphnet"]["val"], res["uniform"]["val"])]
+    print(f"# {name}: morphnet - uniform (validation): {statistics.mean(val_gaps) * 100:+.2f} pts (per seed "
+          f"{' / '.join(f'{100 * d:+.2f}' for d in val_gaps)})", flush=True)
+    if args.val_only:
+        return {"gap": statistics.mean(val_gaps), "spread": statistics.stdev(val_gaps) if len(val_gaps) > 1 else 0.0}
     print(f"# {name}: morphnet - uniform (test): {gap * 100:+.2f} pts (per seed "
           f"{' / '.join(f'{100 * d:+.2f}' for d in gaps)}, std {100 * spread:.2f}); goal +1 pt: "
           f"{'met' if gap >= 0.01 else 'NOT met'}; λ chosen {', '.join(f'{v:.3g}' for v in lams)}; "
@@ -204,6 +269,11 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=float, help="width multiplier of the baseline net (default per dataset)")
     ap.add_argument("--reference-width", type=float,
                     help="also train the uniform net at this width (e.g. 1.0), same recipe: what capacity buys")
+    ap.add_argument("--val-only", action="store_true",
+                    help="never evaluate on the test split (protocol exploration: choices are made on validation)")
+    ap.add_argument("--frontier", type=int, metavar="N",
+                    help="instead of the comparison: train allocations on the budget's latency frontier (N widths of "
+                         "the second conv per first-conv width; validation only): what the best allocation buys")
     ap.add_argument("--target", default="cortex-a72")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -213,7 +283,10 @@ def main(argv=None) -> int:
     for name in args.datasets.split(","):
         if name not in DATASETS:
             ap.error(f"--datasets: unknown {name!r} (known: {', '.join(DATASETS)})")
-        run_dataset(name, args, T)
+        if args.frontier:
+            run_frontier(name, args, T)
+        else:
+            run_dataset(name, args, T)
     return 0
 
 

@@ -25,8 +25,8 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import IRError, ShapeError, UnsupportedOpError
-from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, SIGS, _bind, _layer_norm,  # noqa: F401
-                             _out_size, _pool_attrs, _REFUSED, module_lifter)
+from .frontend_rules import (FUNCTIONS, METHODS, MODULE_RULES, NAMED_FUNCTIONS, SIGS, _attribute, _bind,  # noqa: F401
+                             _layer_norm, _out_size, _pool_attrs, _REFUSED, module_lifter)
 REFUSED = _REFUSED  # modules refused on purpose, and why (docs/ops.md lists them)
 from .frontend_conv import ConvOps
 from .frontend_trace import ERROR, MODULE, TRANSPARENT, ConcreteTracer
@@ -171,7 +171,7 @@ class _Lifter(ConvOps):
         if n.op == "call_method":
             return n.target.endswith("_") and not n.target.startswith("_")
         if n.op == "call_module":
-            return getattr(self.modules[str(n.target)], "inplace", False) is True
+            return _attribute(self.modules[str(n.target)], "inplace") is True
         return False
 
     def misfit(self, n: fx.Node) -> ShapeError:
@@ -254,7 +254,8 @@ class _Lifter(ConvOps):
 
     def step(self, n: fx.Node, placeholders: list[fx.Node], speculative: bool = False) -> None:
         """Lift fx node `n` into self.env (an unsupported op is recorded in self.errors)."""
-        if any(isinstance(self.env.get(a), _Unsupported) for a in n.all_input_nodes):
+        # (values are _Unsupported only after an error was recorded)
+        if self.errors and any(isinstance(self.env.get(a), _Unsupported) for a in n.all_input_nodes):
             # downstream of an unsupported op: not lifted, but an op outside the tables is reported too
             self.env[n] = _Unsupported()
             if not self.known(n):
@@ -340,6 +341,14 @@ class _Lifter(ConvOps):
             return self.g.add("output", "output", [self.env[o] for o in outs]).name
         if n.op == "call_module":
             m = self.modules[str(n.target)]
+            if len(n.args) == 1 and not n.kwargs and isinstance(n.args[0], fx.Node):
+                x = self.env[n.args[0]]
+                rule = MODULE_RULES.get(type(m))
+                if type(x) is _Tensor and rule is not None and self.lifter_of(m) is None:
+                    # the usual case, one lifted tensor into a module with a rule: what the general path
+                    # below does for it, without its walks over the arguments
+                    op, attrs, params = rule(m)
+                    return self.emit(n, op, [x], attrs, params, name=str(n.target))
             args, kwargs = self.val(n.args), self.val(dict(n.kwargs))
             if not _has(args, kwargs, _Tensor) and _has(args, kwargs, _Const):
                 return self.fold(n, args, kwargs)  # e.g. a conv over a positional-encoding grid

@@ -22,17 +22,30 @@ def _params(**kw) -> dict[str, torch.Tensor]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _attribute(m: nn.Module, name: str):
+    """getattr(m, name, None), without nn.Module.__getattr__ building an AttributeError when `m` has no such
+    attribute (the usual case for `weight_mask` and `inplace`, asked of every layer)."""
+    if hasattr(type(m), name):  # a class attribute or property comes first, as in getattr
+        return getattr(m, name, None)
+    if name in m.__dict__:
+        return m.__dict__[name]
+    for store in (m._parameters, m._buffers, m._modules):  # nn.Module.__getattr__'s order
+        if name in store:
+            return store[name]
+    return None
+
+
 def _conv(m: nn.Conv2d):
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise ValueError(f"padding={m.padding!r}, padding_mode={m.padding_mode!r} (only numeric zero padding)")
     return "conv2d", dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_pair(m.kernel_size),
                           stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation), groups=m.groups), \
-        _params(weight=m.weight, bias=m.bias, weight_mask=getattr(m, "weight_mask", None))
+        _params(weight=m.weight, bias=m.bias, weight_mask=_attribute(m, "weight_mask"))
 
 
 def _linear(m: nn.Linear):
     return "linear", dict(in_features=m.in_features, out_features=m.out_features), \
-        _params(weight=m.weight, bias=m.bias, weight_mask=getattr(m, "weight_mask", None))
+        _params(weight=m.weight, bias=m.bias, weight_mask=_attribute(m, "weight_mask"))
 
 
 def _bn(m: nn.modules.batchnorm._BatchNorm):

@@ -427,7 +427,7 @@ class Graph:
     def __init__(self):
         self.nodes: dict[str, Node] = {}
         self.nx = nx.DiGraph()
-        self._order: list[str] | None = None
+        self._order: list[str] | None = []
         self._cache: dict[str, Any] = {}  # analyses (channel groups, cost, ...) dropped on every change
         self._verified = False
 
@@ -446,7 +446,12 @@ class Graph:
         self.nodes[name] = node
         self.nx.add_node(name)
         self.nx.add_edges_from((i, name) for i in inputs)
+        order = self._order
         self.changed()
+        if order is not None:
+            # a new node comes after its inputs and last in insertion order: the order stays the sorted one,
+            # extended (a new list: callers may be iterating the one order() gave them)
+            self._order = order + [name]
         return node
 
     def replace(self, node: Node) -> None:

@@ -1,4 +1,5 @@
-"""Lower an hwopt Graph to a torch module: an fx.GraphModule made of standard, trainable nn layers.
+"""Lower an hwopt Graph to a torch module made of standard, trainable nn layers (hwopt.lowered.HwoptModule:
+its forward runs the recorded calls; `.graph` gives them as a torch.fx graph).
 
 Parametric nodes become modules at their node's name used as a module path (so an unpruned lift/lower
 keeps the user's state_dict keys); the rest become calls of torch functions. The batch dimension stays
@@ -10,25 +11,36 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from . import quant
 from .errors import IRError
 from .gcpause import pauses_collector
 from .ir import OPS, Graph, shared_nodes, snapshot
+from .lowered import HwoptModule, Program, new_module
+from .op_lowering import stateless
 
 
 class _Emit:
-    """What a lowering rule of the op table (hwopt.op_lowering) sees: the fx graph being built, the fx
-    nodes of the current node's inputs, the IR graph, and whether masks are baked."""
+    """What a lowering rule of the op table (hwopt.op_lowering) sees: the program being recorded (it has
+    fx.Graph's emitting methods), the values of the current node's inputs, the IR graph, and whether masks
+    are baked."""
     __slots__ = ("out", "graph", "bake_masks", "ins")
 
-    def __init__(self, out: fx.Graph, graph: Graph, bake_masks: bool):
+    def __init__(self, out: Program, graph: Graph, bake_masks: bool):
         self.out, self.graph, self.bake_masks, self.ins = out, graph, bake_masks, []
 
 
 _PLAIN_PATH = re.compile(r"\w+(\.\w+)*")  # a module path that needs no sanitising (the common case)
+
+
+def _prefixes(path: str) -> list[str]:
+    """"a", "a.b" for "a.b.c"."""
+    out, i = [], path.find(".")
+    while i != -1:
+        out.append(path[:i])
+        i = path.find(".", i + 1)
+    return out
 
 
 class _Paths:
@@ -40,49 +52,64 @@ class _Paths:
 
     def take(self, name: str) -> str:
         base = name if _PLAIN_PATH.fullmatch(name) else ".".join(re.sub(r"\W", "_", p) or "_" for p in name.split("."))
-        path, k = base, 1
-        while self._clash(path):
+        path, k, above = base, 1, _prefixes(base)
+        while self._clash(path, above):
             path, k = f"{base}_{k}", k + 1
+            above = _prefixes(path)
         self.leaves.add(path)
-        parts = path.split(".")
-        self.prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        self.prefixes.update(above)
         return path
 
-    def _clash(self, path: str) -> bool:
-        parts = path.split(".")
-        return (path in self.leaves or path in self.prefixes
-                or any(".".join(parts[:i]) in self.leaves for i in range(1, len(parts))))
+    def _clash(self, path: str, above: list[str]) -> bool:
+        leaves = self.leaves
+        return path in leaves or path in self.prefixes or any(p in leaves for p in above)
+
+
+def _container() -> nn.Module:
+    m = stateless(("container",), nn.Module)
+    m.__dict__["training"] = False
+    return m
 
 
 def _install(root: nn.Module, modules: dict[str, nn.Module]) -> None:
     """Put each module at its dotted path under `root`, creating plain containers on the way: what
-    fx.GraphModule(modules, graph) does, without nn.Module's __getattr__ / __setattr__ at every step (~4 ms
-    on MobileNetV2). The paths come from _Paths, so none is both a leaf and a prefix."""
+    nn.Module's add_module would do, without nn.Module's __getattr__ / __setattr__ at every step (~4 ms
+    on MobileNetV2). The paths come from _Paths, so none is both a leaf and a prefix. Everything ends up
+    in eval mode (without nn.Module.train's recursive __setattr__ walk, ~1.5 ms)."""
     for path, module in modules.items():
-        *prefix, leaf = path.split(".")
         parent = root
-        for part in prefix:
+        start = 0
+        while True:
+            dot = path.find(".", start)
+            if dot == -1:
+                break
+            part = path[start:dot]
             child = parent._modules.get(part)
             if child is None:
-                child = parent._modules[part] = nn.Module()
-            parent = child
-        parent._modules[leaf] = module
+                child = parent._modules[part] = _container()
+            parent, start = child, dot + 1
+        parent._modules[path[start:]] = module
+        if type(module).train is nn.Module.train and not module._modules:
+            module.__dict__["training"] = False
+        else:
+            module.train(False)
+    root.__dict__["training"] = False  # an HwoptModule: nn.Module's train()
 
 
 @pauses_collector
-def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
+def lower(graph: Graph, *, bake_masks: bool = False) -> HwoptModule:
     """A torch module computing `graph`, in eval mode. The graph is only read. A quantized graph lowers to a
     hwopt.quant.QuantizedModule computing in the device's integers (not trainable)."""
     graph.verify_once()
     if quant.is_quantized(graph):
         return quant.QuantizedModule(graph)
-    out = fx.Graph()
+    out = Program()
     modules: dict[str, nn.Module] = {}
     taken = _Paths()
     paths: dict[str, str] = {}
     # nodes holding the same tensors (and attributes) -> the first of them, whose module they share
     shared = {other: names[0] for names in shared_nodes(graph) for other in names[1:]}
-    env: dict[str, fx.Node] = {}
+    env: dict[str, object] = {}
     e = _Emit(out, graph, bake_masks)
     for node in graph:
         rule = OPS[node.op].lower
@@ -99,15 +126,9 @@ def lower(graph: Graph, *, bake_masks: bool = False) -> fx.GraphModule:
             env[node.name] = out.call_module(path, tuple(e.ins))
         elif lowered is not None:
             env[node.name] = lowered
-    gm = fx.GraphModule({}, fx.Graph(), class_name="HwoptModule")
+    gm = new_module(out)
     _install(gm, modules)
-    gm.graph = out  # generates and compiles forward()
     gm.hwopt_module_paths = paths  # node name -> submodule path (names can need sanitising)
-    for m in gm.modules():  # eval mode, without nn.Module.train's recursive __setattr__ walk (~1.5 ms)
-        if type(m).train is nn.Module.train:
-            m.__dict__["training"] = False
-        else:
-            m.train(False)
     return gm
 
 

@@ -1,8 +1,9 @@
 """The op table's torch lowerings (hwopt.ir.OPS[op].lower), used by hwopt.lower.
 
 A lowering rule `lower(node, e)` returns either an nn.Module (hwopt.lower calls it with the node's
-inputs, at the node's name as its module path, shared by nodes holding the same tensors), or the fx node
-it emitted itself into `e.out` (an fx.Graph) from `e.ins` (the fx nodes of the node's inputs). `e.graph`
+inputs, at the node's name as its module path, shared by nodes holding the same tensors), or the value
+it emitted itself into `e.out` (a hwopt.lowered.Program, which has fx.Graph's emitting methods) from `e.ins`
+(the values of the node's inputs). `e.graph`
 is the IR graph and `e.bake_masks` says whether masks are multiplied into plain layers.
 `module(...)`, `call(...)` and `method(...)` build the common rules.
 
@@ -58,8 +59,25 @@ def _empty(cls, *args, **kwargs) -> nn.Module:
 # instance whose bookkeeping containers copy the layout of a real one. The first layer of each class is
 # built the slow way and the assembled layout is checked against it; a torch whose constructor sets
 # anything else (another version) keeps the slow path for that class.
-_LAYOUT: dict[type, dict | None] = {}
+_LAYOUT: dict[type, tuple[dict, tuple] | None] = {}
 _MISSING = object()
+
+
+def _split_layout(d: dict) -> tuple[dict, tuple]:
+    """(plain values, (key, container type) pairs) of a module's __dict__: a copy of the module gets the
+    plain values as they are and a fresh empty container for each of the others."""
+    return ({k: v for k, v in d.items() if not isinstance(v, (dict, set))},
+            tuple((k, type(v)) for k, v in d.items() if isinstance(v, (dict, set))))
+
+
+def _fresh(cls: type, layout: tuple[dict, tuple]) -> nn.Module:
+    plain, containers = layout
+    m = cls.__new__(cls)
+    d = m.__dict__
+    d.update(plain)
+    for k, t in containers:
+        d[k] = t()
+    return m
 
 
 def _assemble(cls: type, attrs: dict, params: dict, buffers: dict, slow) -> nn.Module:
@@ -70,19 +88,46 @@ def _assemble(cls: type, attrs: dict, params: dict, buffers: dict, slow) -> nn.M
         same = (set(real.__dict__) - set(own) == set(attrs) and all(real.__dict__[k] == v for k, v in attrs.items())
                 and set(real._parameters) == set(params) and set(real._buffers) == set(buffers)
                 and not real._modules and set(own) == set(nn.Module().__dict__))
-        _LAYOUT[cls] = own if same else None
+        _LAYOUT[cls] = _split_layout(own) if same else None
         return real
     if layout is None:
         return slow()
-    m = cls.__new__(cls)
-    d = m.__dict__
-    for k, v in layout.items():
-        d[k] = type(v)() if isinstance(v, (dict, set)) else v
-    d.update(attrs)
-    with torch.no_grad():
-        m._parameters.update((k, None if t is None else nn.Parameter(snapshot(t))) for k, t in params.items())
-        m._buffers.update((k, snapshot(t)) for k, t in buffers.items())
+    m = _fresh(cls, layout)
+    m.__dict__.update(attrs)
+    # snapshot() detaches, so no autograd state needs switching off here
+    m._parameters.update((k, None if t is None else nn.Parameter(snapshot(t))) for k, t in params.items())
+    m._buffers.update((k, snapshot(t)) for k, t in buffers.items())
     return m
+
+
+_IMMUTABLE = (int, float, bool, str, type(None))
+
+
+def _immutable(v) -> bool:
+    return isinstance(v, _IMMUTABLE) or (type(v) is tuple and all(_immutable(x) for x in v))
+
+
+def _copyable(m: nn.Module) -> bool:
+    """A module without tensors or children whose every other attribute is an immutable value: a copy of its
+    __dict__ (fresh containers) is as good as constructing another."""
+    return (not m._parameters and not m._buffers and not m._modules
+            and all(isinstance(v, (dict, set)) or _immutable(v) for v in m.__dict__.values()))
+
+
+_TEMPLATES: dict[tuple, tuple[type, tuple] | None] = {}
+
+
+def stateless(key: tuple, build) -> nn.Module:
+    """`build()`, or a copy of the module it returned for the same `key` when that one holds no tensors:
+    nn.Module.__init__ costs ~20 us, and a model has ~100 activations, pools and containers."""
+    hit = _TEMPLATES.get(key, _MISSING)
+    if hit is _MISSING:
+        m = build()
+        _TEMPLATES[key] = (type(m), _split_layout(m.__dict__)) if _copyable(m) else None
+        return m
+    if hit is None:
+        return build()
+    return _fresh(*hit)
 
 
 def _weighted_layer(n, bake: bool, masked_cls: type, plain_cls: type):
@@ -208,8 +253,17 @@ def _kind(kind: str):
 
 
 def module(build):
-    """A rule lowering a node to the module `build(node)` (called with the node's inputs)."""
-    return _kind("module")(lambda n, e: build(n))
+    """A rule lowering a node to the module `build(node)` (called with the node's inputs). A module without
+    tensors may be copied from the one `build` made for another node of the same op and attributes, so
+    such a module must depend on nothing but them."""
+    def lower(n, e):
+        try:
+            key = (n.op, build, tuple(n.attrs.items()))
+            hash(key)
+        except TypeError:  # a list-valued attribute: built each time
+            return build(n)
+        return stateless(key, lambda: build(n))
+    return _kind("module")(lower)
 
 
 def call(fn, *attrs: str, **kwattrs: str):

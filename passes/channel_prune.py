@@ -62,7 +62,7 @@ from hwopt.errors import BudgetError, PassError
 from hwopt.ir import Graph, conv_weight_oi
 from hwopt.lower import submodules
 from hwopt.passkit import (channel_multiple, kept_levels, min_units, node_costs, owns_its_layers, resource_value,
-                           train_graph, unit_channels)
+                           train_graph, unit_channels, unit_step)
 from hwopt.passmanager import Pass, PassContext, option, register_pass
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
@@ -221,6 +221,20 @@ def _nearest_level(levels: list[int], want: float) -> int:
     return min(ascending[max(0, i - 1):i + 1], key=lambda k: (abs(k - want), -k))
 
 
+def _nearest_kept(size: int, multiple: int, unit_ch: int, min_keep: int, want: float) -> int:
+    """`_nearest_level(kept_levels(size, multiple, unit_ch, min_keep), want)` without listing the levels (a
+    2048-unit group has 2048 of them at multiple 1): they are `size` and the multiples of the unit step
+    in [floor, size), so only `size` and the two steps around `want` can be nearest."""
+    mu = unit_step(multiple, unit_ch)
+    floor = mu * max(1, -(-min_keep // mu))
+    top = (size - 1) // mu * mu
+    candidates = [size]
+    if top >= floor:
+        below = min(max(int(want // mu) * mu, floor), top)
+        candidates += [below, min(below + mu, top)]
+    return min(candidates, key=lambda k: (abs(k - want), -k))
+
+
 def graph_macs(graph: Graph) -> int:
     return int(resource_value(graph, "macs"))
 
@@ -341,11 +355,15 @@ class ChannelPrune(Pass):
     def _importance(self, graph: Graph, ctx: PassContext, groups) -> dict[int, np.ndarray]:
         return unit_importance(graph, self.criterion, getattr(ctx, "data", None), getattr(ctx, "loss", None), groups)
 
-    def _levels(self, graph: Graph, gr: ChannelGroup, mult: int) -> list[int]:
+    def _level_args(self, graph: Graph, gr: ChannelGroup, mult: int) -> tuple[int, int, int, int]:
+        """kept_levels' arguments for `gr`: (size, multiple, channels per unit, min units)."""
         low = min_units(graph, gr, self.min_channels if self.min_channels is not None else mult)
         # a group that holds only part of its layers' channels steps by one unit: those widths are sums
         # over several groups, which no one group can round
-        return kept_levels(gr.size, mult if owns_its_layers(graph, gr) else 1, unit_channels(gr), low)
+        return gr.size, mult if owns_its_layers(graph, gr) else 1, unit_channels(gr), low
+
+    def _levels(self, graph: Graph, gr: ChannelGroup, mult: int) -> list[int]:
+        return kept_levels(*self._level_args(graph, gr, mult))
 
     # -- run -------------------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
@@ -384,7 +402,7 @@ class ChannelPrune(Pass):
             for gr in elig:
                 size0 = original.get(_group_key(gr), gr.size)
                 want = size0 - round(frac * size0)
-                keep = _nearest_level(self._levels(g, gr, mult), min(want, gr.size))
+                keep = _nearest_kept(*self._level_args(g, gr, mult), min(want, gr.size))
                 if keep < gr.size:
                     removal[gr.id] = np.argsort(imp[gr.id], kind="stable")[:gr.size - keep]
         else:
