@@ -20,6 +20,8 @@ import torch
 import torch.fx as fx
 from torch.fx.proxy import TraceError
 
+from .tensors import snapshot
+
 VALUE = "hwopt_value"
 ERROR = "hwopt_error"
 MODULE = "hwopt_module"  # node.meta key: the path of the innermost module that made the node
@@ -144,8 +146,8 @@ class ConcreteTracer(fx.Tracer):
         # (the front end lifts the ops recorded so far and reads the IR's shape rules)
         self.shape_of = shape_of
         self.recorded: list[fx.Node] = []  # every node, in graph order
-        # copies: an in-place op in forward must not write into the caller's tensors
-        self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
+        # copies (copy-on-write): an in-place op in forward must not write into the caller's tensors
+        self.examples = [snapshot(t) if isinstance(t, torch.Tensor) else t for t in examples]
         self.leaf = leaf
         self._placeholders = 0
         self._pending: list = []
