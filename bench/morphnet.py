@@ -4,6 +4,8 @@ on MNIST and on scikit-learn's digits (8x8), several seeds.
     OMP_WAIT_POLICY=PASSIVE python bench/morphnet.py            # both datasets, 3 seeds (see the log below)
     OMP_WAIT_POLICY=PASSIVE python bench/morphnet.py --smoke    # small subsets, 1 seed (~1 min)
     ... --datasets digits --seeds 5                             # one dataset, more seeds
+    ... --datasets digits --frontier 4                          # the best any width allocation buys (validation only)
+    ... --val-only                                              # protocol exploration: the test split is never read
 
 Protocol (Gordon et al. 2018, sec. 5: MorphNet against the width-multiplier baseline at equal cost):
 - baseline: the dataset's CNN at width multiplier W (MNIST: ``hwopt.models.mnist_cnn``; digits: the same
@@ -52,8 +54,41 @@ step); rows marked "before" are the previous defaults, where it could (expand th
     that 2.15x the latency buys. At 130 us the first layer is already at
     the floor and only layers 2-3 can trade; on digits the uniform net is at 98 % and 1 test image is
     0.25 pt. The goal of issue 20, +1 pt on both, is not met.
+Is +1 pt reachable by any width allocation at this budget? (2026-12-01 20:00-20:50 UTC, load 7-17 on 2 cores,
+nice 15; VALIDATION split only, the test split was not read for any of these.) `--frontier 4` trains the
+allocations on the cortex-a72 latency frontier at the budget (first conv at each 4-channel step up to the
+base width, four second-conv widths, the third conv as wide as the budget then allows) with the uniform
+arm's recipe:
+    digits, 30 epochs, 3 seeds (`--datasets digits --frontier 4`, 682 s): uniform [8, 16, 32] 97.23 %;
+           [4, 20, 388] 97.90, [4, 28, 212] 97.82, [4, 40, 76] 98.15, [4, 48, 24] 97.65, [8, 8, 328] 97.73,
+           [8, 12, 136] 97.73 %. The best point is MorphNet's own allocation (+0.92 pt); the bench's MorphNet
+           arm reads +1.01 pt on validation (per seed +1.01 / +1.26 / +0.76) and +0.00 on test (the 400 test
+           images are easier: the uniform net scores 98.00 there, 97.23 on validation; 1 image = 0.25 pt).
+    MNIST, 2 epochs, seed 0 (`--datasets mnist --frontier 4 --seeds 1`, 823 s): uniform 97.51 %; [4, 20, 384]
+           96.32, [4, 32, 164] 97.06, [4, 40, 88] 97.71, [4, 52, 20] 97.41, [8, 8, 288] 96.40, [8, 12, 120]
+           97.79 %: the best allocation is +0.28 pt, MorphNet's [4, 40, 88] +0.20 (its 3-seed val gap +0.28).
+    MNIST, 0.5 epoch, seed 0 (`... --frontier 4 --seeds 1 --epochs 0.5`, 363 s): uniform 94.80 %;
+           [4, 20, 384] 92.01, [4, 32, 164] 93.04, [4, 40, 88] 95.49, [4, 52, 20] 94.08, [8, 8, 288] 93.44,
+           [8, 12, 120] 95.25 %: the best point is MorphNet's allocation, +0.69 pt (width 1.0 at 2.15x the
+           latency: 95.90 %, +1.11, same recipe and seed, in a one-off script).
+    Shorter training (capacity matters more): `--datasets mnist --seeds 1 --val-only --reference-width 1.0
+           --epochs 1 --shrink-epochs 0.5`: uniform 96.64, MorphNet 97.20 (+0.56, [4, 40, 88]), width 1.0 (2.15x
+           the latency) 97.43 %; at 2 epochs the 3-seed val gap is +0.28. The gap grows as training shortens,
+           but so does noise, and even the 2.15x-latency net stays within +1 pt of the uniform one.
+    So at these budgets the accuracy surface over width allocations is such that its best point is +0.3
+    (MNIST, 2 epochs; +0.7 at 0.5 epoch) / +0.9 (digits) pt over uniform on validation, MorphNet's shrink/expand lands on (or within seed noise of) that
+    best point on every seed, and +1 pt is beyond what any allocation buys: the limit is the benchmark, not
+    the pass's λ (the shrink stops by the budget, λ only orders the |γ|; at λ 8.28 / 31.5 it cut the 28x28 /
+    8x8 first conv to the 4-channel floor on every seed, which the frontier confirms), its expand (the
+    bisection stops at multiplier 1.2, where the first conv would round up to 8 channels, and the fill
+    then grows conv 2-3 in their shrunk 1:2 proportion, Gordon's uniform re-growth of the groups that can
+    still grow; dumping the budget into the cheap third conv instead, [4, 20, 384], loses 1.2 pt), or the
+    retraining length (longer training shrinks the gap). No default of the pass was changed.
+    Reproduced the Done-when figures at 20:08-20:29 UTC (load 12-17): identical per-seed values (MNIST +0.54,
+    digits +0.00; the runs are seeded and deterministic).
 Commands: `OMP_WAIT_POLICY=PASSIVE nice -n 15 .venv/bin/python bench/morphnet.py` (MNIST and digits at width 0.5)
-and `... bench/morphnet.py --datasets mnist --width 0.25`.
+and `... bench/morphnet.py --datasets mnist --width 0.25`; the frontier: `... --datasets digits --frontier 4`
+and `... --datasets mnist --frontier 4 --seeds 1` (validation only).
 """
 from __future__ import annotations
 

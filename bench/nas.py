@@ -99,7 +99,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32, help="proxy training batch size")
     ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--reward", choices=("soft", "hard"), default="hard")
-    ap.add_argument("--controller-lr", type=float, default=0.02)
+    ap.add_argument("--controller-lr", type=float, default=None,
+                    help="REINFORCE's Adam learning rate (default: the strategy's own default, what users get)")
     ap.add_argument("--ray", action="store_true", help="also run the first seed's REINFORCE search on Ray (2 workers)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the serial runs")
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
         acc = ProxyTrainer(a.train_limit, a.eval_limit, a.steps, a.batch_size, lr=a.lr, seed=seed)
         baseline = None  # one seed's children are trained identically whatever the strategy: train it once
         for strategy in strategies:
-            opts = {"lr": a.controller_lr} if strategy == "reinforce" else {}
+            opts = {"lr": a.controller_lr} if strategy == "reinforce" and a.controller_lr is not None else {}
             t0, c0 = time.perf_counter(), cpu_seconds()
             res = Search(space, target, acc, strategy=strategy, children=a.children, samples=a.samples,
                          batch=a.batch, seed=seed, reward=a.reward,
@@ -230,7 +231,8 @@ def main(argv=None) -> dict:
         try:
             res = Search(space, target, acc, strategy="reinforce", children=a.children, samples=a.samples,
                          batch=a.batch, seed=seeds[0], reward=a.reward, checkpoint=ck, executor="ray", workers=a.workers,
-                         strategy_options={"lr": a.controller_lr}, evaluate_baseline=False).run()
+                         strategy_options={} if a.controller_lr is None else {"lr": a.controller_lr},
+                         evaluate_baseline=False).run()
         finally:
             ray.shutdown()
         same = res.evaluated() == serial.evaluated()

@@ -140,12 +140,11 @@ def _analyse(graph: Graph) -> list[ChannelGroup]:
         a = b = np.zeros(0, np.int64)
     adj = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(total, total))
     _, label = connected_components(adj, directed=False)
-    pinned_classes = np.unique(np.array([cls_of[n] for n in c.pinned], dtype=np.int64))
-    if len(pinned_classes):
-        pinned_elems = np.concatenate([np.arange(offset[k], offset[k] + sizes[k]) for k in pinned_classes.tolist()])
-        pinned_labels = set(np.unique(label[pinned_elems]).tolist())
-    else:
-        pinned_labels = set()
+    n_comp = int(label.max()) + 1 if len(label) else 0
+    pinned = np.zeros(n_comp, bool)  # per component
+    pinned_classes = sorted({cls_of[n] for n in c.pinned})
+    if pinned_classes:
+        pinned[label[np.concatenate([np.arange(offset[k], offset[k] + sizes[k]) for k in pinned_classes])]] = True
 
     n_classes = len(sizes)
     class_of = np.repeat(np.arange(n_classes), sizes_a)
@@ -155,14 +154,13 @@ def _analyse(graph: Graph) -> list[ChannelGroup]:
     # (wrapping adds; a class weighs the sum of its tensors', so the keys, and the order of groups that
     # start at the same tensor, do not depend on how tensors were merged); `_group_rows` checks the
     # result exactly.
-    n_comp = int(label.max()) + 1 if len(label) else 0
     weights = np.zeros(n_classes, np.int64)
     np.add.at(weights, np.array([cls_of[n] for n in names], dtype=np.int64),
               np.random.default_rng(0).integers(1, 2**62, size=len(names), dtype=np.int64))
     key = np.zeros(n_comp, np.int64)
     np.add.at(key, label, weights[class_of])
-    _, group_of_comp = np.unique(key, return_inverse=True)
-    rows_by_group = _group_rows(label, class_of, channel_of, group_of_comp.ravel())
+    group_of_comp = _rank_of_values(key)
+    rows_by_group = _group_rows(label, class_of, channel_of, group_of_comp)
     if rows_by_group is None:  # a hash collision: fall back to exact (slower) row comparison
         counts = np.bincount(label * n_classes + class_of, minlength=n_comp * n_classes).reshape(n_comp, n_classes)
         rows_by_group = _group_rows(label, class_of, channel_of, np.unique(counts, axis=0, return_inverse=True)[1].ravel())
@@ -179,12 +177,34 @@ def _analyse(graph: Graph) -> list[ChannelGroup]:
             found.extend((position[name], name, idx) for name in tensors_of[k])
         found.sort(key=lambda t: t[0])
         members = {name: idx for _, name, idx in found}
-        prunable = int(label[rows[0, 0]]) not in pinned_labels
+        prunable = not pinned[label[rows[0, 0]]]
         groups.append(_with_roles(graph, ChannelGroup(0, members, prunable)))
     groups.sort(key=lambda gr: (not gr.prunable, position[next(iter(gr.members))]))
     for i, gr in enumerate(groups):
         gr.id = i
     return groups
+
+
+def _rank_of_values(values: np.ndarray) -> np.ndarray:
+    """For each entry, the rank of its value among the distinct values (np.unique's return_inverse; numpy
+    2's hashing np.unique is ~10x slower than this sort on thousands of int64 keys)."""
+    order = np.argsort(values, kind="stable")
+    srt = values[order]
+    new = np.empty(len(values), bool)
+    new[:1] = True
+    np.not_equal(srt[1:], srt[:-1], out=new[1:])
+    rank = np.empty(len(values), np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return rank
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) for int64 `a` by sorting (see _rank_of_values)."""
+    a = np.sort(a)
+    if len(a) < 2:
+        return a
+    step = a[1:] != a[:-1]
+    return a if step.all() else a[np.concatenate(([True], step))]
 
 
 def _group_rows(label, tensor_of, channel_of, group_of_comp) -> list[np.ndarray] | None:
@@ -249,7 +269,7 @@ def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], gr
     groups = groups if groups is not None else channel_groups(graph)
     removed: dict[str, list[np.ndarray]] = {}
     for gid, units in removal.items():
-        units = np.unique(np.asarray(units, dtype=np.int64))
+        units = _sorted_unique(np.asarray(units, dtype=np.int64))
         if len(units) == 0:
             continue
         if not 0 <= gid < len(groups):
@@ -275,7 +295,7 @@ def remove_channels(graph: Graph, removal: dict[int, np.ndarray | list[int]], gr
             if ok:
                 rem[k] = v[0]
                 continue
-        rem[k] = np.unique(np.concatenate(v))
+        rem[k] = _sorted_unique(np.concatenate(v))
     for name, r in rem.items():
         if len(r) >= graph[name].spec.channels:
             raise IRError("removal would leave this tensor with no channel", name)

@@ -1148,7 +1148,8 @@ def lift(model: nn.Module, example_inputs) -> Graph:
         warnings.warn(f"{type(model).__name__} is in train mode: hwopt lifts its inference (eval-mode) semantics "
                       f"(batch norm uses running statistics, dropout is kept as an op); call model.eval() first "
                       f"to silence this", stacklevel=2)
-    with _state_kept(modules.values()), collector_paused():
+    # no_grad: nothing lifting computes is differentiated (parameters are snapshotted without detaching)
+    with _state_kept(modules.values()), collector_paused(), torch.no_grad():
         g = _Lifter(model, examples, modules).run()
         check_finite_at_once(t for n in g.nodes.values() for t in n.params.values())
     return g.verify()
@@ -1162,14 +1163,15 @@ def _state_kept(modules):
     saved = []
     for m in modules:
         d = m.__dict__
-        saved.append((m, set(d), {k: (v, copy.copy(v)) for k, v in d.items()
-                                  if not k.startswith("_") and isinstance(v, (dict, list, set))}))
+        saved.append((d, set(d), {k: (v, copy.copy(v)) for k, v in d.items()
+                                  if k[:1] != "_" and isinstance(v, (dict, list, set))}))
     try:
         yield
     finally:
-        for m, keys, containers in saved:
-            for k in set(m.__dict__) - keys:
-                del m.__dict__[k]
+        for d, keys, containers in saved:
+            if d.keys() != keys:
+                for k in d.keys() - keys:
+                    del d[k]
             for k, (obj, contents) in containers.items():
                 if isinstance(obj, list):
                     obj[:] = contents

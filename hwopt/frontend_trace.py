@@ -13,12 +13,16 @@ asks nothing costs no forward pass at lift time).
 """
 from __future__ import annotations
 
+import builtins
+import keyword
 import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch.fx.proxy import TraceError
+
+from .tensors import snapshot
 
 VALUE = "hwopt_value"
 ERROR = "hwopt_error"
@@ -144,8 +148,8 @@ class ConcreteTracer(fx.Tracer):
         # (the front end lifts the ops recorded so far and reads the IR's shape rules)
         self.shape_of = shape_of
         self.recorded: list[fx.Node] = []  # every node, in graph order
-        # copies: an in-place op in forward must not write into the caller's tensors
-        self.examples = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in examples]
+        # copies (copy-on-write): an in-place op in forward must not write into the caller's tensors
+        self.examples = [snapshot(t) if isinstance(t, torch.Tensor) else t for t in examples]
         self.leaf = leaf
         self._placeholders = 0
         self._pending: list = []
@@ -213,6 +217,15 @@ class ConcreteTracer(fx.Tracer):
         none: shapes are concrete ints), which was a quarter of tracing; the target's name is worked out once
         per target."""
         graph = self.graph
+        namespace = graph._graph_namespace
+        if name is None and kind == "call_module":
+            # the module's path, made an identifier: unique unless the module is called twice (fx's namer
+            # runs two regexes per node; a mobile net has ~150 module calls)
+            name = target.replace(".", "_")
+            if (name.isidentifier() and name not in namespace._used_names and not keyword.iskeyword(name)
+                    and name not in builtins.__dict__):
+                namespace._used_names.add(name)
+                return self._insert_node(kind, target, args, kwargs, name, type_expr)
         if name is None:
             try:
                 name = self._target_names.get(target)
@@ -220,8 +233,10 @@ class ConcreteTracer(fx.Tracer):
                     name = self._target_names[target] = graph._target_to_str(target)
             except TypeError:  # an unhashable target
                 name = graph._target_to_str(target)
-        namespace = graph._graph_namespace
-        name = namespace.create_name(name, None)
+        return self._insert_node(kind, target, args, kwargs, namespace.create_name(name, None), type_expr)
+
+    def _insert_node(self, kind, target, args, kwargs, name, type_expr) -> fx.Node:
+        graph, namespace = self.graph, self.graph._graph_namespace
         node = fx.Node(graph, name, kind, target, args, kwargs or _NO_KWARGS, type_expr)
         namespace.associate_name_with_obj(name, node)
         graph._insert(node)

@@ -58,8 +58,11 @@ def snapshot(t: torch.Tensor) -> torch.Tensor:
     """A detached copy of `t` that shares memory until either side is written: torch's copy-on-write
     `_lazy_clone` (numpy/dlpack/data_ptr access materialize it), a plain clone on a torch without it.
     Lift, lower and read_back copy whole models, and ResNet-50's 100 MB of weights take ~40 ms to clone."""
-    t = t.detach()
-    return _LAZY_CLONE(t) if _LAZY_CLONE is not None else t.clone()
+    if _LAZY_CLONE is None:
+        return t.detach().clone()
+    if t.requires_grad and torch.is_grad_enabled():  # else the clone is not recorded for autograd anyway
+        t = t.detach()
+    return _LAZY_CLONE(t)
 
 
 def selected(src: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:

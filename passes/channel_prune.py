@@ -88,18 +88,21 @@ def _row_col(w: torch.Tensor, criterion: str, want_cols: bool) -> tuple[np.ndarr
     return rows, cols
 
 
-def _row_col_sums(graph: Graph, criterion: str, saliency: dict | None, needed: set[str] | None = None) -> tuple[dict, dict, dict]:
+def _row_col_sums(graph: Graph, criterion: str, saliency: dict | None, needed: set[str] | None = None,
+                  cols_needed: set[str] | None = None, bn_needed: bool = True) -> tuple[dict, dict, dict]:
     """Per node: magnitude summed per output channel (rows), per input channel (cols, groups==1 only),
-    and for BN the |γ| (or taylor saliency of γ, β) per channel. `needed`: only these nodes."""
+    and for BN the |γ| (or taylor saliency of γ, β) per channel. `needed`: only these nodes;
+    `cols_needed`: columns only for these (default: all of `needed`); `bn_needed`: BN values at all."""
     rows, cols, bn = {}, {}, {}
     for n in graph.nodes.values():
         if needed is not None and n.name not in needed:
             continue
+        want_cols = cols_needed is None or n.name in cols_needed
         if n.op in ("conv2d", "linear"):
             w = n.params["weight"]
             if "weight_mask" in n.params:
                 w = w * n.params["weight_mask"]
-            want_cols = n.op == "linear" or n.attrs["groups"] == 1
+            want_cols = want_cols and (n.op == "linear" or n.attrs["groups"] == 1)
             if saliency is not None:
                 r, c = _row_col(saliency[n.name]["weight"], "l1", want_cols)
                 if "bias" in saliency[n.name]:
@@ -111,13 +114,13 @@ def _row_col_sums(graph: Graph, criterion: str, saliency: dict | None, needed: s
                 cols[n.name] = c
         elif n.op in ("conv1d", "conv_transpose2d"):  # magnitudes per output / input channel, conv layout
             r, c = _row_col(conv_weight_oi(n, None if saliency is None else saliency[n.name]["weight"]),
-                            "l1" if saliency is not None else criterion, n.attrs["groups"] == 1)
+                            "l1" if saliency is not None else criterion, want_cols and n.attrs["groups"] == 1)
             if saliency is not None and "bias" in saliency[n.name]:
                 r = r + saliency[n.name]["bias"].double().numpy()
             rows[n.name] = r
             if c is not None:
                 cols[n.name] = c
-        elif n.op == "batch_norm":
+        elif n.op == "batch_norm" and bn_needed:
             if saliency is not None:
                 s = saliency.get(n.name, {})
                 v = sum((s[k].double().numpy() for k in ("weight", "bias") if k in s), np.zeros(n.attrs["num_features"]))
@@ -139,7 +142,9 @@ def unit_importance(graph: Graph, criterion: str = "l1", data: Iterable | None =
     saliency = _taylor_saliency(graph, data, loss) if criterion == "taylor" else None
     mag = "l1" if criterion in ("bn", "taylor") else criterion
     needed = {n for gr in groups if gr.prunable for n in (*gr.producers, *gr.consumers)}
-    rows, cols, bn = _row_col_sums(graph, mag, saliency, needed)
+    # the columns read below: a consumer's, where its input is one of the group's tensors
+    cols_needed = {c for gr in groups if gr.prunable for c in gr.consumers if graph[c].inputs[0] in gr.members}
+    rows, cols, bn = _row_col_sums(graph, mag, saliency, needed, cols_needed, criterion in ("bn", "taylor"))
     out = {}
     for gr in groups:
         if not gr.prunable:
@@ -209,7 +214,7 @@ def eligible_groups(graph: Graph, protect: tuple[str, ...] = (), groups: list[Ch
     """Prunable groups none of whose member / producer nodes is protected."""
     groups = groups if groups is not None else channel_groups(graph)
     return [g for g in groups if g.prunable and g.size > 1 and
-            not any(_is_protected(n, protect) for n in list(g.members) + g.producers)]
+            not (protect and any(_is_protected(n, protect) for n in list(g.members) + g.producers))]
 
 
 def _nearest_level(levels: list[int], want: float) -> int:

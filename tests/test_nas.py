@@ -146,6 +146,43 @@ def test_reinforce_update_raises_log_prob_of_rewarded_sequence():
     assert strat.controller.log_prob(a).item() > lp_a + 5
 
 
+def test_reinforce_normalized_advantages_ignore_the_reward_scale():
+    """normalize: the update depends on rewards only through (R - b) / rms(R - b), so an affine change of
+    the reward (another accuracy scale, a constant bonus) gives the same controller."""
+    a_s, b_s = Reinforce(TINY.vocab, seed=5, normalize=True), Reinforce(TINY.vocab, seed=5, normalize=True)
+    for _ in range(4):
+        ts = a_s.ask(3)
+        assert ts == b_s.ask(3)
+        rs = [fake_reward(t) for t in ts]
+        a_s.tell(ts, rs)
+        b_s.tell(ts, [10 * r + 3 for r in rs])
+    t = a_s.ask(1)[0]
+    assert a_s.controller.log_prob(t).item() == pytest.approx(b_s.controller.log_prob(t).item(), abs=1e-4)
+    # without normalisation the scale matters
+    c_s, d_s = Reinforce(TINY.vocab, seed=5, normalize=False), Reinforce(TINY.vocab, seed=5, normalize=False)
+    ts = c_s.ask(3)
+    d_s.ask(3)
+    c_s.tell(ts, [0.1, 0.5, 0.9])
+    d_s.tell(ts, [0.1, 0.5, 0.9])
+    c_s.tell(ts, [0.1, 0.5, 0.9])
+    d_s.tell(ts, [1.0, 5.0, 9.0])
+    assert c_s.controller.log_prob(ts[2]).item() != pytest.approx(d_s.controller.log_prob(ts[2]).item(), abs=1e-4)
+
+
+def test_reinforce_ppo_epochs_learn_more_per_batch_and_options_are_checked():
+    lp = {}
+    for epochs in (1, 4):
+        s = Reinforce(TINY.vocab, seed=3, epochs=epochs)
+        a, b = s.ask(2)
+        before = s.controller.log_prob(a).item()
+        s.tell([a, b], [1.0, 0.2])
+        lp[epochs] = s.controller.log_prob(a).item() - before
+    assert lp[4] > lp[1] > 0
+    for bad in ({"lr": 0.0}, {"epochs": 0}, {"clip": 1.5}, {"baseline_decay": 1.0}):
+        with pytest.raises(ValueError, match="reinforce"):
+            Reinforce(TINY.vocab, **bad)
+
+
 @pytest.mark.parametrize("cls", [Reinforce, RandomSearch, RegularizedEvolution])
 def test_strategies_are_seeded_and_replay_exactly(cls):
     kw = {"population": 4, "sample": 2} if cls is RegularizedEvolution else {}
