@@ -24,7 +24,11 @@ the results log):
   whose last step is kept (--keep-best: the epoch with the best validation accuracy instead,
   --final-cycles: the round as cosine cycles with warm restarts, --final-average: ending on their mean,
   --schedule cubic: Zhu & Gupta's pruning schedule; all measured, none kept); dead neurons removed.
-  The 15x stage continues from the 12x net with 2 rounds.
+  The 15x stage continues from the 12x net with 2 rounds (4 + 16 epochs), each pruning the same share of
+  the 12x survivors (the pass's geometric schedule from the incoming sparsity; until 2026-12-01 its
+  first round pruned nothing and its last the whole 12x -> 15x step, one-shot; --later-iterations sets
+  the rounds). --cache DIR keeps the unpruned nets and the stages, so that a variant of the 15x stage
+  reruns that stage only.
 - "Han+KD" rows (extra, not the paper's method; --no-kd skips them): the same, the retraining loss
   distilled from the unpruned net (T = 4, 0.9 soft).
 - allocation table (issue 20; --no-allocations skips it), LeNet-300-100: from the same unpruned net, test
