@@ -24,7 +24,11 @@ the results log):
   whose last step is kept (--keep-best: the epoch with the best validation accuracy instead,
   --final-cycles: the round as cosine cycles with warm restarts, --final-average: ending on their mean,
   --schedule cubic: Zhu & Gupta's pruning schedule; all measured, none kept); dead neurons removed.
-  The 15x stage continues from the 12x net with 2 rounds.
+  The 15x stage continues from the 12x net with 2 rounds (4 + 16 epochs), each pruning the same share of
+  the 12x survivors (the pass's geometric schedule from the incoming sparsity; until 2026-12-01 its
+  first round pruned nothing and its last the whole 12x -> 15x step, one-shot; --later-iterations sets
+  the rounds). --cache DIR keeps the unpruned nets and the stages, so that a variant of the 15x stage
+  reruns that stage only.
 - "Han+KD" rows (extra, not the paper's method; --no-kd skips them): the same, the retraining loss
   distilled from the unpruned net (T = 4, 0.9 soft).
 - allocation table (issue 20; --no-allocations skips it), LeNet-300-100: from the same unpruned net, test
@@ -41,6 +45,8 @@ images after minus before, mean over seeds; the goal is Δ <= 0):
     LeNet-300-100  Han     12 seeds  1.445 % -> 1.448 %  mean +0.3  (5/12 seeds <= 0)   paper 1.64 -> 1.59 %
     LeNet-5        Han      9 seeds  0.924 % -> 0.923 %  mean -0.1  (4/9 seeds <= 0)     paper 0.80 -> 0.77 %
                    Han+KD   9 seeds  0.924 % -> 0.909 %  mean -1.6  (6/9)
+15x (2026-12-01, the global allocation, each 15x round pruning half the step from 12x; seeds 0 / 1):
+    LeNet-300-100  Han      2 seeds  1.495 % -> 1.515 %  mean +2.0  (1/2 seeds <= 0; val +1.5)  not at 0 yet
 On the validation split (10k) LeNet-300-100's mean Δ is -2.7 images: at 12x both nets are at their
 unpruned error; a seed's Δ spreads by ~7 images (s.e. of a 12-seed mean: 2.1).
 The protocol choices are made on the selection split (val[5000:], "Δ sel"), which nothing trains,

@@ -32,7 +32,10 @@ How the per-layer amounts are chosen (never hand-set):
 
 Then `iterations` rounds of prune → retrain: round i prunes each layer to its round-i fraction, by
 magnitude of the current (retrained) weights; masks only shrink. `schedule="geometric"` (default):
-1 − (1 − f)^(i/iterations), the same share of the survivors each round. `schedule="cubic"` (Zhu & Gupta
+1 − (1 − f₀)·((1 − f)/(1 − f₀))^(i/iterations) from the layer's incoming sparsity f₀, the same share of the
+survivors each round (from a dense net, 1 − (1 − f)^(i/iterations)). Until 2026-12-01 it ignored f₀: a
+second pass continuing from a pruned net (bench/han2015.py's 15x stage from its 12x net) then pruned
+nothing until its last round and all of the step there, one-shot. `schedule="cubic"` (Zhu & Gupta
 2017, "To prune, or not to prune", eq. 1): f + (f₀ − f)(1 − i/iterations)³ from the layer's incoming
 sparsity f₀: most of the pruning early, while the net has weights to spare, and a small last step, so
 the long last round starts close to where it ends.
@@ -99,9 +102,11 @@ def magnitude_masks(graph: Graph, fractions: dict[str, float]) -> dict[str, torc
 
 
 def geometric_fraction(start: float, final: float, t: float) -> float:
-    """Pruned fraction at progress t ∈ (0, 1]: the same share of the survivors in each round (from the dense
-    net; a layer already past the round's fraction keeps its mask, as masks only shrink)."""
-    return 1.0 - (1.0 - final) ** t
+    """Pruned fraction at progress t ∈ (0, 1]: the same share of the incoming survivors (1 − start) pruned
+    in each round, so that every round of a pass continuing from a pruned net prunes too."""
+    if start >= final:
+        return start
+    return 1.0 - (1.0 - start) * ((1.0 - final) / (1.0 - start)) ** t
 
 
 def cubic_fraction(start: float, final: float, t: float) -> float:

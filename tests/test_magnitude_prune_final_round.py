@@ -7,6 +7,7 @@ import torch
 
 import hwopt
 from hwopt import data, models
+from hwopt import sparse as sp
 from hwopt.passes.magnitude_prune import MagnitudePrune
 
 X1 = torch.zeros(1, 1, 28, 28)
@@ -183,3 +184,24 @@ def test_cubic_schedule_prunes_early_and_reaches_the_target():
     with pytest.raises(hwopt.PassError, match="option 'schedule'.*'linear'"):
         MagnitudePrune(schedule="linear")
     assert hwopt.PassManager.parse("magnitude-prune{sparsity=0.9,schedule=cubic}").passes[0].schedule == "cubic"
+
+
+def test_geometric_schedule_continues_from_a_pruned_net_round_by_round():
+    """A second magnitude-prune from an already pruned net prunes in every round, the same share of the
+    incoming survivors each time (it used to prune nothing until the last round, then all at once)."""
+    from hwopt.passes.magnitude_prune import geometric_fraction
+    assert geometric_fraction(0.0, 0.9, 0.5) == pytest.approx(1 - 0.1 ** 0.5)  # from dense: as before
+    steps = [geometric_fraction(0.8, 0.9, i / 2) for i in range(1, 3)]
+    assert steps[0] == pytest.approx(1 - 0.2 * 0.5 ** 0.5) and steps[1] == pytest.approx(0.9)
+    assert geometric_fraction(0.95, 0.9, 0.5) == 0.95  # a layer past its target keeps its mask
+    torch.manual_seed(0)
+    g = hwopt.lift(models.lenet_300_100().eval(), X1)
+    ctx = hwopt.PassContext(train=lambda m, **kw: None)
+    first = MagnitudePrune(sparsity=0.8, iterations=1, retrain_epochs=0.1, remove_dead=False).run(g, ctx)
+    seen = []
+    ctx = hwopt.PassContext(train=lambda m, **kw: seen.append(
+        sum(int((l.weight == 0).sum()) for l in m.modules() if isinstance(l, torch.nn.Linear))))
+    MagnitudePrune(sparsity=0.9, iterations=2, retrain_epochs=0.1, remove_dead=False).run(first, ctx)
+    total = sum(first[k].params["weight"].numel() for k in sp.prunable_layers(first))
+    assert 0.83 * total < seen[0] < 0.87 * total  # round 1 prunes about half the step (0.859), not nothing
+    assert seen[1] == pytest.approx(0.9 * total, rel=1e-3)
