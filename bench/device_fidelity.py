@@ -12,16 +12,36 @@ code `hwopt calibrate --from-table` runs); every figure is on rows never fit. No
 
 Printed per device: Spearman rho and share within ±10 % for a fit on 100 rows, on 20 rows (from scratch,
 and starting from the other device's 100-row fit, HELP's transfer), the rho of counting MACs, and what
-the measurements allow: cells that run the same network (`hwopt.nasbench201.canonical`: the same
-executed program) were each measured, and their spread is noise no cost model can follow. The ceiling
-for ±10 % is the share of test rows that ANY predictor giving identical networks one prediction can
-put within ±10 % (per group the best single prediction, `best_share_within`; a network measured once
-counts as achievable): a true upper bound. Published reference (Pi 4): FLOPs 0.846, BRP-NAS (900
-samples) 0.847, HELP (10 samples) 0.890 (HELP README, Table 3).
+the measurements allow. Published reference (Pi 4): FLOPs 0.846, BRP-NAS (900 samples) 0.847, HELP (10
+samples) 0.890 (HELP README, Table 3).
+
+What the measurements allow. Cells that run the same network (`hwopt.nasbench201.canonical`: the same
+executed program) were each measured, so the table holds repeated measurements of ~950 networks:
+- the loose upper bound: the share of test rows that ANY predictor giving identical networks one
+  prediction can put within ±10 % (per group the best single prediction, `best_prediction`). A network
+  measured once counts as a hit, and ~95 % of the test rows are such networks, so it says little.
+- reference predictors (`reference_predictors`), from the ~10,000 rows that are neither fit nor test rows:
+  each test row predicted by the value that puts the most of its group within ±10 %, for (1) the same
+  network measured again (measurement noise alone), (2) networks whose cells run the same op counts
+  (the best any model of the ops can do, wiring aside, with 100x the data and the ±10 % criterion as
+  its loss). Neither is a bound; both show where the data's noise sits.
+The noise is not small. On the Pi 4 the runs of one network are bimodal at random: identical networks
+land in a fast or a ~45 % slower mode (small networks with no 3x3 conv in the cell: 37-56 % of runs slow,
+independent of which cell string was measured, of the index, and unpredictable from the cell: a boosted
+classifier on the edges does worse than always guessing "fast"). On the Pixel 3 runs come in phases
+(residuals autocorrelated along the table's index, lag-1 0.79) where whole stretches measure 10-20 %
+faster. Hence the fit's loss is chosen per fit by held-out share within ±10 % among least squares and a
+robust (Cauchy) loss (`targets/calibrate/table.py` LOSSES): the robust one follows the fast mode of the
+Pi 4 instead of landing between the modes (Pi 4 66 % -> 74 % within ±10 %); least squares stays for the
+Pixel 3. The 90 % goal of issue 17 is above what these measurements allow: the best reference predictor
+reaches ~81 % (Pi 4) / ~85 % (Pixel 3) of the test rows.
 
 How the network is built matters as much as the cost model: `hwopt.nasbench201.program` is the cell as
 the TFLite converter leaves it (which dead ops it still runs), read off rows that are never test rows
 of this bench (seed 0): with it the 100-row fit ranks the Pi 4 test rows 0.983 (0.964 with "live edges only").
+
+Results (`OMP_WAIT_POLICY=PASSIVE nice -n 15 python bench/device_fidelity.py`, seed 0, 5,000 test rows):
+RESULTS
 """
 from __future__ import annotations
 
@@ -47,17 +67,59 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def best_share_within(y: np.ndarray, tol: float = 0.1) -> int:
-    """The most of the latencies `y` one prediction p can put within ±tol: p is within of y_i when
-    |p / y_i - 1| <= tol, i.e. p in [(1 - tol) y_i, (1 + tol) y_i]; the answer is the largest number of
-    these intervals that overlap (a sweep over their ends; an interval's start before an end at the
-    same point, since both bounds are inclusive)."""
+def best_prediction(y: np.ndarray, tol: float = 0.1) -> tuple[int, float]:
+    """(count, p): the most of the latencies `y` one prediction p can put within ±tol, and such a p.
+    p is within of y_i when |p / y_i - 1| <= tol, i.e. p in [(1 - tol) y_i, (1 + tol) y_i]; the count
+    is the largest number of these intervals that overlap (a sweep over their ends; an interval's start
+    before an end at the same point, since both bounds are inclusive), p the start of that overlap."""
     ev = sorted([((1 - tol) * v, 0) for v in y] + [((1 + tol) * v, 1) for v in y])
-    best = cur = 0
-    for _, end in ev:
+    best, cur, at = 0, 0, float("nan")
+    for x, end in ev:
         cur += -1 if end else 1
-        best = max(best, cur)
-    return best
+        if cur > best:
+            best, at = cur, x
+    return best, at
+
+
+def best_share_within(y: np.ndarray, tol: float = 0.1) -> int:
+    """The most of the latencies `y` one prediction can put within ±tol (`best_prediction`)."""
+    return best_prediction(y, tol)[0]
+
+
+CELL_OPS = ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "add", "mul0", "zero")
+
+
+def op_counts(arch: str) -> tuple[int, ...]:
+    """How many of each op one cell runs (`program`; "add": binary additions): networks with the same
+    counts differ only in how the cell is wired."""
+    from hwopt.nasbench201 import program
+    steps, _ = program(arch)
+    return tuple(sum(len(ins) - 1 if op == "add" else 1 for _, op, ins in steps if op == k) for k in CELL_OPS)
+
+
+def reference_predictors(test: list[dict], other: list[dict], col: str, pred: np.ndarray, min_rows: int = 3) -> list[tuple]:
+    """What predictors that know many more measurements reach on the test rows, beside the model on the
+    same rows: (label, rows covered, their share within ±10 %, the model's share on those rows).
+    `other` are rows that are neither fit nor test rows. Each predictor gives a test row the prediction
+    that puts the most of its group's `other` measurements within ±10 % (`best_prediction`), for groups
+    of >= `min_rows`: (1) the same network measured again (canonical cell): the measurement noise
+    alone; (2) the same op counts per cell (`op_counts`): any model of the network's ops, wiring aside."""
+    from hwopt.nasbench201 import canonical
+    y = np.array([float(r[col]) for r in test])
+    out = []
+    for label, key in (("the same network's other measurements", lambda r: canonical(r["arch_str"])),
+                       ("other networks running the same ops", lambda r: op_counts(r["arch_str"]))):
+        groups = defaultdict(list)
+        for r in other:
+            groups[key(r)].append(float(r[col]))
+        center = {k: best_prediction(np.array(v))[1] for k, v in groups.items() if len(v) >= min_rows}
+        ids = [i for i, r in enumerate(test) if key(r) in center]
+        if not ids:
+            continue
+        p = np.array([center[key(test[i])] for i in ids])
+        hit = lambda q: float(np.mean(np.abs(q / y[ids] - 1) <= 0.1))  # noqa: E731
+        out.append((label, len(ids), hit(p), hit(pred[ids])))
+    return out
 
 
 def same_network_groups(rows: list[dict]) -> dict[str, list[int]]:
@@ -213,17 +275,19 @@ def main(argv=None) -> int:
     macs_test = np.array([m for _, m in designs(sel(test_i))], float)
     print(f"built {len(designs.cache)} distinct networks in {time.time() - t0:.0f} s; "
           f"{designs.check_lift(3 if a.smoke else 20)} of them lifted from torch modules too: same costs")
-    fits = {}
+    other_i = idx[a.fit + a.few + n_test:]  # neither fit nor test rows: only the reference predictors read them
+    fits, how = {}, {}
     for col in DEVICES:
         y = lambda ids: np.array([float(live[i][col]) for i in ids])  # noqa: E731
-        fits[col] = fit_table(d_fit, y(fit_i))[0]
+        fits[col], _, how[col] = fit_table(d_fit, y(fit_i))
     for col, (label, _) in DEVICES.items():
         y = lambda ids: np.array([float(live[i][col]) for i in ids])  # noqa: E731
         yt = y(test_i)
         other = next(c for c in DEVICES if c != col)
         lines = []
-        s100 = scores(d_test.predict_s(fits[col], 1, 1) * 1e3, yt)
-        lines.append((f"fit {len(fit_i)} rows (terms form, shipped)", s100))
+        p100 = d_test.predict_s(fits[col], 1, 1) * 1e3
+        loss = how[col].split("with the ")[1].split(" loss")[0] if "with the " in how[col] else "?"
+        lines.append((f"fit {len(fit_i)} rows (terms form, shipped; {loss} loss)", scores(p100, yt)))
         from hwopt.targets.calibrate import fit_coefficients
         t = designs.t
         roof = fit_coefficients(d_fit, y(fit_i), t.peak_macs_per_s, t.bandwidth_bytes_s)
@@ -243,11 +307,14 @@ def main(argv=None) -> int:
         print(f"  {'MACs (rank only)':44s} {spearman(macs_test, yt):8.3f}")
         print(f"  measurement noise: the {len(yt)} test rows are {ceil['networks']} distinct networks; "
               f"{ceil['grouped']} rows share theirs with other test rows, spread median {ceil['spread']:.1%}")
-        print(f"  ceiling for ±10 % (any predictor giving identical networks one prediction): {ceil['w10_max']:.1%}"
-              f"; oracle Spearman (each network predicted by its rows' mean): {ceil['rho_oracle']:.3f}")
-        if ceil["w10_max"] < 0.9:
-            print(f"  the goal of 90 % within ±10 % is above this data's ceiling of {ceil['w10_max']:.1%}: "
-                  f"unreachable by any cost model on these measurements")
+        once = 1 - ceil["grouped"] / len(yt)
+        print(f"  loose upper bound for ±10 % (identical networks get one prediction; the {once:.0%} of test rows whose "
+              f"network is measured once among them count as hits): {ceil['w10_max']:.1%}; oracle Spearman (each "
+              f"network predicted by its rows' mean): {ceil['rho_oracle']:.3f}")
+        print(f"  reference predictors from the {len(other_i)} rows that are neither fit nor test rows "
+              f"(per group of >= 3 of them, the prediction putting most of the group within ±10 %):")
+        for label, n, hit, model in reference_predictors(sel(test_i), sel(other_i), col, p100):
+            print(f"    {label:40s} {n:5d} test rows: {hit:6.1%} within ±10 % (the 100-row fit: {model:.1%})")
     print(f"\ngoal (issue 17): 100 rows rho >= 0.97 and >= 90 % within ±10 %; 20 rows rho >= 0.93 (HELP: 0.890 from 10)")
     print(f"runtime {time.time() - t0:.0f} s")
     return 0

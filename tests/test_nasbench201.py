@@ -144,4 +144,6 @@ def test_ceiling_is_the_best_one_prediction_can_do():
         grid = np.concatenate([0.9 * y, 1.1 * y, np.linspace(0.8 * y.min(), 1.2 * y.max(), 2000)])
         brute = max(int(np.sum(np.abs(p / y - 1) <= 0.1 + 1e-12)) for p in grid)
         assert mod.best_share_within(y) == brute
+        n, p = mod.best_prediction(y)  # the prediction it names reaches that count
+        assert n == brute and int(np.sum(np.abs(p / y - 1) <= 0.1 + 1e-12)) == brute
     assert mod.best_share_within(np.array([10.0, 12.2, 30.0])) == 2   # 11 is within 10 % of both 10 and 12.2

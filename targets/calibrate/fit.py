@@ -127,22 +127,33 @@ def fit_coefficients(design: Design, measured_ms: np.ndarray, peak: float, bw: f
     return _unpack(best.x, free, base, params)
 
 
+ROBUST_SCALE = 0.05  # log-latency residual (~5 %) beyond which a measurement counts as an outlier (loss "cauchy")
+
+
 def fit_terms(design: Design, measured_ms: np.ndarray, refine: bool = True, ridge: float = 1e-3,
-              weights: np.ndarray | None = None) -> _cost.Coefficients:
+              weights: np.ndarray | None = None, loss: str = "linear",
+              terms: tuple[str, ...] | None = None) -> _cost.Coefficients:
     """Fit the "terms" form: per kind, non-negative seconds per unit of each TERMS monomial.
 
     1. Linear: sample time = term_matrix @ c, so minimizing the squared *relative* error
        sum_i ((A c)_i / y_i - 1)^2 over c >= 0 is a bounded linear least-squares problem
        (scipy lsq_linear, columns scaled to unit norm; a small ridge pulls unidentified terms to 0).
     2. Refine on log latency (scipy least_squares, c >= 0) through the full prediction (max/min rules
-       for grouped / one-channel convs included), started from the linear solution.
+       for grouped / one-channel convs included), started from the linear solution. `loss` is
+       least_squares' loss on the log residuals: "linear" (least squares) or "cauchy" (scale
+       ROBUST_SCALE: a residual of r costs log(1 + (r / scale)^2), so a measurement far off the rest,
+       e.g. a run caught in a slow phase of the board, pulls the fit little; the fit follows the bulk
+       of the measurements instead of landing between a fast and a slow mode). `terms`: fit only these
+       monomials (the others stay 0), None: all of TERMS.
     Non-negative coefficients on non-decreasing monomials: the fitted cost is monotone in channels."""
     from scipy.optimize import least_squares, lsq_linear
 
     y = np.asarray(measured_ms, float) * 1e-3
     sw = np.sqrt(np.ones(len(y)) if weights is None else np.asarray(weights, float))
     a = design.term_matrix() / y[:, None] * sw[:, None]
-    used = np.flatnonzero(a.any(axis=0))
+    allowed = np.ones(len(KINDS) * len(TERMS), bool) if terms is None else \
+        np.tile(np.isin(TERMS, terms), len(KINDS))
+    used = np.flatnonzero(a.any(axis=0) & allowed)
     scale = np.linalg.norm(a[:, used], axis=0)
     a_s = a[:, used] / scale
     lam = math.sqrt(ridge)
@@ -164,7 +175,8 @@ def fit_terms(design: Design, measured_ms: np.ndarray, refine: bool = True, ridg
             pred = design.predict_s(unpack(th), 1.0, 1.0)
             return np.concatenate([sw * (np.log(np.maximum(pred, 1e-12)) - ly), lam * th])
 
-        r2 = least_squares(resid, theta + 1e-9, bounds=(0, np.inf), method="trf", max_nfev=200)
+        r2 = least_squares(resid, theta + 1e-9, bounds=(0, np.inf), method="trf", max_nfev=200,
+                           loss=loss, f_scale=ROBUST_SCALE if loss != "linear" else 1.0)
         theta = r2.x
     # terms that contribute < 0.01 % of every sample's predicted time are not identified: set them to 0
     contrib = design.term_matrix()[:, used] * (np.maximum(theta, 0.0) / scale)
