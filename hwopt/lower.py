@@ -52,7 +52,14 @@ class _Paths:
 
     def take(self, name: str) -> str:
         base = name if _PLAIN_PATH.fullmatch(name) else ".".join(re.sub(r"\W", "_", p) or "_" for p in name.split("."))
-        path, k, above = base, 1, _prefixes(base)
+        above = _prefixes(base)
+        leaf = next((p for p in above if p in self.leaves), None)
+        if leaf is not None:
+            # under a leaf ("a.b" taken, "a.b.act" asked): no suffix on the last part can help, so the rest
+            # hangs beside the leaf instead ("a.b_act")
+            base = leaf + "_" + base[len(leaf) + 1:].replace(".", "_")
+            above = _prefixes(base)
+        path, k = base, 1
         while self._clash(path, above):
             path, k = f"{base}_{k}", k + 1
             above = _prefixes(path)

@@ -173,3 +173,17 @@ def test_lower_leaves_graph_untouched():
         for p in m.parameters():
             p.add_(1.0)
     assert fingerprint(g) == fp
+
+
+def test_module_paths_under_a_taken_leaf_hang_beside_it():
+    # a node named like a child of another node's module ("a.b" then "a.b.act") cannot be its child (a
+    # leaf module has no children) nor be fixed by suffixing its last part: it is placed beside the leaf
+    from hwopt.lower import _Paths
+
+    paths = _Paths()
+    assert paths.take("a.b") == "a.b"
+    assert paths.take("a.b.act") == "a.b_act"
+    assert paths.take("a.b.act") == "a.b_act_1"
+    assert paths.take("a.b.c.d") == "a.b_c_d"
+    assert paths.take("a") == "a_1"  # "a" is a container of the leaves above
+    assert paths.take("x.y-z") == "x.y_z"
