@@ -337,7 +337,8 @@ def test_host_cpu_is_probed_in_one_place():
         assert "family" in cid and "model" in cid
     tvm = pytest.importorskip("tvm")  # noqa: F841
     from hwopt.tvm import target as tt
-    assert tt.host_cpu() == probe.llvm_cpu() and tt._physical_cores() == probe.physical_cores()
+    assert tt.host_cpu() == probe.llvm_cpu()
+    assert tt._host_spec() == {"kind": "llvm", "mcpu": probe.llvm_cpu(), "num-cores": probe.physical_cores()}
 
 
 def test_table_from_another_cpu_warns_with_the_fix(tmp_path):
