@@ -211,7 +211,8 @@ def module_class(input_names: tuple[str, ...]) -> type:
 
 
 def _restore(input_names: tuple[str, ...], state: dict) -> HwoptModule:
-    m = module_class(tuple(input_names)).__new__(module_class(tuple(input_names)))
+    cls = module_class(tuple(input_names))
+    m = cls.__new__(cls)
     m.__setstate__(state)
     return m
 
