@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from hwopt.ir import Graph, TensorSpec
-from hwopt.tensors import _remember_finite
+from hwopt.tensors import remember_finite
 
 __all__ = ["nasbench201", "nasbench201_graph", "parse", "program", "live_edges", "canonical", "computes_constant", "OPS", "NasBench201Error"]
 
@@ -274,7 +274,7 @@ class _GraphBuilder:
 
     def module(self, name: str, op: str, inputs, attrs: dict | None = None, params: dict | None = None) -> str:
         for t in (params or {}).values():
-            _remember_finite(t)  # made here from zeros / ones: verify() need not scan them
+            remember_finite(t)  # made here from zeros / ones: verify() need not scan them
         return self.g.add(name, op, inputs, attrs or {}, params or {}, source=name).name
 
     def conv(self, name: str, x: str, cin: int, cout: int, k: int, stride: int = 1) -> str:

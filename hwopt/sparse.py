@@ -20,6 +20,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .ir import OPS
+
 INDEX_BITS_CHOICES = (4, 5, 8)
 
 
@@ -172,12 +174,6 @@ def with_masks(graph, masks: dict[str, torch.Tensor]):
     return g
 
 
-def _const_through(op: str, attrs: dict, v: torch.Tensor) -> torch.Tensor:
-    """The constant a channel holds after `op` when its input is the per-unit constant `v` (NaN: unknown)."""
-    from .ir import OPS
-    return OPS[op].constant(attrs, v)
-
-
 def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
     """Remove neurons / channels left with no live inputs or no live outputs (Han et al. 2015, sec. 3.3).
 
@@ -221,13 +217,13 @@ def remove_dead_units(graph) -> tuple["object", dict[str, int]]:
             idx = torch.as_tensor(gr.members[cn.inputs[0]])  # (units, k) input channels / features
             cols = wc[:, idx.reshape(-1)].reshape(wc.shape[0], units, idx.shape[1], -1)
             out_dead &= (cols == 0).all(dim=(0, 2, 3))
-        # constant value of each unit at every member, for units whose rows are dead
+        # constant value of each unit at every member, for units whose rows are dead (NaN: unknown)
         b = prod.params.get("bias")
         val = {prod.name: (b[torch.as_tensor(prod_idx)] if b is not None else torch.zeros(units)).detach().clone()}
         for name in graph.order():
             if name in members and name != prod.name:
                 n = graph[name]
-                val[name] = _const_through(n.op, n.attrs, val[n.inputs[0]])
+                val[name] = OPS[n.op].constant(n.attrs, val[n.inputs[0]])
         foldable = in_dead & ~out_dead
         for c in gr.consumers:
             cn = graph[c]

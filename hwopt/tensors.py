@@ -19,7 +19,9 @@ def _known_finite(t: torch.Tensor) -> bool:
     return ref is not None and ref() is t
 
 
-def _remember_finite(t: torch.Tensor) -> None:
+def remember_finite(t: torch.Tensor) -> None:
+    """Record that `t` holds no NaN/inf without scanning it: for tensors their maker knows to be finite
+    (built from zeros / ones, or selected from a tensor already known finite); `finite(t)` is then free."""
     key = id(t)
     _FINITE[key] = weakref.ref(t, lambda _r, key=key: _FINITE.pop(key, None) if _FINITE.get(key) is _r else None)
 
@@ -31,7 +33,7 @@ def finite(t: torch.Tensor) -> bool:
     # any NaN/inf element makes the sum non-finite; only a finite-element overflow needs the full check
     ok = bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
     if ok:
-        _remember_finite(t)
+        remember_finite(t)
     return ok
 
 
@@ -48,7 +50,7 @@ def check_finite_at_once(tensors) -> None:
     if small and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in small]).sum())):
         ok += small
     for t in ok:
-        _remember_finite(t)
+        remember_finite(t)
 
 
 _LAZY_CLONE = getattr(torch, "_lazy_clone", None)
@@ -70,5 +72,5 @@ def selected(src: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     verify() does not scan it again (graph rewrites that slice weights stay cheap to verify)."""
     out = src.index_select(dim, index)
     if _known_finite(src):
-        _remember_finite(out)
+        remember_finite(out)
     return out
