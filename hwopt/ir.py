@@ -197,7 +197,7 @@ OPS: dict[str, OpDef] = {
                          firmware="kernel"),
     "add": _binary("x + y, or x + scalar", operator.add, 1, int8="kernel", firmware="fused"),
     "sub": _binary("x - y (scalar, reversed)", operator.sub, 1, firmware="fused"),
-    "mul": _binary("x · y, or x · scalar", operator.mul, 1, firmware="fused"),
+    "mul": _binary("x · y, or x · scalar", operator.mul, 1, int8="kernel", firmware="fused"),
     "div": _binary("x / y (scalar, reversed)", operator.truediv, 4, firmware="fused"),
     "concat": OpDef((1, None), ("dim",), shapes.concat_shape, doc="concatenate along `dim`", couple=channel.concat,
                     lower=lowering.concat, cost="data", int8="kernel", firmware="kernel"),

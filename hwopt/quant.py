@@ -15,7 +15,9 @@ x / s half away from zero; `dequantize` is s * (q - z) in float32.
 
 Residual adds are arm_elementwise_add_s8: both operands brought to a common scale (`add_multipliers`),
 summed in int32, requantized to the output. A concat requantizes each input to the concat's own
-parameters (`rescale`; a copy where they already agree). Smooth activations (sigmoid, tanh, SiLU,
+parameters (`rescale`; a copy where they already agree). Products of two tensors (a squeeze-and-excite
+gate times its feature map, broadcast over H and W) are arm_elementwise_mul_s8 / TFLite's int8 MUL: the
+int32 product of the operands less their zero points, requantized by s1 * s2 / s_out (`int8_mul`). Smooth activations (sigmoid, tanh, SiLU,
 hard-swish, hard-sigmoid, GELU) are 256-entry lookup tables (`lookup_table`), as TFLite Micro runs them:
 exact for all 256 inputs, so no float island is needed in an int8 graph.
 
@@ -109,6 +111,16 @@ def int8_add(x1: torch.Tensor, x2: torch.Tensor, q1: tuple[float, int], q2: tupl
     a1 = requantize((x1.to(torch.int64) - q1[1]) * (1 << ADD_LEFT_SHIFT), t(m1), t(r1))
     a2 = requantize((x2.to(torch.int64) - q2[1]) * (1 << ADD_LEFT_SHIFT), t(m2), t(r2))
     y = requantize(a1 + a2, t(mo), t(ro)) + q_out[1]
+    return torch.clamp(y, lo, hi).to(torch.int8)
+
+
+def int8_mul(x1: torch.Tensor, x2: torch.Tensor, q1: tuple[float, int], q2: tuple[float, int],
+             q_out: tuple[float, int], lo: int = QMIN, hi: int = QMAX) -> torch.Tensor:
+    """arm_elementwise_mul_s8 (TFLite's int8 MUL) on int8 tensors, broadcasting as torch does:
+    (q1 - z1) * (q2 - z2) in int32 (|.| <= 255^2), requantized by s1 * s2 / s_out, plus z_out, clamped."""
+    m, r = quantize_multiplier(q1[0] * q2[0] / q_out[0])
+    acc = (x1.to(torch.int64) - q1[1]) * (x2.to(torch.int64) - q2[1])
+    y = requantize(acc, torch.tensor(m, dtype=torch.int64), torch.tensor(r, dtype=torch.int64)) + q_out[1]
     return torch.clamp(y, lo, hi).to(torch.int8)
 
 
@@ -239,6 +251,8 @@ class QuantizedModule(nn.Module):
             return torch.clamp(x.to(torch.int32), lo, hi).to(torch.int8)
         if op == "add":
             return int8_add(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
+        if op == "mul":
+            return int8_mul(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
         if op == "concat":
             q = qparams(n)
             return torch.cat([rescale(v, qparams(g[i]), q) for v, i in zip(xs, n.inputs)], a["dim"])
@@ -320,6 +334,8 @@ def check_node(g: Graph, n: Node) -> None:
             raise IRError(f"int8 {n.op} needs attrs['quant']['table']: 256 int8 outputs (a lookup table)", n.name)
     if dt == "int8" and n.op == "add" and len({tuple(g[i].spec.shape) for i in n.inputs}) != 1:
         raise IRError("int8 add needs two operands of one shape (no broadcasting)", n.name)
+    if dt == "int8" and n.op == "mul" and (len(n.inputs) != 2 or n.attrs.get("scalar") is not None):
+        raise IRError("int8 mul needs two tensor operands (no scalar)", n.name)
     if dt == "float32" and n.op in ("conv2d", "linear") and not n.params["weight"].is_floating_point():
         raise IRError("float32 layer holds integer weights", n.name)
 

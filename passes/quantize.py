@@ -10,7 +10,8 @@ int8 quantization spec).
    s_in * s_w[c]; a ReLU/ReLU6 that is its layer's only reader lends the layer its output range (the
    layer's clamp is the activation, as TFLite fuses them). Pools, flatten/reshape and ReLUs keep their
    input's parameters. A residual add and a concat get their own calibrated parameters and requantize
-   their operands to them (CMSIS-NN arm_elementwise_add_s8; TFLite's concat with scaling); sigmoid, tanh,
+   their operands to them (CMSIS-NN arm_elementwise_add_s8; TFLite's concat with scaling), as does a
+   product of two tensors, broadcast (a squeeze-and-excite gate: arm_elementwise_mul_s8); sigmoid, tanh,
    SiLU, hard-swish, hard-sigmoid and GELU become 256-entry int8 lookup tables (TFLite Micro's LUT
    kernels) - exact over all 256 inputs, so no float island is needed. A `quantize` node converts the float input before the
    first layer, a `dequantize` node converts back before the output (and before a softmax).
@@ -90,6 +91,9 @@ def _check_supported(g: Graph) -> None:
         if n.op == "add" and (n.attrs.get("scalar") is not None or len({tuple(g[i].spec.shape) for i in n.inputs}) != 1):
             raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 add needs two "
                             "tensors of one shape (no scalar, no broadcasting)")
+        if n.op == "mul" and (n.attrs.get("scalar") is not None or len(n.inputs) != 2):
+            raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 mul needs two "
+                            "tensors (a product with a scalar has no int8 kernel)")
         if n.op in ("avg_pool2d", "adaptive_avg_pool2d", "mean"):
             try:
                 Q.avg_windows(n, tuple(g[n.inputs[0]].spec.shape))
@@ -195,8 +199,8 @@ def convert(g: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
                     qa["act_max"] = int(min(Q.QMAX, round(6.0 / s_out) + z_out))
             new.add(name, n.op, [x], {**n.attrs, "quant": qa}, params, source=n.source)
             int8.add(name)
-        elif n.op in ("add", "concat"):
-            # every operand int8; the output has its own calibrated parameters (the add / concat requantizes)
+        elif n.op in ("add", "mul", "concat"):
+            # every operand int8; the output has its own calibrated parameters (the op requantizes)
             xs = [as_int8(i) for i in n.inputs]
             s, z = qp[name]
             new.add(name, n.op, xs, {**n.attrs, "quant": {"scale": s, "zero_point": z}}, source=n.source)

@@ -300,7 +300,8 @@ def _peak_live(g: Graph, unit: str, size_of, conversions: bool = False) -> tuple
     buffer is freed after its last reader. View ops (reshape, flatten, identity, dropout) alias their
     input's buffer and extend its life, and so does an elementwise node fused into its producer's kernel
     (_fused_nodes: it is computed in that kernel's loop and written to its one output buffer, as the
-    firmware hwopt.firmware generates does). The output node holds the result to the end."""
+    firmware hwopt.firmware generates does; the buffer is as large as the largest node fused into it).
+    The output node holds the result to the end."""
     def compute():
         order = g.order()
         pos = {n: i for i, n in enumerate(order)}
@@ -314,6 +315,9 @@ def _peak_live(g: Graph, unit: str, size_of, conversions: bool = False) -> tuple
                         None) if name in fused else None
             if host is not None:
                 root[name] = root[host]
+                # the kernel writes its last node's output: larger than the anchor's when a fused op
+                # broadcasts (a conv's [N, C, 1, 1] gate times a feature map, as squeeze-and-excite does)
+                size[root[name]] = max(size[root[name]], size_of(n))
             elif n.op in VIEW_OPS and n.op not in ("input", "output", "const"):
                 root[name] = root[n.inputs[0]]
             elif n.op in ("output", "const"):  # a const is a weight (flash), not an activation buffer

@@ -32,6 +32,22 @@ class _Residual(nn.Module):
         return self.fc(torch.flatten(self.pool(self.c(z)), 1))
 
 
+class _SqueezeExcite(nn.Module):
+    """A depthwise conv scaled per channel by a squeeze-and-excite gate (a broadcast mul), as MobileNetV3."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.reduce, self.expand = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = nn.functional.hardswish(self.dw(torch.relu(self.a(x))))
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        return self.fc((y * gate).mean((2, 3)))
+
+
 def _graph(model, shape, seed=0):
     torch.manual_seed(seed)
     model = model.eval()
@@ -44,7 +60,7 @@ def _graph(model, shape, seed=0):
 
 
 CASES = {"mnist_cnn": (models.mnist_cnn, (1, 1, 28, 28)), "ds_cnn": (models.ds_cnn, (1, 1, 49, 10)),
-         "residual": (_Residual, (1, 3, 16, 16))}
+         "residual": (_Residual, (1, 3, 16, 16)), "squeeze_excite": (_SqueezeExcite, (1, 3, 12, 12))}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -80,7 +96,7 @@ BOTH_BOARDS = [(name, t) for name in ("mnist_cnn", "ds_cnn") for t in ("cortex-m
 
 
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7")])
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m7")])
 def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
@@ -101,9 +117,10 @@ def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
 
 
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7")])
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m4")])
 def test_int8_firmware_in_qemu_is_bit_exact_with_lower(name, target, tmp_path):
-    """int8 add (residual), concat and a sigmoid lookup table included (the "residual" case)."""
+    """int8 add (residual), concat and a sigmoid lookup table included (the "residual" case); a broadcast
+    int8 mul by a squeeze-and-excite gate (the "squeeze_excite" case)."""
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
     gen = torch.Generator().manual_seed(5)

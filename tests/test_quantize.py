@@ -77,16 +77,26 @@ def test_quantize_needs_data_and_names_unsupported_ops():
     with pytest.raises(PassError, match="calibration data"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext())
 
-    class Square(nn.Module):
+    class Shifted(nn.Module):
         def __init__(self):
             super().__init__()
             self.c = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            y = self.c(x)
-            return y * y
-    g = hwopt.lift(Square().eval(), torch.randn(1, 1, 6, 6))
-    with pytest.raises(PassError, match="'mul'"):
+            return self.c(x) - 1.0
+    g = hwopt.lift(Shifted().eval(), torch.randn(1, 1, 6, 6))
+    with pytest.raises(PassError, match=r"node 'sub' \(no module path\): op 'sub' has no int8 kernel"):
+        hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.c(x) * 0.5
+    g = hwopt.lift(Scaled().eval(), torch.randn(1, 1, 6, 6))
+    with pytest.raises(PassError, match="int8 mul needs two tensors"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
 
 
@@ -108,6 +118,55 @@ def test_int8_add_matches_cmsis_reference_and_the_real_sum():
         real = p1[0] * (q1 - p1[1]) + p2[0] * (q2 - p2[1])
         if -128 < round(real / po[0]) + po[1] < 127:  # not clamped: a rounding of the real sum
             assert abs(po[0] * (got - po[1]) - real) <= po[0] * 0.5 + 1e-6 + 2 ** -18 * max(p1[0], p2[0])
+
+
+def test_int8_mul_matches_cmsis_reference_and_the_real_product():
+    """arm_elementwise_mul_s8 with Python integers (an independent reference), and within one output step
+    of the real product where it is not clamped (arm_nn_requantize rounds twice: after the high multiply
+    and after the right shift, so up to 0.5 + 0.5 / 2^shift steps)."""
+    rng = random.Random(2)
+    for _ in range(300):
+        p1, p2, po = [(rng.uniform(0.002, 0.2), rng.randint(-128, 127)) for _ in range(3)]
+        q1, q2 = rng.randint(-128, 127), rng.randint(-128, 127)
+        got = int(Q.int8_mul(torch.tensor([q1], dtype=torch.int8), torch.tensor([q2], dtype=torch.int8), p1, p2, po)[0])
+        m, r = Q.quantize_multiplier(p1[0] * p2[0] / po[0])
+        assert got == max(-128, min(127, _cmsis_requantize((q1 - p1[1]) * (q2 - p2[1]), m, r) + po[1]))
+        real = p1[0] * (q1 - p1[1]) * p2[0] * (q2 - p2[1])
+        if -128 < round(real / po[0]) + po[1] < 127:
+            assert abs(po[0] * (got - po[1]) - real) <= po[0] * (0.5 + 0.5 / 2 ** max(-r, 0) + 1e-6)
+
+
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3's block: a hard-swish depthwise conv scaled per channel by a squeeze-and-excite gate."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.Hardswish())
+        self.reduce, self.expand = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x):
+        y = self.dw(self.stem(x))
+        gate = nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        return self.head((y * gate).mean((2, 3)))  # the gate [N, C, 1, 1] broadcast over H and W
+
+
+def test_squeeze_excite_quantizes_with_a_broadcast_int8_mul():
+    g, qg = _quantized(_SqueezeExcite(), (1, 3, 12, 12), n=4)
+    mul = next(n for n in qg if n.op == "mul")
+    assert mul.spec.dtype == "int8" and [tuple(qg[i].spec.shape) for i in mul.inputs] == [(1, 8, 12, 12), (1, 8, 1, 1)]
+    x = torch.randn((64, 3, 12, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.1
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.8
+    bad = qg.copy()
+    n = bad[mul.name].copy()
+    n.inputs, n.attrs = n.inputs[:1], {**n.attrs, "scalar": 2.0}
+    bad.replace(n)
+    with pytest.raises(IRError, match="int8 mul needs two tensor operands"):
+        bad.verify()
 
 
 class _InvertedResidual(nn.Module):

@@ -2,7 +2,8 @@
 written once more in TE so TVM compiles it for the core. Every step matches hwopt.quant bit for bit:
 int32 accumulation of (x - z_in) * w, int32 bias, arm_nn_requantize in int64, clamp; average pools
 rounding half away from zero; quantize with round() (llvm.round: half away from zero) of x * (1/s)
-in float32; dequantize as float32(q - z) * s; residual adds as arm_elementwise_add_s8; concats
+in float32; dequantize as float32(q - z) * s; residual adds as arm_elementwise_add_s8, products as
+arm_elementwise_mul_s8 (broadcast: a squeeze-and-excite gate over H and W); concats
 requantizing each input to the output's parameters; smooth activations as 256-entry lookup tables.
 """
 from __future__ import annotations
@@ -62,6 +63,17 @@ def _rescaled(tir, v, q_in, q_out):
     return _clamp_int8(tir, y + tir.const(q_out[1], "int64"), Q.QMIN, Q.QMAX, "int64")
 
 
+def _broadcast_reader(t, out_shape):
+    """Index function of tensor `t` read at an output index under torch's broadcasting (leading dims
+    added, size-1 dims read at 0)."""
+    shape = [int(d) for d in t.shape]
+    lead = len(out_shape) - len(shape)
+
+    def read(i):
+        return t(*[0 if d == 1 and int(out_shape[lead + k]) != 1 else i[lead + k] for k, d in enumerate(shape)])
+    return read
+
+
 def compute(g: Graph, n: Node, ins: list, w: dict):
     import tvm
     from tvm import te
@@ -89,6 +101,16 @@ def compute(g: Graph, n: Node, ins: list, w: dict):
             a2 = _const_requantize(tir, (y(*i).astype("int64") - tir.const(q2[1], "int64")) * big, m2)
             return _clamp_int8(tir, _const_requantize(tir, a1 + a2, mo) + tir.const(qo[1], "int64"), lo, hi, "int64")
         return te.compute(n.spec.shape, add, name="add")
+    if op == "mul":
+        q1, q2, qo = Q.qparams(g[n.inputs[0]]), Q.qparams(g[n.inputs[1]]), Q.qparams(n)
+        mult = Q.quantize_multiplier(q1[0] * q2[0] / qo[0])
+        lo, hi = Q.act_range(n)
+        a_, b_ = _broadcast_reader(x, n.spec.shape), _broadcast_reader(ins[1], n.spec.shape)
+
+        def mul(*i):
+            prod = (a_(i).astype("int64") - tir.const(q1[1], "int64")) * (b_(i).astype("int64") - tir.const(q2[1], "int64"))
+            return _clamp_int8(tir, _const_requantize(tir, prod, mult) + tir.const(qo[1], "int64"), lo, hi, "int64")
+        return te.compute(n.spec.shape, mul, name="mul")
     if op == "concat":
         qo = Q.qparams(n)
         dim = n.attrs["dim"] % len(n.spec.shape)
