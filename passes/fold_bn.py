@@ -20,11 +20,10 @@ class FoldBatchNorm(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         out = None
         shared = {name for names in shared_nodes(graph) for name in names}
-        for bn in list(graph):
-            if bn.op != "batch_norm":
-                continue
-            src_name = bn.inputs[0]
+        for name in [n.name for n in graph if n.op == "batch_norm"]:
             g = out if out is not None else graph
+            bn = g[name]  # as the folds so far left it: a BN reading a folded BN now reads that BN's layer
+            src_name = bn.inputs[0]
             src = g[src_name]
             if src.op not in ("conv2d", "linear") or len(g.users(src_name)) != 1 or src_name in shared:
                 continue

@@ -5,6 +5,7 @@ from typing import Literal
 import pytest
 import torch
 from hypothesis import given, settings
+from torch import nn
 
 import hwopt
 from hwopt import models
@@ -94,6 +95,31 @@ def test_fold_bn_removes_every_foldable_bn_of_resnet18():
     folded = hwopt.PassManager.parse("fold-bn").run(g)
     assert sum(n.op == "batch_norm" for n in g) == 20 and sum(n.op == "batch_norm" for n in folded) == 0
     assert_close_outputs(g, folded, x, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_bn_folds_a_bn_that_another_bn_reads():
+    """RepGhost's pattern: conv -> bn1 -> {conv2, bn2}. bn1 folds into the conv; bn2, which read bn1, then
+    reads the conv, which has two readers, so bn2 stays (it used to raise a KeyError for bn1's old name)."""
+    class RepGhost(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn1 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+            self.cheap, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn1(self.conv(x))
+            return self.cheap(y) + self.bn2(y)
+    torch.manual_seed(0)
+    m = RepGhost().eval()
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    g = hwopt.lift(m, x)
+    folded = hwopt.PassManager.parse("fold-bn").run(g)
+    assert [n.name for n in folded if n.op == "batch_norm"] == ["bn2"] and folded["bn2"].inputs == ("conv",)
+    assert_close_outputs(g, folded, x, atol=1e-5, rtol=1e-4)
 
 
 def test_dce_removes_dead_nodes():
