@@ -2,7 +2,8 @@
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"; TFLite's
 int8 quantization spec).
 
-1. Batch norms are folded into their conv/linear first (fold-bn).
+1. Batch norms are folded into their conv/linear first (fold-bn); one with no layer of its own to fold
+   into (a pre-activation BN) becomes the depthwise 1x1 conv it equals.
 2. Calibration: the float graph runs on `batches` batches of ctx.data (or the `data` given to the pass);
    every node's output range [min, max] (widened to hold 0) is recorded.
 3. Conversion: activations per tensor, asymmetric (scale = (max - min) / 255, zero point so that 0 is
@@ -57,7 +58,7 @@ class Quantize(Pass):
             raise PassError("pass 'quantize' needs calibration data: PassContext(data=...) batches of (x, y)")
         if self.qat_epochs > 0 and ctx.train is None:
             raise PassError("pass 'quantize' with qat_epochs > 0 needs PassContext(train=...)")
-        g = FoldBatchNorm().run(graph, ctx)
+        g = _standalone_bn_as_conv(FoldBatchNorm().run(graph, ctx))
         _check_supported(g)
         batches = [b[0] if isinstance(b, (tuple, list)) else b for b in itertools.islice(iter(ctx.data), self.batches)]
         if not batches:
@@ -71,7 +72,29 @@ class Quantize(Pass):
 
     def check_supported(self, graph: Graph) -> None:
         """PassError naming the first node without an int8 kernel (after batch norms are folded)."""
-        _check_supported(FoldBatchNorm().run(graph, PassContext()))
+        _check_supported(_standalone_bn_as_conv(FoldBatchNorm().run(graph, PassContext())))
+
+
+def _standalone_bn_as_conv(g: Graph) -> Graph:
+    """Each batch norm fold-bn left (one that reads no conv/linear of its own: a pre-activation BN, as in
+    DenseNet, or a second BN on a layer's output, as RepGhost's fusion BN) as the per-channel affine map it
+    is in inference: a depthwise 1x1 conv with weight γ / sqrt(var + eps) and bias β − mean · that, which
+    the int8 conv kernel runs (TFLite converts such a BN to a multiply and an add)."""
+    bns = [n for n in g if n.op == "batch_norm" and len(n.spec.shape) == 4]
+    if not bns:
+        return g
+    g = g.copy()
+    for bn in bns:
+        p, c = bn.params, bn.spec.shape[1]
+        scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
+        shift = p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
+        conv = bn.copy()
+        conv.op = "conv2d"
+        conv.attrs = {"in_channels": c, "out_channels": c, "kernel_size": (1, 1), "stride": (1, 1),
+                      "padding": (0, 0), "dilation": (1, 1), "groups": c}
+        conv.params = {"weight": scale.detach().reshape(c, 1, 1, 1).clone(), "bias": shift.detach().clone()}
+        g.replace(conv)
+    return g.verify()
 
 
 def _check_supported(g: Graph) -> None:

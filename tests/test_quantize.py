@@ -169,6 +169,38 @@ def test_squeeze_excite_quantizes_with_a_broadcast_int8_mul():
         bad.verify()
 
 
+class _PreActivation(nn.Module):
+    """DenseNet's layer: BN -> ReLU -> conv, the BN reading a concat (no conv of its own to fold into)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm, self.conv = nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.stem(x)
+        z = self.conv(torch.relu(self.norm(torch.cat([y, torch.relu(y)], 1))))
+        return self.head(z.mean((2, 3)))
+
+
+def test_a_bn_without_a_layer_to_fold_into_quantizes_as_a_depthwise_conv():
+    model = _PreActivation().eval()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+        model.norm.weight.uniform_(0.5, 1.5)
+    g, qg = _quantized(model, (1, 3, 10, 10))
+    assert "batch_norm" not in {n.op for n in qg}
+    norm = qg["norm"]
+    assert norm.op == "conv2d" and norm.attrs["groups"] == 16 and norm.spec.dtype == "int8"
+    x = torch.randn((64, 3, 10, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.1
+    assert g["norm"].op == "batch_norm"  # the user's graph is untouched
+
+
 class _InvertedResidual(nn.Module):
     """MobileNetV2-style block with a residual add, a concat of two branches and smooth activations."""
 
