@@ -122,6 +122,27 @@ def test_fold_bn_folds_a_bn_that_another_bn_reads():
     assert_close_outputs(g, folded, x, atol=1e-5, rtol=1e-4)
 
 
+def test_drop_identity_bypasses_arithmetic_identities():
+    """x + 0 (timm's MobileOne adds a Python 0 for an absent branch), x · 1, x / 1 are bypassed; 0 - x,
+    1 / x and x + 1 are not."""
+    class Arith(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            y = self.c(x)
+            a = ((y + 0) * 1) / 1 - 0
+            return a, 0 - y, 1 / (torch.sigmoid(y) + 1)
+    m = Arith().eval()
+    x = torch.randn(2, 1, 6, 6)
+    g = hwopt.lift(m, x)
+    out = hwopt.PassManager.parse("drop-identity").run(g)
+    assert sorted(n.op for n in out if n.op not in ("input", "output", "conv2d")) == ["add", "div", "sigmoid", "sub"]
+    assert out.output.inputs[0] == "c"
+    assert_close_outputs(g, out, x, atol=0, rtol=0)
+
+
 def test_dce_removes_dead_nodes():
     g = hwopt.lift(models.get("lenet5"), torch.randn(1, 1, 28, 28))
     g2 = g.copy()
