@@ -19,7 +19,8 @@ parameters (`rescale`; a copy where they already agree). Products of two tensors
 gate times its feature map, broadcast over H and W) are arm_elementwise_mul_s8 / TFLite's int8 MUL: the
 int32 product of the operands less their zero points, requantized by s1 * s2 / s_out (`int8_mul`). Smooth activations (sigmoid, tanh, SiLU,
 hard-swish, hard-sigmoid, GELU) are 256-entry lookup tables (`lookup_table`), as TFLite Micro runs them:
-exact for all 256 inputs, so no float island is needed in an int8 graph.
+exact for all 256 inputs, so no float island is needed in an int8 graph. Data movement (slice, channel
+shuffle, constant pad) keeps its input's parameters.
 
 `QuantizedModule(graph)` runs a quantized graph in these integers on the CPU (`hwopt.lower` returns it
 for a quantized graph), so the accuracy measured on it is the device's; the firmware's TIR kernels
@@ -132,6 +133,13 @@ def rescale(x: torch.Tensor, q_in: tuple[float, int], q_out: tuple[float, int]) 
     m, r = quantize_multiplier(q_in[0] / q_out[0])
     y = requantize(x.to(torch.int64) - q_in[1], torch.tensor(m, dtype=torch.int64), torch.tensor(r, dtype=torch.int64))
     return torch.clamp(y + q_out[1], QMIN, QMAX).to(torch.int8)
+
+
+def pad_value(n: Node) -> int:
+    """The int8 value an int8 `pad` writes: its float value in the node's parameters (the input's), rounded
+    half away from zero and clamped; TF "same" padding pads 0, which is the zero point exactly."""
+    s, z = qparams(n)
+    return int(min(QMAX, max(QMIN, z + round_half_away(torch.tensor(float(n.attrs.get("value", 0.0)) / s)).item())))
 
 
 def lut_function(n: Node):
@@ -253,6 +261,14 @@ class QuantizedModule(nn.Module):
             return int8_add(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
         if op == "mul":
             return int8_mul(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
+        if op == "slice":
+            index = (slice(None),) * a["dim"] + (slice(a["start"], a["end"], a.get("step", 1)),)
+            return x[index]
+        if op == "channel_shuffle":
+            b, c = x.shape[:2]
+            return x.reshape(b, a["groups"], c // a["groups"], *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+        if op == "pad":  # padded with the pad value in the input's parameters (0 is the zero point, exactly)
+            return F.pad(x.to(torch.int32), tuple(a["pads"]), value=pad_value(n)).to(torch.int8)
         if op == "concat":
             q = qparams(n)
             return torch.cat([rescale(v, qparams(g[i]), q) for v, i in zip(xs, n.inputs)], a["dim"])

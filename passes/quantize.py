@@ -2,7 +2,8 @@
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"; TFLite's
 int8 quantization spec).
 
-1. Batch norms are folded into their conv/linear first (fold-bn); one with no layer of its own to fold
+1. Identities are dropped (drop-identity: also x + 0, x · 1) and batch norms folded into their
+   conv/linear first (fold-bn); one with no layer of its own to fold
    into (a pre-activation BN) becomes the depthwise 1x1 conv it equals.
 2. Calibration: the float graph runs on `batches` batches of ctx.data (or the `data` given to the pass);
    every node's output range [min, max] (widened to hold 0) is recorded.
@@ -35,9 +36,11 @@ from hwopt.lower import lower, read_back
 from hwopt.passmanager import Pass, PassContext, register_pass
 from hwopt import quant as Q
 
+from .canonicalize import DropIdentity
 from .fold_bn import FoldBatchNorm
 
 _FLOAT_TAIL = {"softmax", "log_softmax"}
+_MOVES = {"pad", "slice", "channel_shuffle"}  # ops that only move values: exact in int8
 
 
 @register_pass("quantize")
@@ -58,7 +61,7 @@ class Quantize(Pass):
             raise PassError("pass 'quantize' needs calibration data: PassContext(data=...) batches of (x, y)")
         if self.qat_epochs > 0 and ctx.train is None:
             raise PassError("pass 'quantize' with qat_epochs > 0 needs PassContext(train=...)")
-        g = _standalone_bn_as_conv(FoldBatchNorm().run(graph, ctx))
+        g = _standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx))
         _check_supported(g)
         batches = [b[0] if isinstance(b, (tuple, list)) else b for b in itertools.islice(iter(ctx.data), self.batches)]
         if not batches:
@@ -72,7 +75,8 @@ class Quantize(Pass):
 
     def check_supported(self, graph: Graph) -> None:
         """PassError naming the first node without an int8 kernel (after batch norms are folded)."""
-        _check_supported(_standalone_bn_as_conv(FoldBatchNorm().run(graph, PassContext())))
+        ctx = PassContext()
+        _check_supported(_standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx)))
 
 
 def _standalone_bn_as_conv(g: Graph) -> Graph:
@@ -236,9 +240,12 @@ def convert(g: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
             new.add(name, n.op, [x], {**n.attrs, "quant": {"scale": q_out[0], "zero_point": q_out[1], "table": table}},
                     source=n.source)
             int8.add(name)
-        elif n.op in Q.INT8_OPS and src in int8:
-            s, z = new[names[src]].attrs["quant"]["scale"], new[names[src]].attrs["quant"]["zero_point"]
-            new.add(name, n.op, [names[src]], {**n.attrs, "quant": {"scale": s, "zero_point": z}}, source=n.source)
+        elif n.op in Q.INT8_OPS and (src in int8 or n.op in _MOVES):
+            # keeps its input's parameters; data movement on the float input (TF "same" padding of the
+            # image) moves the quantized input instead, a quarter of the bytes
+            x = as_int8(src)
+            s, z = new[x].attrs["quant"]["scale"], new[x].attrs["quant"]["zero_point"]
+            new.add(name, n.op, [x], {**n.attrs, "quant": {"scale": s, "zero_point": z}}, source=n.source)
             int8.add(name)
         else:
             new.add(name, n.op, [as_float(i) for i in n.inputs], dict(n.attrs), dict(n.params), source=n.source)

@@ -48,6 +48,22 @@ class _SqueezeExcite(nn.Module):
         return self.fc((y * gate).mean((2, 3)))
 
 
+class _DataMovement(nn.Module):
+    """TF "same" padding (an explicit F.pad before a strided conv), GhostNet's channel slice and
+    ShuffleNet's channel shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=2)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.a(nn.functional.pad(x, (0, 1, 0, 1))))
+        y = nn.functional.channel_shuffle(torch.cat([y, self.b(y)], 1), 4)[:, :6]
+        return self.fc(torch.flatten(y, 1))
+
+
 def _graph(model, shape, seed=0):
     torch.manual_seed(seed)
     model = model.eval()
@@ -60,7 +76,8 @@ def _graph(model, shape, seed=0):
 
 
 CASES = {"mnist_cnn": (models.mnist_cnn, (1, 1, 28, 28)), "ds_cnn": (models.ds_cnn, (1, 1, 49, 10)),
-         "residual": (_Residual, (1, 3, 16, 16)), "squeeze_excite": (_SqueezeExcite, (1, 3, 12, 12))}
+         "residual": (_Residual, (1, 3, 16, 16)), "squeeze_excite": (_SqueezeExcite, (1, 3, 12, 12)),
+         "data_movement": (_DataMovement, (1, 3, 16, 16))}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -96,7 +113,8 @@ BOTH_BOARDS = [(name, t) for name in ("mnist_cnn", "ds_cnn") for t in ("cortex-m
 
 
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m7")])
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m7"),
+                                                    ("data_movement", "cortex-m4")])
 def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
@@ -117,10 +135,12 @@ def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
 
 
 @NEEDS_TOOLCHAIN
-@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m4")])
+@pytest.mark.parametrize("name,target", BOTH_BOARDS + [("residual", "cortex-m7"), ("squeeze_excite", "cortex-m4"),
+                                                    ("data_movement", "cortex-m7")])
 def test_int8_firmware_in_qemu_is_bit_exact_with_lower(name, target, tmp_path):
     """int8 add (residual), concat and a sigmoid lookup table included (the "residual" case); a broadcast
-    int8 mul by a squeeze-and-excite gate (the "squeeze_excite" case)."""
+    int8 mul by a squeeze-and-excite gate (the "squeeze_excite" case); pad, slice and channel shuffle
+    ("data_movement")."""
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
     gen = torch.Generator().manual_seed(5)

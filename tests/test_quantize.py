@@ -201,6 +201,32 @@ def test_a_bn_without_a_layer_to_fold_into_quantizes_as_a_depthwise_conv():
     assert g["norm"].op == "batch_norm"  # the user's graph is untouched
 
 
+def test_data_movement_in_int8_is_exact():
+    """pad (TF "same"), a channel slice and a channel shuffle move int8 values: dequantizing their output
+    gives exactly the float op applied to the dequantized input."""
+    class Moves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, stride=2)
+
+        def forward(self, x):
+            y = torch.relu(self.c(nn.functional.pad(x, (0, 1, 0, 1))))
+            return nn.functional.channel_shuffle(y, 2)[:, 1:7:2]
+    g, qg = _quantized(Moves(), (1, 3, 9, 9))
+    assert {qg[k].spec.dtype for k in ("pad", "channel_shuffle", "getitem")} == {"int8"}, list(qg.nodes)
+    x = torch.randn((4, 3, 9, 9), generator=torch.Generator().manual_seed(1))
+    m = Q.QuantizedModule(qg)
+    assert qg["pad"].inputs == ("x.quantize",)  # the image is quantized first, then padded in int8
+    xq = Q.quantize_tensor(x, *Q.qparams(qg["x.quantize"]))
+    padded = m._node(qg["pad"], [xq])
+    assert torch.equal(Q.dequantize_tensor(padded, *Q.qparams(qg["pad"])),
+                       nn.functional.pad(Q.dequantize_tensor(xq, *Q.qparams(qg["x.quantize"])), (0, 1, 0, 1)))
+    y = torch.randint(-128, 128, (4, 8, 5, 5), dtype=torch.int8)
+    shuffled = m._node(qg["channel_shuffle"], [y])
+    assert torch.equal(shuffled, nn.functional.channel_shuffle(y.float(), 2).to(torch.int8))
+    assert torch.equal(m._node(qg["getitem"], [shuffled]), shuffled[:, 1:7:2])
+
+
 class _InvertedResidual(nn.Module):
     """MobileNetV2-style block with a residual add, a concat of two branches and smooth activations."""
 

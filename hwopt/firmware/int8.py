@@ -4,7 +4,8 @@ int32 accumulation of (x - z_in) * w, int32 bias, arm_nn_requantize in int64, cl
 rounding half away from zero; quantize with round() (llvm.round: half away from zero) of x * (1/s)
 in float32; dequantize as float32(q - z) * s; residual adds as arm_elementwise_add_s8, products as
 arm_elementwise_mul_s8 (broadcast: a squeeze-and-excite gate over H and W); concats
-requantizing each input to the output's parameters; smooth activations as 256-entry lookup tables.
+requantizing each input to the output's parameters; smooth activations as 256-entry lookup tables;
+slices, channel shuffles and constant pads as the index maps they are.
 """
 from __future__ import annotations
 
@@ -111,6 +112,25 @@ def compute(g: Graph, n: Node, ins: list, w: dict):
             prod = (a_(i).astype("int64") - tir.const(q1[1], "int64")) * (b_(i).astype("int64") - tir.const(q2[1], "int64"))
             return _clamp_int8(tir, _const_requantize(tir, prod, mult) + tir.const(qo[1], "int64"), lo, hi, "int64")
         return te.compute(n.spec.shape, mul, name="mul")
+    if op == "slice":
+        dim, start, step = a["dim"], a["start"], a.get("step", 1)
+        return te.compute(n.spec.shape, lambda *i: x(*[start + v * step if d == dim else v for d, v in enumerate(i)]),
+                          name="slice")
+    if op == "channel_shuffle":
+        groups, per = a["groups"], int(x.shape[1]) // a["groups"]
+        # torch's ChannelShuffle: output channel c reads input channel (c mod groups) * per + c div groups
+        return te.compute(n.spec.shape, lambda b, c, i, j: x[b, tir.floormod(c, groups) * per + tir.floordiv(c, groups), i, j],
+                          name="channel_shuffle")
+    if op == "pad":
+        pads, rank = a["pads"], len(n.spec.shape)
+        before = {rank - 1 - k: pads[2 * k] for k in range(len(pads) // 2)}  # torch order: last dim first
+        fill = tir.const(Q.pad_value(n), "int8")
+
+        def padded(*i):
+            src = [v - before.get(d, 0) for d, v in enumerate(i)]
+            inside = tir.all(*[tir.all(src[d] >= 0, src[d] < int(x.shape[d])) for d in before]) if before else True
+            return tir.if_then_else(inside, x(*src), fill) if before else x(*src)
+        return te.compute(n.spec.shape, padded, name="pad")
     if op == "concat":
         qo = Q.qparams(n)
         dim = n.attrs["dim"] % len(n.spec.shape)

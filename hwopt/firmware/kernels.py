@@ -264,7 +264,18 @@ def _emit(relax, n: Node, ins: list, w: dict):
     if op == "concat":
         return R.concat(ins, axis=a["dim"])
     if op == "slice":
-        return R.strided_slice(ins[0], axes=[a["dim"]], begin=[a["start"]], end=[a["end"]])
+        return R.strided_slice(ins[0], axes=[a["dim"]], begin=[a["start"]], end=[a["end"]],
+                               strides=[a.get("step", 1)])
+    if op == "channel_shuffle":
+        (b, c, h, wd), g = (int(d) for d in n.spec.shape), a["groups"]
+        y = R.permute_dims(R.reshape(ins[0], (b, g, c // g, h, wd)), [0, 2, 1, 3, 4])
+        return R.reshape(y, (b, c, h, wd))
+    if op == "pad":
+        pads, rank = a["pads"], len(n.spec.shape)
+        width = [0] * (2 * rank)
+        for k in range(len(pads) // 2):  # torch order (last dim first) to Relax's (before, after) per dim
+            width[2 * (rank - 1 - k)], width[2 * (rank - 1 - k) + 1] = pads[2 * k], pads[2 * k + 1]
+        return R.nn.pad(ins[0], width, pad_value=float(a.get("value", 0.0)))
     if op == "softmax":
         return R.nn.softmax(ins[0], axis=a["dim"])
     if op == "log_softmax":
