@@ -283,10 +283,13 @@ def avg_windows(n: Node, in_shape: tuple[int, ...]) -> tuple[tuple[int, int], tu
     a = n.attrs
     h, w = in_shape[2], in_shape[3]
     if n.op == "avg_pool2d":
-        if _pair(a["padding"]) != (0, 0) or a["ceil_mode"]:
-            raise IRError("int8 avg_pool2d supports padding 0 and ceil_mode False only", n.name)
-        k = _pair(a["kernel_size"])
-        return k, _pair(a["stride"] or a["kernel_size"])
+        k, s = _pair(a["kernel_size"]), _pair(a["stride"] or a["kernel_size"])
+        # ceil_mode only matters where a last window would hang over the edge (ResNet-D's downsampling
+        # pool sets it; on even sizes every window fits)
+        hangs = a["ceil_mode"] and ((h - k[0]) % s[0] or (w - k[1]) % s[1])
+        if _pair(a["padding"]) != (0, 0) or hangs:
+            raise IRError("int8 avg_pool2d supports padding 0, and ceil_mode only where every window fits", n.name)
+        return k, s
     if n.op == "adaptive_avg_pool2d":
         oh, ow = _pair(a["output_size"])
         if h % oh or w % ow:

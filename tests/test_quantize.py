@@ -227,6 +227,22 @@ def test_data_movement_in_int8_is_exact():
     assert torch.equal(m._node(qg["getitem"], [shuffled]), shuffled[:, 1:7:2])
 
 
+@pytest.mark.parametrize("size,fits", [(8, True), (7, False)])
+def test_ceil_mode_avg_pool_quantizes_where_every_window_fits(size, fits):
+    """ResNet-D's downsampling AvgPool2d(2, 2, ceil_mode=True): on even sizes ceil_mode changes nothing."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                          nn.Flatten(), nn.Linear(4 * ((size + 1) // 2) ** 2, 3))
+    if not fits:
+        with pytest.raises(PassError, match="ceil_mode only where every window fits"):
+            _quantized(model, (1, 1, size, size))
+        return
+    g, qg = _quantized(model, (1, 1, size, size))
+    x = torch.randn((16, 1, size, size), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.1
+
+
 class _InvertedResidual(nn.Module):
     """MobileNetV2-style block with a residual add, a concat of two branches and smooth activations."""
 
