@@ -122,6 +122,29 @@ def digits_cnn(width: float = 1.0, num_classes: int = 10) -> nn.Module:
                          nn.Linear(c3 * 2 * 2, num_classes))
 
 
+def staged_cnn(channels, strides, width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """A VGG/MobileNet-style plain CNN: 3x3 conv-BN-ReLU layers whose resolution halves at each stride-2
+    layer while the channels double, global average pool, linear classifier. `width` scales every layer
+    (the uniform width multiplier); a narrow multiplier starves the cheap low-resolution layers as much as
+    the costly high-resolution ones, which is what MorphNet's reallocation is for."""
+    layers, cin = [], 1
+    for c, s in zip(channels, strides):
+        c = max(1, round(c * width))
+        layers += [nn.Conv2d(cin, c, 3, s, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        cin = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+def mnist_deep(width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """Seven layers on 28x28: 16, 16 at 28x28; 32, 32 at 14x14; 64, 64 at 7x7; 128 at 4x4."""
+    return staged_cnn((16, 16, 32, 32, 64, 64, 128), (1, 1, 2, 1, 2, 1, 2), width, num_classes)
+
+
+def digits_deep(width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """Six layers on 8x8: 16, 16 at 8x8; 32, 32 at 4x4; 64, 64 at 2x2."""
+    return staged_cnn((16, 16, 32, 32, 64, 64), (1, 1, 2, 1, 2, 1), width, num_classes)
+
+
 def digits_splits():
     """scikit-learn's digits (1,797 8x8 images, bundled with the package: offline), standardised, split
     once by a fixed permutation: 1,000 train, 397 validation, 400 test."""
@@ -138,11 +161,14 @@ def digits_splits():
     return (x[:1000], y[:1000]), (x[1000:1397], y[1000:1397]), (x[1397:], y[1397:])
 
 
-DATASETS = {
-    # name: (model(width), input shape, default width, epochs, shrink epochs, lr)
-    "mnist": (models.mnist_cnn, (1, 28, 28), 0.5, 2.0, 1.0, 0.05),
-    "digits": (digits_cnn, (1, 8, 8), 0.5, 30.0, 15.0, 0.05),
+NETS = {
+    # (dataset, --net): (model(width), input shape, default width, epochs, shrink epochs, lr)
+    ("mnist", "small"): (models.mnist_cnn, (1, 28, 28), 0.5, 2.0, 1.0, 0.05),
+    ("digits", "small"): (digits_cnn, (1, 8, 8), 0.5, 30.0, 15.0, 0.05),
+    ("mnist", "deep"): (mnist_deep, (1, 28, 28), 0.5, 2.0, 1.0, 0.05),
+    ("digits", "deep"): (digits_deep, (1, 8, 8), 0.5, 30.0, 15.0, 0.05),
 }
+DATASETS = ("mnist", "digits")
 
 
 def splits(name: str, args):
@@ -188,17 +214,48 @@ def frontier_widths(base, T, budget: float, points: int) -> list[list[int]]:
     return out
 
 
+def tilted_widths(base, T, budget: float) -> list[list[int]]:
+    """Allocations at the budget for a net of any depth (the 3-group frontier's generalisation): widths
+    base_i · m · r^i (layer i, r > 1 tilts the channels toward the cheap low-resolution layers), and
+    "the first k layers at the target's channel step, the rest at a common multiplier m"; m is the largest
+    that fits the budget (bisection; widths in the target's channel steps)."""
+    wm = WidthModel(base, "latency_ms", T)
+    step = T.channel_multiple
+    gids = [g for g in wm.prunable if wm.base[g] > 1]
+    n = len(gids)
+
+    def at(m: float, shape) -> dict[int, int]:
+        return {g: max(step, int(m * wm.base[g] * shape[i] / step + 0.5) * step) for i, g in enumerate(gids)}
+
+    def widest(shape, fixed=()) -> list[int] | None:
+        def sizes(m):
+            return {**at(m, shape), **{gids[i]: step for i in fixed}}
+        if wm.cost(sizes(0.0)) > budget:
+            return None
+        lo, hi = 0.0, 1.0
+        while wm.cost(sizes(hi)) <= budget and hi < 64:
+            lo, hi = hi, 2 * hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if wm.cost(sizes(mid)) <= budget else (lo, mid)
+        return list(sizes(lo).values())
+    out = [widest([r ** i for i in range(n)]) for r in (1.25, 1.5, 2.0)]
+    out += [widest([1.0] * n, fixed=range(k)) for k in range(1, n - 1)]
+    return [w for i, w in enumerate(out) if w and w not in out[:i]]
+
+
 def run_frontier(name: str, args, T) -> None:
     """The ceiling of any width allocation at the budget: train frontier allocations with the uniform arm's
     recipe and read the VALIDATION split only (a protocol question, never a test figure)."""
-    make, shape, width, epochs, _, lr = DATASETS[name]
+    make, shape, width, epochs, _, lr = NETS[name, args.net]
     width, epochs = args.width or width, args.epochs or epochs
     (xt, yt), (xv, yv), _ = splits(name, args)
     base = hwopt.lift(make(width=width).eval(), torch.zeros(1, *shape))
     budget = resource_value(base, "latency_ms", T)
     wm = WidthModel(base, "latency_ms", T)
     uniform = list(group_widths(base).values())
-    allocs = [uniform] + [w for w in frontier_widths(base, T, budget, args.frontier) if w != uniform]
+    family = frontier_widths(base, T, budget, args.frontier) if len(uniform) == 3 else tilted_widths(base, T, budget)
+    allocs = [uniform] + [w for w in family if w != uniform]
     print(f"\n# {name} frontier at {budget * 1e3:.2f} us (width {width:g}), {epochs:g} epochs, validation accuracy, "
           f"seeds {args.seeds}", flush=True)
     t0, rows = time.time(), []
@@ -209,7 +266,7 @@ def run_frontier(name: str, args, T) -> None:
             g = resize_groups(base, dict(zip([x for x in wm.prunable if wm.base[x] > 1], widths)))
             accs.append(tr.evaluate(train_fresh(g, tr, seed, epochs)))
         rows.append((statistics.mean(accs), widths))
-        print(f"{str(widths):16s} {resource_value(g, 'latency_ms', T) * 1e3:7.2f} us  val "
+        print(f"{str(widths):28s} {resource_value(g, 'latency_ms', T) * 1e3:7.2f} us  val "
               f"{' / '.join(f'{100 * v:.2f}' for v in accs)}  mean {100 * rows[-1][0]:.2f} %  [{time.time() - t0:.0f}s]",
               flush=True)
     best = max(rows)
@@ -218,7 +275,7 @@ def run_frontier(name: str, args, T) -> None:
 
 
 def run_dataset(name: str, args, T) -> dict:
-    make, shape, width, epochs, shrink_epochs, lr = DATASETS[name]
+    make, shape, width, epochs, shrink_epochs, lr = NETS[name, args.net]
     width = args.width or width
     epochs = args.epochs or epochs
     shrink_epochs = args.shrink_epochs or shrink_epochs
@@ -267,6 +324,8 @@ def run_dataset(name: str, args, T) -> dict:
                   f"val {res['reference']['val'][-1]:.4f}, latency {res['reference']['lat'][-1] * 1e3:.2f} us", flush=True)
 
     def ms(v):
+        if any(x != x for x in v):  # --val-only: no test figure
+            return "-"
         return f"{statistics.mean(v) * 100:.2f} ± {(statistics.stdev(v) if len(v) > 1 else 0.0) * 100:.2f}"
     gaps = [m - u for m, u in zip(res["morphnet"]["test"], res["uniform"]["test"])]
     print(f"{'':10s} {'test acc % (mean ± std)':>24s} {'val acc %':>16s} {'latency us':>11s}  widths")
@@ -309,6 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frontier", type=int, metavar="N",
                     help="instead of the comparison: train allocations on the budget's latency frontier (N widths of "
                          "the second conv per first-conv width; validation only): what the best allocation buys")
+    ap.add_argument("--net", default="deep", choices=("deep", "small"),
+                    help="base network: deep (7 / 6 staged conv layers, the default) or small (3 conv layers, the first study)")
     ap.add_argument("--target", default="cortex-a72")
     args = ap.parse_args(argv)
     if args.smoke:
