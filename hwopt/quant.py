@@ -14,7 +14,7 @@ divide their int32 sums rounding half away from zero (CMSIS-NN arm_avgpool_s8). 
 x / s half away from zero; `dequantize` is s * (q - z) in float32.
 
 Residual adds are arm_elementwise_add_s8: both operands brought to a common scale (`add_multipliers`),
-summed in int32, requantized to the output. A concat requantizes each input to the concat's own
+summed in int32, requantized to the output (a difference of two tensors: the second operand negated). A concat requantizes each input to the concat's own
 parameters (`rescale`; a copy where they already agree). Products of two tensors (a squeeze-and-excite
 gate times its feature map, broadcast over H and W) are arm_elementwise_mul_s8 / TFLite's int8 MUL: the
 int32 product of the operands less their zero points, requantized by s1 * s2 / s_out (`int8_mul`). Smooth activations (sigmoid, tanh, SiLU,
@@ -104,13 +104,14 @@ def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[tuple[int, int]
 
 
 def int8_add(x1: torch.Tensor, x2: torch.Tensor, q1: tuple[float, int], q2: tuple[float, int],
-             q_out: tuple[float, int], lo: int = QMIN, hi: int = QMAX) -> torch.Tensor:
+             q_out: tuple[float, int], lo: int = QMIN, hi: int = QMAX, subtract: bool = False) -> torch.Tensor:
     """arm_elementwise_add_s8 on int8 tensors: each operand (q - z) << 20 requantized to the common scale,
-    the int32 sum requantized to the output, plus its zero point, clamped."""
+    the int32 sum requantized to the output, plus its zero point, clamped. `subtract`: TFLite's int8 SUB,
+    the same with the second operand negated before its requantization."""
     (m1, r1), (m2, r2), (mo, ro) = add_multipliers(q1[0], q2[0], q_out[0])
     t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     a1 = requantize((x1.to(torch.int64) - q1[1]) * (1 << ADD_LEFT_SHIFT), t(m1), t(r1))
-    a2 = requantize((x2.to(torch.int64) - q2[1]) * (1 << ADD_LEFT_SHIFT), t(m2), t(r2))
+    a2 = requantize((x2.to(torch.int64) - q2[1]) * ((-1 if subtract else 1) << ADD_LEFT_SHIFT), t(m2), t(r2))
     y = requantize(a1 + a2, t(mo), t(ro)) + q_out[1]
     return torch.clamp(y, lo, hi).to(torch.int8)
 
@@ -147,6 +148,8 @@ def lut_function(n: Node):
     op = n.op
     if op == "gelu":
         return lambda v: F.gelu(v, approximate=n.attrs.get("approximate") or "none")
+    if op == "leaky_relu":
+        return lambda v: F.leaky_relu(v, n.attrs["negative_slope"])
     return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu, "hardswish": F.hardswish,
             "hardsigmoid": F.hardsigmoid}[op]
 
@@ -257,8 +260,9 @@ class QuantizedModule(nn.Module):
             lo = z
             hi = QMAX if op == "relu" else int(min(QMAX, round(6.0 / qparams(n)[0]) + z))
             return torch.clamp(x.to(torch.int32), lo, hi).to(torch.int8)
-        if op == "add":
-            return int8_add(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
+        if op in ("add", "sub"):
+            return int8_add(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n),
+                            subtract=op == "sub")
         if op == "mul":
             return int8_mul(xs[0], xs[1], qparams(g[n.inputs[0]]), qparams(g[n.inputs[1]]), qparams(n), *act_range(n))
         if op == "slice":
@@ -351,8 +355,8 @@ def check_node(g: Graph, n: Node) -> None:
         t = n.attrs["quant"].get("table")
         if t is None or len(t) != QMAX - QMIN + 1 or not all(QMIN <= int(v) <= QMAX for v in t):
             raise IRError(f"int8 {n.op} needs attrs['quant']['table']: 256 int8 outputs (a lookup table)", n.name)
-    if dt == "int8" and n.op == "add" and len({tuple(g[i].spec.shape) for i in n.inputs}) != 1:
-        raise IRError("int8 add needs two operands of one shape (no broadcasting)", n.name)
+    if dt == "int8" and n.op in ("add", "sub") and len({tuple(g[i].spec.shape) for i in n.inputs}) != 1:
+        raise IRError(f"int8 {n.op} needs two operands of one shape (no broadcasting)", n.name)
     if dt == "int8" and n.op == "mul" and (len(n.inputs) != 2 or n.attrs.get("scalar") is not None):
         raise IRError("int8 mul needs two tensor operands (no scalar)", n.name)
     if dt == "float32" and n.op in ("conv2d", "linear") and not n.params["weight"].is_floating_point():

@@ -115,8 +115,9 @@ def _check_supported(g: Graph) -> None:
                             f"kernel (int8 ops: {', '.join(sorted(Q.INT8_OPS))}; a softmax may end the network)")
         if after_dequant and n.op not in Q.VIEWS:
             raise PassError(f"pass 'quantize': node {name!r}: int8 op {n.op!r} after a float softmax")
-        if n.op == "add" and (n.attrs.get("scalar") is not None or len({tuple(g[i].spec.shape) for i in n.inputs}) != 1):
-            raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 add needs two "
+        if n.op in ("add", "sub") and (n.attrs.get("scalar") is not None
+                                       or len({tuple(g[i].spec.shape) for i in n.inputs}) != 1):
+            raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 {n.op} needs two "
                             "tensors of one shape (no scalar, no broadcasting)")
         if n.op == "mul" and (n.attrs.get("scalar") is not None or len(n.inputs) != 2):
             raise PassError(f"pass 'quantize': node {name!r} ({n.source or 'no module path'}): int8 mul needs two "
@@ -226,7 +227,7 @@ def convert(g: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
                     qa["act_max"] = int(min(Q.QMAX, round(6.0 / s_out) + z_out))
             new.add(name, n.op, [x], {**n.attrs, "quant": qa}, params, source=n.source)
             int8.add(name)
-        elif n.op in ("add", "mul", "concat"):
+        elif n.op in ("add", "sub", "mul", "concat"):
             # every operand int8; the output has its own calibrated parameters (the op requantizes)
             xs = [as_int8(i) for i in n.inputs]
             s, z = qp[name]

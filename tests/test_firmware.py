@@ -49,8 +49,8 @@ class _SqueezeExcite(nn.Module):
 
 
 class _DataMovement(nn.Module):
-    """TF "same" padding (an explicit F.pad before a strided conv), GhostNet's channel slice and
-    ShuffleNet's channel shuffle."""
+    """TF "same" padding (an explicit F.pad before a strided conv), GhostNet's channel slice,
+    ShuffleNet's channel shuffle, a leaky ReLU (CSPNet) and a difference of two tensors (FastViT)."""
 
     def __init__(self):
         super().__init__()
@@ -59,8 +59,8 @@ class _DataMovement(nn.Module):
         self.fc = nn.Linear(6 * 8 * 8, 5)
 
     def forward(self, x):
-        y = torch.relu(self.a(nn.functional.pad(x, (0, 1, 0, 1))))
-        y = nn.functional.channel_shuffle(torch.cat([y, self.b(y)], 1), 4)[:, :6]
+        y = nn.functional.leaky_relu(self.a(nn.functional.pad(x, (0, 1, 0, 1))), 0.1)
+        y = nn.functional.channel_shuffle(torch.cat([y, self.b(y) - y], 1), 4)[:, :6]
         return self.fc(torch.flatten(y, 1))
 
 
@@ -139,8 +139,8 @@ def test_float32_firmware_in_qemu_matches_lower(name, target, tmp_path):
                                                     ("data_movement", "cortex-m7")])
 def test_int8_firmware_in_qemu_is_bit_exact_with_lower(name, target, tmp_path):
     """int8 add (residual), concat and a sigmoid lookup table included (the "residual" case); a broadcast
-    int8 mul by a squeeze-and-excite gate (the "squeeze_excite" case); pad, slice and channel shuffle
-    ("data_movement")."""
+    int8 mul by a squeeze-and-excite gate (the "squeeze_excite" case); pad, slice, channel shuffle, leaky
+    ReLU and sub ("data_movement")."""
     factory, shape = CASES[name]
     g = _graph(factory(), shape)
     gen = torch.Generator().manual_seed(5)

@@ -77,15 +77,15 @@ def test_quantize_needs_data_and_names_unsupported_ops():
     with pytest.raises(PassError, match="calibration data"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext())
 
-    class Shifted(nn.Module):
+    class Halved(nn.Module):
         def __init__(self):
             super().__init__()
             self.c = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            return self.c(x) - 1.0
-    g = hwopt.lift(Shifted().eval(), torch.randn(1, 1, 6, 6))
-    with pytest.raises(PassError, match=r"node 'sub' \(no module path\): op 'sub' has no int8 kernel"):
+            return self.c(x) / 2.0
+    g = hwopt.lift(Halved().eval(), torch.randn(1, 1, 6, 6))
+    with pytest.raises(PassError, match=r"node 'truediv' \(no module path\): op 'div' has no int8 kernel"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
 
     class Scaled(nn.Module):
@@ -100,15 +100,16 @@ def test_quantize_needs_data_and_names_unsupported_ops():
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
 
 
-def _int8_add_reference(q1, q2, p1, p2, po):
-    """arm_elementwise_add_s8 with Python integers, from the CMSIS-NN source (an independent reference)."""
+def _int8_add_reference(q1, q2, p1, p2, po, sign=1):
+    """arm_elementwise_add_s8 with Python integers, from the CMSIS-NN source (an independent reference);
+    sign -1: TFLite's int8 SUB (the second operand negated)."""
     (m1, r1), (m2, r2), (mo, ro) = Q.add_multipliers(p1[0], p2[0], po[0])
     a1 = _cmsis_requantize((q1 - p1[1]) << 20, m1, r1)
-    a2 = _cmsis_requantize((q2 - p2[1]) << 20, m2, r2)
+    a2 = _cmsis_requantize(sign * (q2 - p2[1]) << 20, m2, r2)
     return max(-128, min(127, _cmsis_requantize(a1 + a2, mo, ro) + po[1]))
 
 
-def test_int8_add_matches_cmsis_reference_and_the_real_sum():
+def test_int8_add_and_sub_match_cmsis_reference_and_the_real_result():
     rng = random.Random(1)
     for _ in range(300):
         p1, p2, po = [(rng.uniform(0.002, 0.2), rng.randint(-128, 127)) for _ in range(3)]
@@ -118,6 +119,12 @@ def test_int8_add_matches_cmsis_reference_and_the_real_sum():
         real = p1[0] * (q1 - p1[1]) + p2[0] * (q2 - p2[1])
         if -128 < round(real / po[0]) + po[1] < 127:  # not clamped: a rounding of the real sum
             assert abs(po[0] * (got - po[1]) - real) <= po[0] * 0.5 + 1e-6 + 2 ** -18 * max(p1[0], p2[0])
+        diff = int(Q.int8_add(torch.tensor([q1], dtype=torch.int8), torch.tensor([q2], dtype=torch.int8), p1, p2, po,
+                              subtract=True)[0])
+        assert diff == _int8_add_reference(q1, q2, p1, p2, po, sign=-1)
+        real = p1[0] * (q1 - p1[1]) - p2[0] * (q2 - p2[1])
+        if -128 < round(real / po[0]) + po[1] < 127:
+            assert abs(po[0] * (diff - po[1]) - real) <= po[0] * 0.5 + 1e-6 + 2 ** -18 * max(p1[0], p2[0])
 
 
 def test_int8_mul_matches_cmsis_reference_and_the_real_product():

@@ -2,7 +2,7 @@
 written once more in TE so TVM compiles it for the core. Every step matches hwopt.quant bit for bit:
 int32 accumulation of (x - z_in) * w, int32 bias, arm_nn_requantize in int64, clamp; average pools
 rounding half away from zero; quantize with round() (llvm.round: half away from zero) of x * (1/s)
-in float32; dequantize as float32(q - z) * s; residual adds as arm_elementwise_add_s8, products as
+in float32; dequantize as float32(q - z) * s; residual adds (and differences) as arm_elementwise_add_s8, products as
 arm_elementwise_mul_s8 (broadcast: a squeeze-and-excite gate over H and W); concats
 requantizing each input to the output's parameters; smooth activations as 256-entry lookup tables;
 slices, channel shuffles and constant pads as the index maps they are.
@@ -90,18 +90,19 @@ def compute(g: Graph, n: Node, ins: list, w: dict):
         s, z = Q.qparams(g[n.inputs[0]])
         scale = tir.const(float(np.float32(s)), "float32")
         return te.compute(x.shape, lambda *i: (x(*i).astype("int32") - z).astype("float32") * scale, name="dequantize")
-    if op == "add":
+    if op in ("add", "sub"):
         q1, q2, qo = Q.qparams(g[n.inputs[0]]), Q.qparams(g[n.inputs[1]]), Q.qparams(n)
         m1, m2, mo = Q.add_multipliers(q1[0], q2[0], qo[0])
         lo, hi = Q.act_range(n)
         y = ins[1]
         big = tir.const(1 << Q.ADD_LEFT_SHIFT, "int64")
+        big2 = tir.const((-1 if op == "sub" else 1) << Q.ADD_LEFT_SHIFT, "int64")
 
         def add(*i):
             a1 = _const_requantize(tir, (x(*i).astype("int64") - tir.const(q1[1], "int64")) * big, m1)
-            a2 = _const_requantize(tir, (y(*i).astype("int64") - tir.const(q2[1], "int64")) * big, m2)
+            a2 = _const_requantize(tir, (y(*i).astype("int64") - tir.const(q2[1], "int64")) * big2, m2)
             return _clamp_int8(tir, _const_requantize(tir, a1 + a2, mo) + tir.const(qo[1], "int64"), lo, hi, "int64")
-        return te.compute(n.spec.shape, add, name="add")
+        return te.compute(n.spec.shape, add, name=op)
     if op == "mul":
         q1, q2, qo = Q.qparams(g[n.inputs[0]]), Q.qparams(g[n.inputs[1]]), Q.qparams(n)
         mult = Q.quantize_multiplier(q1[0] * q2[0] / qo[0])

@@ -236,6 +236,8 @@ def _emit(relax, n: Node, ins: list, w: dict):
         return R.sigmoid(ins[0])
     if op == "tanh":
         return R.tanh(ins[0])
+    if op == "leaky_relu":
+        return R.nn.leakyrelu(ins[0], alpha=float(a["negative_slope"]))
     if op == "silu":
         return R.nn.silu(ins[0])
     if op == "gelu":
