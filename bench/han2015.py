@@ -6,6 +6,7 @@ Optimal Brain Damage (LeCun et al. 1989) with magnitude pruning at equal sparsit
     OMP_WAIT_POLICY=PASSIVE python bench/han2015.py --smoke    # small subsets (~1 min), for CI
     ... --seeds 0,1,2                                           # one run per seed, then a seed-mean summary
     ... --seed 2 --save s2.json; ... --summarize s01.json s2.json  # seeds run in separate processes, merged
+    ... --models lenet_300_100 --no-han --no-obd --seed 2 --save a2.json  # the allocation table only
 
 Protocol, the same for both networks (no per-network tuning; choices made on the validation split or by
 the paper; the comparisons read off the test split before the selection split was printed are listed in
@@ -35,7 +36,8 @@ the results log):
 - allocation table (issue 20; --no-allocations skips it), LeNet-300-100: from the same unpruned net, test
   error at 80 / 90 / 95 % sparsity, one-shot and after the OBD comparison's short retraining, of one global
   magnitude threshold (torch.nn.utils.prune.global_unstructured's rule), equal-drop, min-drop and the
-  default (auto); the goal is the default <= the global threshold in every column.
+  default (auto); the goal is the default <= the global threshold in every column. --no-han skips the
+  pruning stages (Table 1 rows) and runs the comparisons on the unpruned nets only.
 Test error is measured on the 10k test split, before and after; "weights" counts every parameter
 (weights + biases) as the paper's Table 1 does, after = non-zero. A single run's test error moves by
 ±0.1 pt (~10 images) from seed to seed and even with the thread count (run with --seed).
@@ -240,6 +242,9 @@ def run_model(name, cfg, args, xtest, ytest, xsel, ysel, out):
     scan0 = 1 - tr.evaluate(teacher)
     s0 = g.stats()
     print(f"\n[{name}] baseline: {epochs} epochs in {t_train:.0f}s, test error {100 * err0:.2f} %")
+    if not args.han:  # the unpruned net only, for the OBD and allocation comparisons (no Table 1 row)
+        out.append(dict(model=name, kind="baseline", err0=100 * err0, g=g, tr=tr, tester=tester, first=True))
+        return out
     retrain_lr = lr * args.retrain_lr_scale
     batches = [(tr.x_train[i:i + 256], tr.y_train[i:i + 256]) for i in range(0, 4096, 256)]
     variants = [("Han", None)] + ([("Han+KD", distillation(teacher, alpha=args.kd_alpha))] if args.kd else [])
@@ -387,8 +392,9 @@ def print_allocation_rows(rows, title):
         print(f"  {a:12s} |          " + " ".join(f"{mean(a, s, 'one_shot'):6.2f}" for s in sparsities)
               + " |           " + " ".join(f"{mean(a, s, 'retrained'):6.2f}" for s in sparsities))
     ok = all(mean("default", s, k) <= mean("global", s, k) + 1e-9 for s in sparsities for k in ("one_shot", "retrained"))
-    picks = {s: sorted({r["picked"] for r in rows if r["s"] == s and r["allocation"] == "default"}) for s in sparsities}
-    print(f"  default's pick (one-shot/retrained) per sparsity: " + ", ".join(f"{100 * s:.0f}%: {'/'.join(p)}" for s, p in picks.items())
+    picks = {s: [r["picked"] for r in rows if r["s"] == s and r["allocation"] == "default"] for s in sparsities}
+    counted = lambda p: " + ".join(f"{k}" + (f" x{p.count(k)}" if len(seeds) > 1 else "") for k in sorted(set(p)))
+    print(f"  default's pick (one-shot/retrained) per sparsity: " + ", ".join(f"{100 * s:.0f}%: {counted(p)}" for s, p in picks.items())
           + f"; default <= global in every column: {'yes' if ok else 'NO'}")
     sys.stdout.flush()
 
@@ -492,6 +498,9 @@ def parser() -> argparse.ArgumentParser:
                          "comparison's sparsities, one-shot and retrained (--no-allocations skips it)")
     ap.add_argument("--allocation", default=ALLOCATION, choices=["auto", "global", "equal-drop", "min-drop"],
                     help="how the sensitivity scan turns the sparsity target into per-layer fractions")
+    ap.add_argument("--no-han", dest="han", action="store_false",
+                    help="no pruning stages (Table 1 rows): the unpruned nets and the comparisons only (e.g. the "
+                         "allocation table: --no-han --no-obd)")
     ap.add_argument("--no-kd", dest="kd", action="store_false",
                     help="skip the extra 'Han+KD' rows (retraining distilled from the unpruned net)")
     ap.add_argument("--kd-alpha", type=float, default=KD_ALPHA,
@@ -554,8 +563,10 @@ def main(argv=None):
         for m in args.models.split(","):
             run_model(m, cfg, sargs, xtest, ytest, xsel, ysel, results)
             sys.stdout.flush()
-        print_table(results, name, len(xtest),
-                    f"Han et al. 2015, Table 1 — ours (mode={name}, seed {seed}, test split {len(xtest)} images) vs the paper")
+        table = [r for r in results if r.get("kind") != "baseline"]  # --no-han: none
+        if table:
+            print_table(table, name, len(xtest),
+                        f"Han et al. 2015, Table 1 — ours (mode={name}, seed {seed}, test split {len(xtest)} images) vs the paper")
         if not args.no_obd:
             for r in results:
                 if r["model"] in cfg["obd_models"] and r["first"]:
@@ -569,11 +580,12 @@ def main(argv=None):
         for r in results:  # the graphs and trainers are not needed for the summary
             for k in ("g", "tr", "tester"):
                 r.pop(k, None)
-        every += results
+        every += table
     if args.save:
         atomic_write(args.save, json.dumps([dict(r, ntest=len(xtest)) for r in every + alloc], indent=1))
     if len(seeds) > 1:
-        seed_summary(every, len(xtest))
+        if every:
+            seed_summary(every, len(xtest))
         for m in sorted({r["model"] for r in alloc}):
             print_allocation_rows([r for r in alloc if r["model"] == m], f"[{m}] allocation at equal sparsity, test error %")
     print(f"\nsensitivity curves: {args.out}/sensitivity_*.png")
