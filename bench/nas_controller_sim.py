@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 from hwopt.passes.nas import SearchSpace, cost_of, make_strategy, reward  # noqa: E402
 from hwopt.passes.nas.space import PER_BLOCK  # noqa: E402
+from hwopt.fileio import atomic_write  # noqa: E402
 from hwopt.targets import load_target  # noqa: E402
 
 
@@ -214,8 +215,7 @@ def main(argv=None):
             line += f"; {statistics.mean(r[k][1] for r in results[name]):.0f} proposals"
             print(line + (f"  ({cpu:.0f} CPU-s)" if k == len(budgets) - 1 else ""), flush=True)
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(dict(budgets=budgets, seeds=a.seeds, results=results), fh)
+        atomic_write(a.json, json.dumps(dict(budgets=budgets, seeds=a.seeds, results=results)))
 
 if __name__ == "__main__":
     main()
