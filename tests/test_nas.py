@@ -169,6 +169,24 @@ def test_reinforce_normalized_advantages_ignore_the_reward_scale():
     assert c_s.controller.log_prob(ts[2]).item() != pytest.approx(d_s.controller.log_prob(ts[2]).item(), abs=1e-4)
 
 
+def test_reinforce_cumulative_spread_does_not_inflate_near_equal_rewards():
+    """A converging controller sees batches of near-equal rewards. The moving RMS of R - b shrinks with them
+    and blows their differences up to unit advantages (a collapse feedback); the cumulative RMS keeps the
+    scale of all rewards seen, so the same differences stay small."""
+    adv = {}
+    for spread in ("moving", "cumulative"):
+        s = Reinforce(TINY.vocab, seed=5, spread=spread)
+        ts = s.ask(3)
+        s.tell(ts, [0.1, 0.5, 0.9])
+        for _ in range(30):
+            ts = s.ask(3)
+            s.tell(ts, [0.6, 0.601, 0.602])
+        adv[spread] = max(abs(x) for x in s._advantages([0.6, 0.601, 0.602]))
+    assert adv["cumulative"] < 0.1 and adv["moving"] > 0.5
+    with pytest.raises(ValueError, match="spread"):
+        Reinforce(TINY.vocab, spread="ema")
+
+
 def test_reinforce_ppo_epochs_learn_more_per_batch_and_options_are_checked():
     lp = {}
     for epochs in (1, 4):
