@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -302,16 +301,13 @@ def test_static_energy_is_in_target_cost_and_every_report_agrees():
     assert m7.static_energy_mj > 10 * m7.dynamic_energy_mj  # 0.3 W board: static power dominates
 
 
-def test_cost_is_fast_and_cached():
+def test_cost_is_cached_per_graph_state_and_target():
+    """No wall-clock bound here (a shared CI core made a 0.5 s bound flaky: loading the target took 0.6 s
+    once); what is checked is that a repeated call does no work and a copy is costed afresh, the same."""
     from hwopt import models
     g = hwopt.lift(models.get("resnet50"), models.example_input("resnet50"))
     t = T.load_target("cortex-a72")
-    t0 = time.perf_counter()
     c = t.cost(g)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    g2 = g.copy()  # a pass's copy: features recomputed
-    T.load_target("cortex-a72").cost(g2)
-    again = time.perf_counter() - t0
     assert t.cost(g) is c  # cached per graph state and target
-    assert first < 0.5 and again < 0.5, (first, again)  # generous: bench/ holds the real figure (~2-5 ms)
+    c2 = T.load_target("cortex-a72").cost(g.copy())  # a pass's copy: features recomputed
+    assert c2 is not c and c2.latency_ms == c.latency_ms and c2.peak_sram_bytes == c.peak_sram_bytes
