@@ -15,6 +15,14 @@ from hwopt.ir import Graph, shared_nodes
 from hwopt.passmanager import Pass, PassContext, register_pass
 
 
+def bn_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) of an inference-mode batch norm node: BN(x) = x · s + t per channel, s = γ / sqrt(var + eps),
+    t = β − mean · s."""
+    p = bn.params
+    scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
+    return scale, p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
+
+
 @register_pass("fold-bn")
 class FoldBatchNorm(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
@@ -30,9 +38,7 @@ class FoldBatchNorm(Pass):
             if out is None:
                 out = graph.copy()
             layer = out[src_name].copy()
-            p = bn.params
-            scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
-            shift = p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
+            scale, shift = bn_affine(bn)
             w = layer.params["weight"]
             layer.params["weight"] = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
             bias = layer.params.get("bias")

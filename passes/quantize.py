@@ -37,7 +37,7 @@ from hwopt.passmanager import Pass, PassContext, register_pass
 from hwopt import quant as Q
 
 from .canonicalize import DropIdentity
-from .fold_bn import FoldBatchNorm
+from .fold_bn import FoldBatchNorm, bn_affine
 
 _FLOAT_TAIL = {"softmax", "log_softmax"}
 _MOVES = {"pad", "slice", "channel_shuffle"}  # ops that only move values: exact in int8
@@ -89,9 +89,8 @@ def _standalone_bn_as_conv(g: Graph) -> Graph:
         return g
     g = g.copy()
     for bn in bns:
-        p, c = bn.params, bn.spec.shape[1]
-        scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
-        shift = p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
+        c = bn.spec.shape[1]
+        scale, shift = bn_affine(bn)
         conv = bn.copy()
         conv.op = "conv2d"
         conv.attrs = {"in_channels": c, "out_channels": c, "kernel_size": (1, 1), "stride": (1, 1),
