@@ -61,7 +61,7 @@ class Quantize(Pass):
             raise PassError("pass 'quantize' needs calibration data: PassContext(data=...) batches of (x, y)")
         if self.qat_epochs > 0 and ctx.train is None:
             raise PassError("pass 'quantize' with qat_epochs > 0 needs PassContext(train=...)")
-        g = _standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx))
+        g = _prepared(graph, ctx)
         _check_supported(g)
         batches = [b[0] if isinstance(b, (tuple, list)) else b for b in itertools.islice(iter(ctx.data), self.batches)]
         if not batches:
@@ -75,8 +75,12 @@ class Quantize(Pass):
 
     def check_supported(self, graph: Graph) -> None:
         """PassError naming the first node without an int8 kernel (after batch norms are folded)."""
-        ctx = PassContext()
-        _check_supported(_standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx)))
+        _check_supported(_prepared(graph, PassContext()))
+
+
+def _prepared(graph: Graph, ctx: PassContext) -> Graph:
+    """The float graph the conversion reads: identities dropped, batch norms folded, stand-alone ones as convs."""
+    return _standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx))
 
 
 def _standalone_bn_as_conv(g: Graph) -> Graph:
