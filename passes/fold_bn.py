@@ -15,10 +15,10 @@ from hwopt.ir import Graph, shared_nodes
 from hwopt.passmanager import Pass, PassContext, register_pass
 
 
-def bn_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
+def bn_affine(bn, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, t) of an inference-mode batch norm node: BN(x) = x · s + t per channel, s = γ / sqrt(var + eps),
-    t = β − mean · s."""
-    p = bn.params
+    t = β − mean · s; in `dtype` if given (the firmware folds in float64), else in the parameters' own."""
+    p = {k: v if dtype is None else v.detach().to(dtype) for k, v in bn.params.items()}
     scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(p["running_var"] + bn.attrs["eps"])
     return scale, p.get("bias", torch.zeros_like(p["running_mean"])) - p["running_mean"] * scale
 

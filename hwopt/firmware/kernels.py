@@ -17,6 +17,7 @@ import torch
 
 from ..errors import HwoptError
 from ..ir import Graph, Node, _pair
+from ..passes.fold_bn import bn_affine
 from .plan import Kernel, Plan
 
 
@@ -57,13 +58,9 @@ def _layer_weights(g: Graph, grp: list[str]) -> tuple[dict[str, np.ndarray], set
     folded: set[str] = set()
     if len(grp) > 1 and g[grp[1]].op == "batch_norm":
         bn = g[grp[1]]
-        q = bn.params
-        mean, var = _np(q["running_mean"]), _np(q["running_var"])
-        gamma = _np(q["weight"]) if "weight" in q else np.ones(cout)
-        beta = _np(q["bias"]) if "bias" in q else np.zeros(cout)
-        scale = gamma / np.sqrt(var + bn.attrs["eps"])
+        scale, shift = _bn_affine(bn)
         w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
-        b = (b if b is not None else np.zeros(cout)) * scale + beta - mean * scale
+        b = (b if b is not None else np.zeros(cout)) * scale + shift
         folded.add(bn.name)
     out = {"weight": w}
     if b is not None:
@@ -72,12 +69,9 @@ def _layer_weights(g: Graph, grp: list[str]) -> tuple[dict[str, np.ndarray], set
 
 
 def _bn_affine(n: Node) -> tuple[np.ndarray, np.ndarray]:
-    q = n.params
-    c = n.attrs["num_features"]
-    gamma = _np(q["weight"]) if "weight" in q else np.ones(c)
-    beta = _np(q["bias"]) if "bias" in q else np.zeros(c)
-    scale = gamma / np.sqrt(_np(q["running_var"]) + n.attrs["eps"])
-    return scale, beta - _np(q["running_mean"]) * scale
+    """fold-bn's per-channel (scale, shift) of a batch norm, in float64 for the C project's weights."""
+    scale, shift = bn_affine(n, torch.float64)
+    return scale.numpy(), shift.numpy()
 
 
 def kernel_kind(n: Node) -> str:
