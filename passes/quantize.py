@@ -4,7 +4,8 @@ int8 quantization spec).
 
 1. Identities are dropped (drop-identity: also x + 0, x · 1) and batch norms folded into their
    conv/linear first (fold-bn); one with no layer of its own to fold
-   into (a pre-activation BN) becomes the depthwise 1x1 conv it equals.
+   into (a pre-activation BN) becomes the depthwise 1x1 conv it equals, as does a per-channel product with
+   a constant (layer scale: FastViT, EfficientFormerV2, MobileNetV4-hybrid) or a scalar.
 2. Calibration: the float graph runs on `batches` batches of ctx.data (or the `data` given to the pass);
    every node's output range [min, max] (widened to hold 0) is recorded.
 3. Conversion: activations per tensor, asymmetric (scale = (max - min) / 255, zero point so that 0 is
@@ -80,7 +81,18 @@ class Quantize(Pass):
 
 def _prepared(graph: Graph, ctx: PassContext) -> Graph:
     """The float graph the conversion reads: identities dropped, batch norms folded, stand-alone ones as convs."""
-    return _standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx))
+    return _channel_scales_as_conv(_standalone_bn_as_conv(FoldBatchNorm().run(DropIdentity().run(graph, ctx), ctx)))
+
+
+def _depthwise_1x1(node, c: int, weight: torch.Tensor, bias: torch.Tensor):
+    """`node` (a copy) turned into the depthwise 1x1 conv x -> x · weight[c] + bias[c] of its first input."""
+    conv = node.copy()
+    conv.op = "conv2d"
+    conv.inputs = node.inputs[:1]
+    conv.attrs = {"in_channels": c, "out_channels": c, "kernel_size": (1, 1), "stride": (1, 1),
+                  "padding": (0, 0), "dilation": (1, 1), "groups": c}
+    conv.params = {"weight": weight.detach().reshape(c, 1, 1, 1).clone(), "bias": bias.detach().clone()}
+    return conv
 
 
 def _standalone_bn_as_conv(g: Graph) -> Graph:
@@ -93,14 +105,40 @@ def _standalone_bn_as_conv(g: Graph) -> Graph:
         return g
     g = g.copy()
     for bn in bns:
-        c = bn.spec.shape[1]
-        scale, shift = bn_affine(bn)
-        conv = bn.copy()
-        conv.op = "conv2d"
-        conv.attrs = {"in_channels": c, "out_channels": c, "kernel_size": (1, 1), "stride": (1, 1),
-                      "padding": (0, 0), "dilation": (1, 1), "groups": c}
-        conv.params = {"weight": scale.detach().reshape(c, 1, 1, 1).clone(), "bias": shift.detach().clone()}
+        g.replace(_depthwise_1x1(bn, bn.spec.shape[1], *bn_affine(bn)))
+    return g.verify()
+
+
+def _channel_scales_as_conv(g: Graph) -> Graph:
+    """Each product of an NCHW tensor with a per-channel constant (timm's LayerScale2d, a (1, C, 1, 1)
+    parameter) or with a scalar, as the depthwise 1x1 conv it equals (weight the constant, bias 0): the
+    int8 conv kernel then runs it with the constant quantized per channel, where an int8 product of two
+    tensors would quantize the constant as an activation. The constant goes when nothing else reads it."""
+    def rewrite(n):
+        if n.op != "mul" or n.spec is None or len(n.spec.shape) != 4 or n.spec.axis != 1:
+            return None
+        x = g[n.inputs[0]]
+        if x.spec is None or tuple(x.spec.shape) != tuple(n.spec.shape):
+            return None
+        c = n.spec.shape[1]
+        if len(n.inputs) == 1 and n.attrs.get("scalar") is not None:
+            w = torch.full((c,), float(n.attrs["scalar"]))
+        elif len(n.inputs) == 2 and g[n.inputs[1]].op == "const" and \
+                tuple(g[n.inputs[1]].params["value"].shape) in ((1, c, 1, 1), (c, 1, 1)):
+            w = g[n.inputs[1]].params["value"].reshape(c).to(torch.float32)
+        else:
+            return None
+        return _depthwise_1x1(n, c, w, torch.zeros(c))
+    convs = [conv for conv in map(rewrite, g) if conv is not None]
+    if not convs:
+        return g
+    g = g.copy()
+    for conv in convs:
+        dropped = g[conv.name].inputs[1:]
         g.replace(conv)
+        for name in dropped:
+            if not g.users(name):
+                g.remove(name)
     return g.verify()
 
 

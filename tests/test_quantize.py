@@ -88,13 +88,13 @@ def test_quantize_needs_data_and_names_unsupported_ops():
     with pytest.raises(PassError, match=r"node 'truediv' \(no module path\): op 'div' has no int8 kernel"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
 
-    class Scaled(nn.Module):
+    class Scaled(nn.Module):  # a scalar product of a vector: no depthwise conv equals it
         def __init__(self):
             super().__init__()
-            self.c = nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(36, 2)
 
         def forward(self, x):
-            return self.c(x) * 0.5
+            return self.fc(x.flatten(1)) * 0.5
     g = hwopt.lift(Scaled().eval(), torch.randn(1, 1, 6, 6))
     with pytest.raises(PassError, match="int8 mul needs two tensors"):
         hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=[(torch.randn(2, 1, 6, 6), None)]))
@@ -206,6 +206,33 @@ def test_a_bn_without_a_layer_to_fold_into_quantizes_as_a_depthwise_conv():
         ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
     assert (got - ref).abs().max() / ref.abs().max() < 0.1
     assert g["norm"].op == "batch_norm"  # the user's graph is untouched
+
+
+class _LayerScaled(nn.Module):
+    """timm's LayerScale2d (x · γ, γ a (1, C, 1, 1) parameter) on a residual branch, and a scalar product."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.linspace(0.05, 1.5, 8).reshape(1, 8, 1, 1))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.conv(torch.relu(y)) * self.gamma
+        return self.head((torch.relu(y) * 0.5).mean((2, 3)))
+
+
+def test_layer_scale_and_scalar_products_quantize_as_depthwise_convs():
+    g, qg = _quantized(_LayerScaled().eval(), (1, 3, 10, 10))
+    assert [n for n in g if n.op == "const"] and not [n for n in qg if n.op in ("const", "mul")]
+    scales = [n for n in qg if n.op == "conv2d" and n.attrs["groups"] == 8]
+    assert len(scales) == 2 and all(n.spec.dtype == "int8" for n in scales)
+    x = torch.randn((64, 3, 10, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hwopt.lower(g)(x), hwopt.lower(qg)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.1
+    assert {n.op for n in g} >= {"const", "mul"}  # the user's graph is untouched
 
 
 def test_data_movement_in_int8_is_exact():
