@@ -14,11 +14,12 @@ divide their int32 sums rounding half away from zero (CMSIS-NN arm_avgpool_s8). 
 x / s half away from zero; `dequantize` is s * (q - z) in float32.
 
 Residual adds are arm_elementwise_add_s8: both operands brought to a common scale (`add_multipliers`),
-summed in int32, requantized to the output (a difference of two tensors: the second operand negated). A concat requantizes each input to the concat's own
-parameters (`rescale`; a copy where they already agree). Products of two tensors (a squeeze-and-excite
-gate times its feature map, broadcast over H and W) are arm_elementwise_mul_s8 / TFLite's int8 MUL: the
-int32 product of the operands less their zero points, requantized by s1 * s2 / s_out (`int8_mul`). Smooth activations (sigmoid, tanh, SiLU,
-hard-swish, hard-sigmoid, GELU) are 256-entry lookup tables (`lookup_table`), as TFLite Micro runs them:
+summed in int32, requantized to the output (a difference of two tensors: the second operand negated).
+A concat requantizes each input to the concat's own parameters (`rescale`; a copy where they already
+agree). Products of two tensors (a squeeze-and-excite gate times its feature map, broadcast over H and W)
+are arm_elementwise_mul_s8 / TFLite's int8 MUL: the int32 product of the operands less their zero points,
+requantized by s1 * s2 / s_out (`int8_mul`). Smooth activations (sigmoid, tanh, SiLU, hard-swish,
+hard-sigmoid, GELU) are 256-entry lookup tables (`lookup_table`), as TFLite Micro runs them:
 exact for all 256 inputs, so no float island is needed in an int8 graph. Data movement (slice, channel
 shuffle, constant pad) keeps its input's parameters.
 

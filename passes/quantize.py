@@ -16,8 +16,9 @@ int8 quantization spec).
    their operands to them (CMSIS-NN arm_elementwise_add_s8; TFLite's concat with scaling), as does a
    product of two tensors, broadcast (a squeeze-and-excite gate: arm_elementwise_mul_s8); sigmoid, tanh,
    SiLU, hard-swish, hard-sigmoid and GELU become 256-entry int8 lookup tables (TFLite Micro's LUT
-   kernels) - exact over all 256 inputs, so no float island is needed. A `quantize` node converts the float input before the
-   first layer, a `dequantize` node converts back before the output (and before a softmax).
+   kernels) - exact over all 256 inputs, so no float island is needed. A `quantize` node converts the
+   float input before the first layer, a `dequantize` node converts back before the output (and before
+   a softmax).
 4. Optional quantization-aware training (`qat_epochs` > 0, needs ctx.train): the float model is trained
    with fake-quantized weights (per channel) and activations (the calibrated ranges) through a
    straight-through estimator, then calibrated and converted again.
@@ -326,7 +327,8 @@ class _FakeQuantWeight(torch.nn.Module):
     def forward(self, w):
         amax = w.detach().reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12)
         scale = (amax / 127.0).to(torch.float32)
-        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0, -127, 127)
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
 
 
 def _fake_act_hook(scale: float, zero_point: int):
