@@ -60,16 +60,20 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         exp += 1
     if exp < -31:  # too small to represent: the output is the zero point
         return 0, 0
+    if exp > 31:  # CMSIS-NN shifts an int32 left by at most 31
+        raise ValueError(f"requantization multiplier {real} is too large for an int32 left shift (>= 2^31)")
     return q, exp
 
 
 def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """CMSIS-NN arm_nn_requantize on int64 tensors holding int32 values (broadcast over channels)."""
-    left = torch.clamp(shift, min=0)
-    right = torch.clamp(-shift, min=0)
-    v = acc * torch.pow(2, left)  # per-channel left shifts
+    # shifts are in [-31, 31] (quantize_multiplier); the upper bounds keep the clamps integer (TVM's
+    # importer turns a missing bound into infinity, which no integer holds)
+    left = torch.clamp(shift, 0, 31)
+    right = torch.clamp(-shift, 0, 31)
+    v = acc << left  # per-channel left shifts (shifts, not powers of 2: TVM has no integer power)
     v = ((v * mult + (1 << 30)) >> 31)  # doubling high multiply, no saturation (as arm_nn_doubling_high_mult_no_sat)
-    mask = torch.pow(2, right) - 1
+    mask = (torch.ones_like(right) << right) - 1
     rem = v & mask
     res = v >> right
     threshold = (mask >> 1) + (res < 0).to(v.dtype)
@@ -187,7 +191,9 @@ def avg_divide(total: torch.Tensor, count: int) -> torch.Tensor:
     """int32 sum / count rounded half away from zero (arm_avgpool_s8), on int64 tensors."""
     half = count // 2
     num = torch.where(total > 0, total + half, total - half)
-    return torch.sign(num) * (num.abs() // count)  # C division truncates toward zero
+    # C division truncates toward zero; the divisor a tensor of the sum's dtype, which TVM's importer keeps
+    # (a Python int becomes an int32 constant beside int64 sums)
+    return torch.sign(num) * (num.abs() // torch.tensor(count, dtype=num.dtype))
 
 
 def is_quantized(g: Graph) -> bool:

@@ -181,6 +181,37 @@ def test_cortex_m_exports_kernel_object(net, tmp_path):
         cm.run(x)
 
 
+class _SqueezeExciteNet(nn.Module):
+    """The int8 ops beyond conv: a squeeze-and-excite gate (mean, hard-sigmoid lookup table, broadcast int8
+    product), a residual add and a concat requantized to their own scales, an average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.se = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        z = self.conv(y)
+        z = z * nn.functional.hardsigmoid(self.se(z.mean((2, 3), keepdim=True)))
+        y = torch.cat([y + z, y], 1)
+        return self.fc(torch.flatten(nn.functional.avg_pool2d(y, 8), 1))
+
+
+def test_int8_graph_compiles_to_the_same_integers():
+    import hwopt
+    torch.manual_seed(0)
+    g = hwopt.lift(_SqueezeExciteNet().eval(), torch.randn(1, 3, 8, 8))
+    calib = [(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)), None) for i in range(2)]
+    qm = hwopt.lower(hwopt.PassManager.parse("quantize").run(g, hwopt.PassContext(data=calib)))
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    np.testing.assert_array_equal(tb.compile_module(qm, (x,), "host").run(x), ref)  # bit-exact
+    assert tb.compile_module(qm, (x,), M7).bare_metal  # and the Cortex-M kernel objects build
+
+
 def test_compile_error_names_stage():
     class DataDependent(nn.Module):
         def forward(self, x):

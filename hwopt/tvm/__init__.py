@@ -3,7 +3,9 @@
 Modules: ``target`` (target specs, host CPU probing, cross compilers), ``relax`` (torch -> Relax, pass
 pipelines), ``tuning`` (MetaSchedule, ``TuningStore``), ``runtime`` (``CompiledModel``, RPC), ``compile``
 (``compile_module`` / ``tune_module``: the one entrance optimize, export, measurement, NAS and calibration
-use). Cortex-M firmware that runs a whole network is ``hwopt.firmware``.
+use). Cortex-M firmware that runs a whole network is ``hwopt.firmware``. An int8 graph's module
+(``hwopt.lower`` of a quantized graph: integer arithmetic in int64 tensors) compiles too, to the same
+integers (``relax`` maps torch's shifts, which TVM 0.27's importer does not).
 
 Flow::
 

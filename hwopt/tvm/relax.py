@@ -1,6 +1,7 @@
 """torch -> Relax (torch.export + from_exported_program) and the Relax pass pipelines hwopt builds with."""
 from __future__ import annotations
 
+import operator
 import warnings
 
 import re
@@ -48,7 +49,8 @@ def to_relax(module, example_inputs, *, target: Any = None) -> tvm.IRModule:
             # program, at every compile: nothing a user can act on
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-                mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+                mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True,
+                                            custom_convert_map=_SHIFTS)
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
         except Exception as exc:
@@ -59,6 +61,17 @@ def to_relax(module, example_inputs, *, target: Any = None) -> tvm.IRModule:
         if was_training:
             module.train()
     return mod
+
+
+def _shift(relax_op, python_op):
+    """A converter of torch's `>>` / `<<` (int8 graphs requantize with them: hwopt.quant), which
+    from_exported_program of TVM 0.27 does not map, onto Relax's shift through the importer's own
+    binary-op conversion (operand promotion as for its bitwise ops)."""
+    return lambda node, importer: importer._binary_op(relax_op, python_op)(node)
+
+
+_SHIFTS = {f"__{name}__.{kind}": _shift(getattr(relax.op, f"{side}_shift"), getattr(operator, name))
+           for name, side in (("rshift", "right"), ("lshift", "left")) for kind in ("Tensor", "Scalar")}
 
 
 # --------------------------------------------------------------------------------------------
