@@ -48,9 +48,10 @@ images after minus before, mean over seeds; the goal is Δ <= 0):
     LeNet-300-100  Han     12 seeds  1.445 % -> 1.448 %  mean +0.3  (5/12 seeds <= 0)   paper 1.64 -> 1.59 %
     LeNet-5        Han      9 seeds  0.924 % -> 0.923 %  mean -0.1  (4/9 seeds <= 0)     paper 0.80 -> 0.77 %
                    Han+KD   9 seeds  0.924 % -> 0.909 %  mean -1.6  (6/9)
-15x (2026-12-01, the global allocation, 4 rounds from the 12x net, each a quarter of the step; seeds 0-5):
-    LeNet-300-100  Han      6 seeds  1.445 % -> 1.472 %  mean +2.7  (3/6 seeds <= 0, s.e. 3.0; val 0.0, s.e. 4.2)
-    LeNet-5 not run with this protocol (~2 h a seed).
+15x (2026-12-02, the global allocation, 4 rounds from the 12x net, each a quarter of the step):
+    LeNet-300-100  Han     12 seeds  1.466 % -> 1.453 %  mean -1.2  (8/12 seeds <= 0, s.e. 2.9; val +1.3, s.e. 2.5)
+    LeNet-5        Han      6 seeds  0.905 % -> 0.895 %  mean -1.0  (3/6, s.e. 2.9; val -7.5, s.e. 3.1)
+    (12x with the same protocol, same runs: LeNet-300-100 -4.1, LeNet-5 -1.5 images.)
 On the validation split (10k) LeNet-300-100's mean Δ is -2.7 images: at 12x both nets are at their
 unpruned error; a seed's Δ spreads by ~7 images (s.e. of a 12-seed mean: 2.1).
 The protocol choices are made on the selection split (val[5000:], "Δ sel"), which nothing trains,
